@@ -1,0 +1,1 @@
+"""Entry points: each job module has ``run(argv=None)``; ``jobs.cli`` is the ``counterfactory`` command."""

@@ -1,0 +1,58 @@
+"""The ``counterfactory`` command: one subcommand per job, each with its own ``--help``.
+
+Subcommands are a registry of ``name -> "module:function"`` imported only when chosen,
+so ``counterfactory models list`` answers without paying for importing Beam or torch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    summary: str
+    target: str  # "module:function", the function taking argv (without the subcommand name)
+
+    def load(self) -> Callable[[Sequence[str]], object]:
+        module_name, function_name = self.target.split(":")
+        return getattr(importlib.import_module(module_name), function_name)
+
+
+COMMANDS: dict[str, Command] = {
+    "ingest": Command("raw image folders, tar shards or annotated datasets -> normalised source shards", "jobs.ingest:main"),
+    "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="counterfactory",
+        description="Build counterfactual image-editing datasets with Apache Beam.",
+        epilog="Run 'counterfactory COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.summary, add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = COMMANDS[args.command].load()(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Sample keys: derived from content, so a re-run produces the same keys in any order.
+
+A key never contains a dot (WebDataset splits a member name at its first dot) and is
+the same on every worker, runner and run for the same input bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+
+#: Hex digits of the source sha256 used in keys: 96 bits, collision-free at billions of images.
+SOURCE_KEY_HEX_DIGITS = 24
+
+
+def content_sha256(data: bytes) -> str:
+    """The sha256 of an input's bytes, as lowercase hex: the identity of a source."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def source_key(sha256_hex: str) -> str:
+    """The sample key of a source image."""
+    if len(sha256_hex) != 64:
+        raise ValueError(f"expected a 64-digit sha256 hex digest, got {sha256_hex!r}")
+    return sha256_hex[:SOURCE_KEY_HEX_DIGITS]
+
+
+def object_key(source: str, object_index: int) -> str:
+    """The key of object ``object_index`` (0-based) of a source image."""
+    if object_index < 0:
+        raise ValueError(f"object index must be >= 0, got {object_index}")
+    return f"{source}_o{object_index:03d}"
+
+
+def candidate_key(obj: str, candidate_index: int) -> str:
+    """The key of removal candidate ``candidate_index`` of an object."""
+    if candidate_index < 0:
+        raise ValueError(f"candidate index must be >= 0, got {candidate_index}")
+    return f"{obj}_c{candidate_index:02d}"

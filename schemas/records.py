@@ -1,0 +1,231 @@
+"""Frozen record types for everything that flows between stages.
+
+Records are plain frozen dataclasses: cheap to pickle between Beam workers, impossible to
+mutate behind a stage's back, and validated when built so a bad value fails where it is
+made rather than three stages later. Pixel data travels encoded (JPEG/PNG bytes) between
+stages, because records cross shuffles and encoded images are 5-20x smaller than arrays;
+masks and candidate images that must stay lossless travel as PNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Optional
+
+from schemas.reasons import Note, Reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixel coordinates of the upright image, ``x0 < x1``, ``y0 < y1``."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def __post_init__(self) -> None:
+        values = (self.x0, self.y0, self.x1, self.y1)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"box has a non-finite coordinate: {values}")
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"box is empty or inverted: {values}")
+
+    @classmethod
+    def from_xywh(cls, x: float, y: float, w: float, h: float) -> "Box":
+        return cls(float(x), float(y), float(x) + float(w), float(y) + float(h))
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    def as_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+    def clipped(self, width: int, height: int) -> "Box":
+        """The box clipped to an image of ``width`` x ``height``; raises if nothing is left."""
+        return Box(max(0.0, self.x0), max(0.0, self.y0), min(float(width), self.x1), min(float(height), self.y1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """A labelled box that came with an image (COCO, OpenImages) rather than from a detector."""
+
+    label: str
+    box: Box
+    category_id: Optional[int] = None
+    source: str = ""
+    is_crowd: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "label": self.label,
+            "box": self.box.as_list(),
+            "category_id": self.category_id,
+            "source": self.source,
+            "is_crowd": self.is_crowd,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Annotation":
+        return cls(
+            label=data["label"],
+            box=Box(*data["box"]),
+            category_id=data.get("category_id"),
+            source=data.get("source", ""),
+            is_crowd=bool(data.get("is_crowd", False)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """Bytes of one input as a reader found them, before any decoding.
+
+    ``uri`` names where it came from: a file path or URL, or ``tar_url#key.ext`` for a
+    sample inside a shard. ``annotations`` are boxes an annotation file gave for it.
+    """
+
+    uri: str
+    data: bytes
+    annotations: tuple[Annotation, ...] = ()
+    origin: str = "file"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceImage:
+    """A decoded, normalised source image: 8-bit RGB, upright, encoded as JPEG in ``jpeg``.
+
+    ``key`` and ``sha256`` come from the *original* input bytes, so the same file always
+    gets the same key whatever a decoder later changed. ``notes`` says what decoding did.
+    """
+
+    key: str
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    jpeg: bytes
+    notes: tuple[Note, ...] = ()
+    annotations: tuple[Annotation, ...] = ()
+    origin: str = "file"
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        if not self.jpeg:
+            raise ValueError("a source image needs its encoded bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One detected object: class, confidence and box, and which model said so."""
+
+    label: str
+    class_id: int
+    score: float
+    box: Box
+    detector: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"detection score must be in [0, 1], got {self.score}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObjectMask:
+    """The segmentation of one selected object. ``mask_png`` is a 1-bit PNG the size of the source."""
+
+    key: str
+    source_key: str
+    object_index: int
+    detection: Detection
+    mask_png: bytes
+    predicted_iou: float
+    segmenter: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CandidateScores:
+    """Quality scores of one removal candidate; ``None`` means not computed (never 'zero')."""
+
+    ssim_outside: Optional[float] = None
+    change_inside: Optional[float] = None
+    redetect_score: Optional[float] = None
+    clip_object_gone: Optional[float] = None
+    seam: Optional[float] = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RemovalCandidate:
+    """One attempt at removing an object: the image with the object gone, and how it was made."""
+
+    key: str
+    object_key: str
+    candidate_index: int
+    seed: int
+    remover: str
+    removed_png: bytes
+    scores: CandidateScores = dataclasses.field(default_factory=CandidateScores)
+
+
+class PairKind(str, enum.Enum):
+    """Which way a counterfactual pair teaches: take the object out, or put it in."""
+
+    REMOVAL = "removal"
+    INSERTION = "insertion"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CounterfactualPair:
+    """A training pair: ``(input, mask) -> target``, with its provenance in ``metadata``."""
+
+    key: str
+    kind: PairKind
+    input_image: bytes
+    mask_png: bytes
+    target_image: bytes
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """An input that a stage deliberately did not keep, with a stable reason code."""
+
+    uri: str
+    stage: str
+    reason: Reason
+    detail: str = ""
+    key: str = ""
+
+    def to_row(self) -> dict:
+        return {"key": self.key, "uri": self.uri, "stage": self.stage, "reason": self.reason.value, "detail": self.detail}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """An input on which a stage raised: kept with the error so that nothing is lost silently."""
+
+    uri: str
+    stage: str
+    error_type: str
+    error: str
+    traceback: str
+    key: str = ""
+
+    def to_row(self) -> dict:
+        return dataclasses.asdict(self)

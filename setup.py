@@ -1,0 +1,51 @@
+"""counterfactory: counterfactual image-editing datasets at scale, as Apache Beam pipelines.
+
+This file is also what cluster workers install (``--setup_file ./setup.py``), so the core
+requirements are only what the embedded pipelines need on a CPU worker; learned-model
+back ends live in extras.
+"""
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+CORE = [
+    "apache-beam>=2.60",
+    "numpy>=1.26",
+    "pillow>=10.3",
+    "pyarrow>=15",
+    "pyyaml>=6",
+    "webdataset>=1.0",
+    "wids>=0.1.10",
+    "opencv-python-headless>=4.9",
+    "scikit-image>=0.23",
+    "onnxruntime>=1.18",
+]
+TORCH = [
+    "torch>=2.4,!=2.13.*",  # 2.13's CPU wheel has no matching torchvision (docs/FACTS).
+    "torchvision",
+    "ultralytics>=8.3",
+    "segment-anything>=1.0",
+    "diffusers>=0.30",
+    "transformers>=4.44",
+    "open_clip_torch>=2.26",
+]
+REVIEW = ["fastapi>=0.110", "uvicorn>=0.29"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3"]
+
+setup(
+    name="counterfactory",
+    version="0.1.0",
+    description="Counterfactual image-editing datasets (ObjectDrop, Paint-by-Example, MimicBrush) as Apache Beam pipelines",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["schemas*", "transforms*", "pipeline*", "jobs*"]),
+    package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"]},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={"torch": TORCH, "review": REVIEW, "test": TEST, "all": TORCH + REVIEW + TEST},
+    entry_points={"console_scripts": ["counterfactory=jobs.cli:main"]},
+)

@@ -1,0 +1,285 @@
+"""Annotation-file parsing: every image yielded, every box kept or rejected, pixels right."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+
+from schemas import Annotation, Box, Reason, Rejection
+from transforms.io.annotations import (
+    PARSERS,
+    AnnotatedImage,
+    detect_format,
+    join_path,
+    load_class_descriptions,
+    parse_coco,
+    parse_openimages,
+)
+
+OI_HEADER = "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n"
+
+
+def _coco(annotations: list[dict], images: list[dict] | None = None) -> bytes:
+    return json.dumps(
+        {
+            "images": images
+            if images is not None
+            else [
+                {"id": 1, "file_name": "a.jpg", "width": 200, "height": 100},
+                {"id": 2, "file_name": "sub/b.jpg", "width": 50, "height": 50},
+                {"id": 3, "file_name": "empty.jpg", "width": 10, "height": 10},
+            ],
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}],
+        }
+    ).encode()
+
+
+def _ann(id_: int, image_id: int, bbox: list, category_id: int = 1, iscrowd: int = 0) -> dict:
+    return {"id": id_, "image_id": image_id, "bbox": bbox, "category_id": category_id, "iscrowd": iscrowd}
+
+
+def _split(parsed) -> tuple[dict[str, AnnotatedImage], list[Rejection]]:
+    images, orphans = {}, []
+    for record in parsed:
+        if isinstance(record, AnnotatedImage):
+            assert record.path not in images
+            images[record.path] = record
+        else:
+            orphans.append(record)
+    return images, orphans
+
+
+def _counted(images: dict[str, AnnotatedImage], orphans: list[Rejection]) -> int:
+    return sum(len(i.annotations) + len(i.rejections) for i in images.values()) + len(orphans)
+
+
+def _oi_row(image_id: str, mid: str, xmin, xmax, ymin, ymax, group: int = 0) -> str:
+    return f"{image_id},xclick,{mid},1,{xmin},{xmax},{ymin},{ymax},0,0,{group},0,0\n"
+
+
+# --- COCO ---------------------------------------------------------------------------------
+
+
+def test_coco_multiple_boxes_labels_and_every_image_yielded():
+    anns = [_ann(10, 1, [10, 20, 30, 40]), _ann(11, 1, [0, 0, 200, 100], 17, iscrowd=1), _ann(12, 2, [1.5, 2, 3, 4])]
+    images, orphans = _split(parse_coco(_coco(anns), "/data"))
+
+    assert list(images) == ["/data/a.jpg", "/data/sub/b.jpg", "/data/empty.jpg"]
+    assert orphans == []
+    a = images["/data/a.jpg"]
+    assert (a.width, a.height, a.normalized) == (200, 100, False)
+    assert a.annotations == (
+        Annotation("person", Box(10, 20, 40, 60), category_id=1, source="coco", is_crowd=False),
+        Annotation("cat", Box(0, 0, 200, 100), category_id=17, source="coco", is_crowd=True),
+    )
+    assert images["/data/sub/b.jpg"].annotations[0].box == Box(1.5, 2, 4.5, 6)
+    empty = images["/data/empty.jpg"]
+    assert empty.annotations == () and empty.rejections == ()
+
+
+@pytest.mark.parametrize(
+    "bbox, why",
+    [
+        ([10, 10, 0, 5], "empty or inverted"),
+        ([10, 10, 5, -3], "empty or inverted"),
+        ([10, 10, math.nan, 5], "non-finite"),
+        ([10, 10, math.inf, 5], "non-finite"),
+        ([250, 10, 20, 20], "entirely outside"),
+        ([200, 10, 20, 20], "entirely outside"),  # starts on the right edge: nothing inside
+        ([-30, 10, 20, 20], "entirely outside"),
+        ([150, 10, 80, 20], "overhangs"),  # 30 px past a 200 px side: coordinates do not fit
+        ([10, 10, 5], "not four numbers"),
+        (None, "not four numbers"),
+        ([10, "10", 5, 5], "not four numbers"),
+    ],
+)
+def test_coco_invalid_boxes_are_rejected_with_reason(bbox, why):
+    images, _ = _split(parse_coco(_coco([_ann(7, 1, bbox), _ann(8, 1, [1, 1, 2, 2])]), "/data"))
+
+    a = images["/data/a.jpg"]
+    assert len(a.annotations) == 1
+    (rejection,) = a.rejections
+    assert rejection.reason is Reason.INVALID_BOX
+    assert rejection.stage == "annotations"
+    assert rejection.uri == "/data/a.jpg"
+    assert rejection.detail.startswith("annotation 7: ") and why in rejection.detail
+
+
+def test_coco_small_overhang_is_clipped_to_declared_size():
+    anns = [_ann(1, 1, [-1.5, 95, 202 + 1.5, 6.5]), _ann(2, 2, [49.5, 0, 0.9, 50])]
+    images, _ = _split(parse_coco(_coco(anns), ""))
+
+    assert images["a.jpg"].annotations[0].box == Box(0, 95, 200, 100)
+    assert images["sub/b.jpg"].annotations[0].box == Box(49.5, 0, 50, 50)
+    assert images["a.jpg"].rejections == ()
+
+
+def test_coco_without_declared_size_keeps_boxes_unclipped():
+    images_json = [{"id": 1, "file_name": "a.jpg"}]
+    images, _ = _split(parse_coco(_coco([_ann(1, 1, [500, 500, 10, 10])], images_json), "r"))
+
+    assert images["r/a.jpg"].annotations[0].box == Box(500, 500, 510, 510)
+    assert (images["r/a.jpg"].width, images["r/a.jpg"].height) == (None, None)
+
+
+def test_coco_unknown_image_and_category_are_rejected_and_everything_is_counted():
+    anns = [
+        _ann(1, 1, [1, 1, 5, 5]),
+        _ann(2, 99, [1, 1, 5, 5]),  # no such image
+        _ann(3, 2, [1, 1, 5, 5], category_id=5),  # no such category
+        _ann(4, 2, [1, 1, 0, 5]),
+        _ann(5, 2, [1, 1, 5, 5]),
+    ]
+    images, orphans = _split(parse_coco(_coco(anns), "/data"))
+
+    assert len(images) == 3
+    assert _counted(images, orphans) == len(anns)
+    (orphan,) = orphans
+    assert orphan.reason is Reason.INVALID_BOX and orphan.uri == ""
+    assert "annotation 2" in orphan.detail and "image_id 99" in orphan.detail
+    b = images["/data/sub/b.jpg"]
+    assert len(b.annotations) == 1
+    assert [r.detail.split(":")[0] for r in b.rejections] == ["annotation 3", "annotation 4"]
+    assert "unknown category_id 5" in b.rejections[0].detail
+
+
+def test_coco_duplicate_image_id_is_an_error():
+    images_json = [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}]
+    with pytest.raises(ValueError, match="twice"):
+        parse_coco(_coco([], images_json), "")
+
+
+@pytest.mark.parametrize("wrap", [bytes, lambda b: b.decode(), io.BytesIO, lambda b: io.StringIO(b.decode())])
+def test_coco_accepts_bytes_text_and_streams(wrap):
+    images, _ = _split(parse_coco(wrap(_coco([_ann(1, 1, [1, 1, 5, 5])])), "gs://bucket/coco"))
+
+    assert images["gs://bucket/coco/a.jpg"].annotations[0].box == Box(1, 1, 6, 6)
+
+
+def test_coco_boxes_are_already_pixels():
+    images, _ = _split(parse_coco(_coco([_ann(1, 1, [1, 1, 5, 5])]), ""))
+
+    a = images["a.jpg"]
+    assert a.in_pixels(200, 100) == a.annotations
+
+
+# --- paths --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "root, path, joined",
+    [
+        ("gs://bucket/images", "train/x.jpg", "gs://bucket/images/train/x.jpg"),
+        ("gs://bucket/images/", "x.jpg", "gs://bucket/images/x.jpg"),
+        ("s3://b", "x.jpg", "s3://b/x.jpg"),
+        ("/data/coco", "x.jpg", "/data/coco/x.jpg"),
+        ("relative/dir", "x.jpg", "relative/dir/x.jpg"),
+        ("", "x.jpg", "x.jpg"),
+        ("gs://bucket/images", "/abs/x.jpg", "/abs/x.jpg"),
+        ("/data", "https://example.com/x.jpg", "https://example.com/x.jpg"),
+    ],
+)
+def test_join_path(root, path, joined):
+    assert join_path(root, path) == joined
+
+
+# --- OpenImages ---------------------------------------------------------------------------
+
+
+def test_openimages_unsorted_rows_are_grouped_by_image_in_first_appearance_order():
+    csv_text = OI_HEADER + "".join(
+        [
+            _oi_row("img2", "/m/01yrx", 0.1, 0.5, 0.2, 0.6),
+            _oi_row("img1", "/m/01g317", 0.0, 1.0, 0.0, 1.0, group=1),
+            _oi_row("img2", "/m/01g317", 0.5, 0.75, 0.25, 0.5),
+            _oi_row("img3", "/m/01yrx", 0.2, 0.2, 0.1, 0.3),  # zero width: img3 still yielded
+            _oi_row("img1", "/m/01yrx", 0.25, 0.5, 0.5, 0.75),
+        ]
+    )
+    images, orphans = _split(parse_openimages(csv_text, "gs://bucket/oi", {"/m/01yrx": "Cat", "/m/01g317": "Person"}))
+
+    assert list(images) == ["gs://bucket/oi/img2.jpg", "gs://bucket/oi/img1.jpg", "gs://bucket/oi/img3.jpg"]
+    assert orphans == []
+    img2 = images["gs://bucket/oi/img2.jpg"]
+    assert [a.label for a in img2.annotations] == ["Cat", "Person"]
+    assert img2.annotations[0] == Annotation("Cat", Box(0.1, 0.2, 0.5, 0.6), source="openimages", is_crowd=False)
+    img1 = images["gs://bucket/oi/img1.jpg"]
+    assert [(a.label, a.is_crowd) for a in img1.annotations] == [("Person", True), ("Cat", False)]
+    img3 = images["gs://bucket/oi/img3.jpg"]
+    assert img3.annotations == () and len(img3.rejections) == 1
+    assert all(i.normalized and i.width is None for i in images.values())
+
+
+def test_openimages_normalised_boxes_convert_to_pixels():
+    csv_text = OI_HEADER + _oi_row("x", "/m/01yrx", 0.25, 0.75, 0.1, 0.5) + _oi_row("x", "/m/01yrx", 0, 1, 0, 1)
+    (image,) = parse_openimages(csv_text, "/oi")
+
+    pixels = image.in_pixels(640, 480)
+    assert pixels[0].box == Box(160, 48, 480, 240)
+    assert pixels[1].box == Box(0, 0, 640, 480)
+    assert pixels[0].label == "/m/01yrx"  # no class descriptions: the MID is the label
+    assert image.annotations[0].box == Box(0.25, 0.1, 0.75, 0.5)  # stored normalised
+    with pytest.raises(ValueError):
+        image.in_pixels(0, 480)
+
+
+def test_openimages_invalid_rows_are_rejected_and_everything_is_counted():
+    rows = [
+        _oi_row("a", "/m/01yrx", 0.1, 0.5, 0.2, 0.6),  # kept
+        _oi_row("a", "/m/01yrx", 0.5, 0.1, 0.2, 0.6),  # inverted (XMax < XMin)
+        _oi_row("a", "/m/01yrx", 0.3, 0.3, 0.2, 0.6),  # zero width
+        _oi_row("a", "/m/01yrx", 0.1, 0.5, "nan", 0.6),  # NaN
+        _oi_row("b", "/m/01yrx", 1.1, 1.5, 0.2, 0.6),  # entirely outside
+        _oi_row("b", "/m/01yrx", 0.5, 1.01, 0.2, 0.6),  # overhangs a little: clipped
+        _oi_row("b", "/m/01yrx", 0.1, 0.5, "", 0.6),  # not a number
+        _oi_row("b", "/m/0dog", 0.1, 0.5, 0.2, 0.6),  # MID not in the descriptions
+        _oi_row("", "/m/01yrx", 0.1, 0.5, 0.2, 0.6),  # names no image
+    ]
+    images, orphans = _split(parse_openimages((OI_HEADER + "".join(rows)).encode(), "/oi", {"/m/01yrx": "Cat"}))
+
+    assert _counted(images, orphans) == len(rows)
+    a, b = images["/oi/a.jpg"], images["/oi/b.jpg"]
+    assert len(a.annotations) == 1 and len(a.rejections) == 3
+    assert [r.detail.split(":")[0] for r in a.rejections] == ["line 3", "line 4", "line 5"]
+    assert b.annotations[0].box == Box(0.5, 0.2, 1.0, 0.6)
+    assert ["entirely outside" in b.rejections[0].detail, "not four numbers" in b.rejections[1].detail] == [True, True]
+    assert "/m/0dog" in b.rejections[2].detail
+    assert all(r.reason is Reason.INVALID_BOX and r.uri == "/oi/b.jpg" for r in b.rejections)
+    (orphan,) = orphans
+    assert orphan.uri == "" and orphan.detail.startswith("line 10")
+
+
+def test_openimages_reads_a_binary_stream_with_bom_and_crlf():
+    data = ("\ufeff" + OI_HEADER + _oi_row("a", "/m/01yrx", 0.1, 0.5, 0.2, 0.6)).replace("\n", "\r\n").encode()
+    (image,) = parse_openimages(io.BytesIO(data), "/oi")
+
+    assert image.path == "/oi/a.jpg"
+    assert image.annotations[0].box == Box(0.1, 0.2, 0.5, 0.6)
+
+
+def test_openimages_missing_columns_is_an_error():
+    with pytest.raises(ValueError, match="XMax"):
+        parse_openimages("ImageID,LabelName,XMin,YMin,YMax\n", "/oi")
+
+
+def test_load_class_descriptions():
+    text = '/m/01g317,Person\n/m/01yrx,Cat\n/m/0k4j,"Car, parked"\n\n'
+    assert load_class_descriptions(text.encode()) == {"/m/01g317": "Person", "/m/01yrx": "Cat", "/m/0k4j": "Car, parked"}
+    assert load_class_descriptions(io.StringIO("LabelName,DisplayName\n/m/01yrx,Cat\n")) == {"/m/01yrx": "Cat"}
+    with pytest.raises(ValueError, match="line 2"):
+        load_class_descriptions("/m/01yrx,Cat\n/m/x\n")
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_detect_format_and_registry():
+    assert detect_format("gs://b/instances_val2017.JSON") == "coco"
+    assert detect_format("/data/oidv6-train-annotations-bbox.csv") == "openimages"
+    assert PARSERS[detect_format("x.json")] is parse_coco
+    assert PARSERS[detect_format("x.csv")] is parse_openimages
+    with pytest.raises(ValueError, match="coco, openimages"):
+        detect_format("boxes.txt")

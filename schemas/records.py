@@ -75,6 +75,11 @@ class Annotation:
             "is_crowd": self.is_crowd,
         }
 
+    def scaled(self, sx: float, sy: float) -> "Annotation":
+        """The same annotation with its box scaled, e.g. from fractions to pixels."""
+        box = Box(self.box.x0 * sx, self.box.y0 * sy, self.box.x1 * sx, self.box.y1 * sy)
+        return dataclasses.replace(self, box=box)
+
     @classmethod
     def from_json(cls, data: dict) -> "Annotation":
         return cls(
@@ -98,6 +103,8 @@ class RawInput:
     data: bytes
     annotations: tuple[Annotation, ...] = ()
     origin: str = "file"
+    #: Boxes are fractions of the image size (OpenImages) until decoding knows the size.
+    boxes_normalized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

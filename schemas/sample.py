@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+import pyarrow as pa
+
 from schemas.reasons import Note
 from schemas.records import Annotation, SourceImage
 
@@ -27,6 +29,36 @@ class Field:
     PASTED = "pasted.jpg"
     REF = "ref.jpg"
     JSON = "json"
+
+
+#: Per-sample metadata of source shards (``{shard}.parquet`` beside each tar).
+SOURCE_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("origin", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("notes", pa.list_(pa.string())),
+        pa.field("labels", pa.list_(pa.string())),
+    ]
+)
+
+
+def source_metadata_row(image: SourceImage) -> dict[str, Any]:
+    """The Parquet row of a source sample (``shard`` is added by the writer)."""
+    return {
+        "key": image.key,
+        "sha256": image.sha256,
+        "uri": image.uri,
+        "origin": image.origin,
+        "width": image.width,
+        "height": image.height,
+        "notes": [note.value for note in image.notes],
+        "labels": [annotation.label for annotation in image.annotations],
+    }
 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:

@@ -1,0 +1,199 @@
+"""The shard writer: deterministic bytes, limits, atomic publish, resume, and readers' view."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset
+import wids
+
+from pipeline.stage import with_retries
+from transforms.io.files import PARTIAL_SUFFIX, publish, remove_partials
+from transforms.io.shards import (
+    EncodedSample,
+    ShardWriterConfig,
+    WriteShards,
+    bucket_of,
+    manifest,
+    split_parts,
+    write_shard,
+)
+
+SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("n", pa.int64())])
+
+
+def sample(i: int, size: int = 100) -> EncodedSample:
+    payload = bytes([i % 251]) * size
+    return EncodedSample(key=f"k{i:05d}", fields={"bin": payload, "json": json.dumps({"i": i}).encode()}, metadata={"n": i})
+
+
+def config(tmp_path: pathlib.Path, **overrides) -> ShardWriterConfig:
+    return ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=SCHEMA, **overrides)
+
+
+def test_same_samples_give_byte_identical_shards(tmp_path):
+    first = write_shard(config(tmp_path / "a"), "shard-000000-00.tar", [sample(i) for i in range(20)])
+    second = write_shard(config(tmp_path / "b"), "shard-000000-00.tar", [sample(i) for i in range(20)])
+    assert first.md5sum == second.md5sum
+    assert (tmp_path / "a/shard-000000-00.tar").read_bytes() == (tmp_path / "b/shard-000000-00.tar").read_bytes()
+    with tarfile.open(tmp_path / "a/shard-000000-00.tar") as archive:
+        members = archive.getmembers()
+    assert {m.mtime for m in members} == {0} and {m.uname for m in members} == {""}
+    assert [m.name for m in members[:2]] == ["k00000.bin", "k00000.json"]
+
+
+def test_rewrite_of_identical_shard_is_skipped(tmp_path):
+    cfg = config(tmp_path)
+    samples = [sample(i) for i in range(5)]
+    assert write_shard(cfg, "s.tar", samples).written
+    stamp = os.stat(tmp_path / "s.tar").st_mtime_ns
+    time.sleep(0.01)
+    again = write_shard(cfg, "s.tar", samples)
+    assert not again.written
+    assert os.stat(tmp_path / "s.tar").st_mtime_ns == stamp
+    changed = write_shard(cfg, "s.tar", samples[:4])
+    assert changed.written and changed.nsamples == 4
+
+
+def test_parts_respect_count_and_size_limits():
+    samples = [sample(i, size=100) for i in range(10)]
+    assert [len(p) for p in split_parts(samples, max_count=4, max_size=10**9)] == [4, 4, 2]
+    by_size = list(split_parts(samples, max_count=100, max_size=3 * 120))
+    assert all(sum(s.nbytes for s in part) <= 3 * 120 for part in by_size)
+    assert sum(len(p) for p in by_size) == 10
+    assert [len(p) for p in split_parts([sample(0, size=5000)], max_count=10, max_size=1024)] == [1]
+
+
+def test_bucket_is_stable_and_spread():
+    assert bucket_of("abc", 7) == bucket_of("abc", 7)
+    counts = [0] * 8
+    for i in range(8000):
+        counts[bucket_of(f"key{i}", 8)] += 1
+    assert min(counts) > 850 and max(counts) < 1150
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="prefix"):
+        config(tmp_path, prefix="a.b")
+    with pytest.raises(ValueError, match="max_count"):
+        config(tmp_path, max_count=0)
+    with pytest.raises(ValueError, match="'key' and 'shard'"):
+        ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([("x", pa.int64())]))
+    with pytest.raises(ValueError, match="invalid sample key"):
+        EncodedSample(key="a.b", fields={}, metadata={})
+
+
+def _run_writer(tmp_path, samples, **overrides):
+    cfg = config(tmp_path, **overrides)
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        infos = p | beam.Create(samples) | WriteShards(cfg)
+        infos | beam.combiners.ToList() | beam.Map(
+            lambda found: (tmp_path / "infos.json").write_text(json.dumps([i.manifest_entry() for i in found]))
+        )
+    return json.loads((tmp_path / "infos.json").read_text())
+
+
+def test_beam_writer_is_order_independent_and_reads_back(tmp_path):
+    samples = [sample(i) for i in range(57)]
+    infos = _run_writer(tmp_path / "a", samples, max_count=10)
+    infos_reversed = _run_writer(tmp_path / "b", list(reversed(samples)), max_count=10)
+    assert sorted(i["md5sum"] for i in infos) == sorted(i["md5sum"] for i in infos_reversed)
+    assert sum(i["nsamples"] for i in infos) == 57 and all(i["nsamples"] <= 10 for i in infos)
+
+    # Any WebDataset reader, through a torch DataLoader: every key once.
+    import torch.utils.data
+
+    urls = sorted(str(tmp_path / "a" / i["url"]) for i in infos)
+    dataset = webdataset.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "json")
+    keys = [key for batch in torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=0) for key in batch[0]]
+    assert sorted(keys) == [s.key for s in samples]
+
+    # wids random access through the manifest.
+    index_path = tmp_path / "a" / "shardindex.json"
+    index_path.write_text(json.dumps(manifest([_info(i) for i in infos], "test")))
+    ds = wids.ShardListDataset(str(index_path), transformations=[], cache_dir=str(tmp_path / "wids-cache"))
+    assert len(ds) == 57
+    keys_by_index = sorted(s.key for s in samples)
+    for index in (0, 13, 56):
+        got = ds[index]
+        assert json.loads(got[".json"].read())["i"] == int(got["__key__"][1:])
+    assert sorted(ds[i]["__key__"] for i in range(57)) == keys_by_index
+
+    # Per-shard Parquet rows match the tar contents.
+    table = pq.read_table(str(tmp_path / "a" / infos[0]["url"].replace(".tar", ".parquet")))
+    assert table.num_rows == infos[0]["nsamples"] and set(table.column("shard").to_pylist()) == {infos[0]["url"]}
+
+
+def _info(entry):
+    from transforms.io.shards import ShardInfo
+
+    return ShardInfo(written=True, **entry)
+
+
+def test_killed_writer_leaves_no_partial_tar(tmp_path):
+    """SIGKILL a writer mid-shard: no .tar appears; a re-run publishes the whole shard."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time, pyarrow as pa
+        sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parents[2])!r})
+        import transforms.io.files as files
+        from transforms.io.shards import EncodedSample, ShardWriterConfig, write_shard
+        real_create = files.FileSystems.create
+        class Slow:
+            def __init__(self, inner): self.inner = inner
+            def write(self, data):
+                for i in range(0, len(data), 4096):
+                    self.inner.write(data[i:i + 4096]); self.inner.flush(); time.sleep(0.05)
+            def __enter__(self): return self
+            def __exit__(self, *exc): self.inner.close()
+        files.FileSystems.create = lambda *a, **k: Slow(real_create(*a, **k))
+        schema = pa.schema([("key", pa.string()), ("shard", pa.string())])
+        cfg = ShardWriterConfig(output_dir={str(tmp_path)!r}, metadata_schema=schema)
+        samples = [EncodedSample(key=f"k{{i}}", fields={{"bin": b"x" * 20000}}, metadata={{}}) for i in range(20)]
+        write_shard(cfg, "shard-000000-00.tar", samples)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(f"*{PARTIAL_SUFFIX}")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(tmp_path.glob(f"*{PARTIAL_SUFFIX}")), "the writer never started its partial file"
+    assert not list(tmp_path.glob("*.tar"))
+    assert remove_partials(str(tmp_path)) == 1
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([("key", pa.string()), ("shard", pa.string())]))
+    samples = [EncodedSample(key=f"k{i}", fields={"bin": b"x" * 20000}, metadata={}) for i in range(20)]
+    info = write_shard(cfg, "shard-000000-00.tar", samples)
+    with tarfile.open(tmp_path / "shard-000000-00.tar") as archive:
+        assert len(archive.getmembers()) == 20 == info.nsamples
+
+
+def test_publish_replaces_atomically(tmp_path):
+    target = tmp_path / "f.json"
+    publish(str(target), b"old")
+    publish(str(target), b"new")
+    assert target.read_bytes() == b"new" and not list(tmp_path.glob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_with_retries_retries_oserror_then_raises():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("transient")
+        return "ok"
+
+    assert with_retries(flaky, base_delay_s=0) == "ok" and len(calls) == 3
+    with pytest.raises(OSError):
+        with_retries(lambda: (_ for _ in ()).throw(OSError("down")), attempts=2, base_delay_s=0)

@@ -1,0 +1,235 @@
+"""WebDataset shard sink: deterministic, atomic, resumable.
+
+How samples become shards (docs/FORMAT.md):
+
+1. The number of buckets is ``ceil(total / (fill * max_count))``, computed from the
+   count of all samples, and each sample goes to bucket ``blake2b(key) mod buckets``.
+   The same set of samples therefore always lands in the same buckets, whatever the
+   runner, worker count or input order.
+2. Inside a bucket, samples are sorted by key and cut into parts when ``max_count``
+   samples or ``max_size`` bytes are reached: ``{prefix}-{bucket:06d}-{part:02d}.tar``.
+3. Each part is assembled in a spool, hashed, and compared with the file already at its
+   final name: an identical shard is left untouched (a re-run rewrites nothing and
+   duplicates nothing); otherwise it is written under a unique ``.partial`` name and
+   renamed into place, so a killed worker never leaves a truncated ``.tar`` behind.
+4. Next to every tar, ``{name}.parquet`` holds the per-sample metadata rows.
+
+Tars are byte-identical for identical samples: members in key then field order, fixed
+mtime, fixed owner and mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import posixpath
+import tempfile
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.io.files import list_files, md5_of, publish
+
+LOG = logging.getLogger(__name__)
+
+_SPOOL_IN_MEMORY_BYTES = 64 << 20
+_HASH_CHUNK_BYTES = 8 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSample:
+    """A sample ready for a tar: member bytes by field name, plus its Parquet metadata row."""
+
+    key: str
+    fields: Mapping[str, bytes]
+    metadata: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not self.key or "." in self.key or "/" in self.key:
+            raise ValueError(f"invalid sample key {self.key!r}: it must be non-empty, without '.' or '/'")
+        for name, value in self.fields.items():
+            if not isinstance(value, (bytes, bytearray)):
+                raise TypeError(f"field {name!r} of {self.key} must be bytes, got {type(value).__name__}")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(value) for value in self.fields.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One finished shard, as listed in the wids manifest."""
+
+    url: str  # relative to the output directory
+    md5sum: str
+    nsamples: int
+    filesize: int
+    written: bool  # False when an identical shard was already in place
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"url": self.url, "md5sum": self.md5sum, "nsamples": self.nsamples, "filesize": self.filesize}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardWriterConfig:
+    """Where and how shards are written. ``fill`` keeps buckets below ``max_count`` on average."""
+
+    output_dir: str
+    metadata_schema: pa.Schema
+    prefix: str = "shard"
+    max_count: int = 1000
+    max_size: int = 1 << 30
+    fill: float = 0.8
+    mtime: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ValueError("output_dir is required")
+        if not self.prefix or "/" in self.prefix or "." in self.prefix:
+            raise ValueError(f"shard prefix must be a plain name, got {self.prefix!r}")
+        if self.max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {self.max_count}")
+        if self.max_size < 1024:
+            raise ValueError(f"max_size must be >= 1024 bytes, got {self.max_size}")
+        if not 0.0 < self.fill <= 1.0:
+            raise ValueError(f"fill must be in (0, 1], got {self.fill}")
+        if "key" not in self.metadata_schema.names or "shard" not in self.metadata_schema.names:
+            raise ValueError("metadata_schema must have 'key' and 'shard' columns")
+
+    def bucket_count(self, total_samples: int) -> int:
+        return max(1, math.ceil(total_samples / (self.fill * self.max_count)))
+
+    def shard_name(self, bucket: int, part: int) -> str:
+        return f"{self.prefix}-{bucket:06d}-{part:02d}.tar"
+
+    def path(self, name: str) -> str:
+        return FileSystems.join(self.output_dir, name)
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """The bucket of a sample key: uniform, and the same on every machine."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def split_parts(samples: Sequence[EncodedSample], max_count: int, max_size: int) -> Iterator[list[EncodedSample]]:
+    """Cut key-sorted samples into consecutive parts within the count and size limits.
+
+    A single sample larger than ``max_size`` gets a part of its own rather than an error.
+    """
+    part: list[EncodedSample] = []
+    size = 0
+    for sample in samples:
+        if part and (len(part) >= max_count or size + sample.nbytes > max_size):
+            yield part
+            part, size = [], 0
+        part.append(sample)
+        size += sample.nbytes
+    if part:
+        yield part
+
+
+class _TarSpool:
+    """A tar assembled in a spooled temp file, with its md5 and size."""
+
+    def __init__(self, samples: Iterable[EncodedSample], mtime: float) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES)
+        writer = webdataset.TarWriter(self.file, user="", group="", mode=0o444, mtime=mtime, encoder=False)
+        for sample in samples:
+            writer.write({"__key__": sample.key, **sample.fields})
+        writer.tarstream.close()  # not writer.close(): that would close our spool too
+        self.size = self.file.tell()
+        self.file.seek(0)
+        digest = hashlib.md5()
+        for chunk in iter(lambda: self.file.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+        self.md5 = digest.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _parquet_bytes(rows: list[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+    table = pa.Table.from_pylist([dict(row) for row in rows], schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_shard(config: ShardWriterConfig, name: str, samples: Sequence[EncodedSample]) -> ShardInfo:
+    """Write one shard and its Parquet metadata atomically; skip both if identical ones exist."""
+    tar_path = config.path(name)
+    parquet_path = config.path(name[: -len(".tar")] + ".parquet")
+    spool = _TarSpool(samples, config.mtime)
+    try:
+        rows = [{**sample.metadata, "key": sample.key, "shard": name} for sample in samples]
+        parquet = _parquet_bytes(rows, config.metadata_schema)
+        tar_unchanged = md5_of(tar_path) == spool.md5
+        parquet_unchanged = md5_of(parquet_path) == hashlib.md5(parquet).hexdigest()
+        if not tar_unchanged:
+            publish(tar_path, spool.file)
+        if not parquet_unchanged:
+            publish(parquet_path, parquet)
+        written = not (tar_unchanged and parquet_unchanged)
+        LOG.info("%s %s: %d samples, %d bytes", "wrote" if written else "kept identical", name, len(samples), spool.size)
+        return ShardInfo(url=name, md5sum=spool.md5, nsamples=len(samples), filesize=spool.size, written=written)
+    finally:
+        spool.close()
+
+
+class _WriteBucketFn(beam.DoFn):
+    def __init__(self, config: ShardWriterConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]]) -> Iterator[ShardInfo]:
+        bucket, samples = bucket_and_samples
+        ordered = sorted(samples, key=lambda sample: sample.key)
+        for part_index, part in enumerate(split_parts(ordered, self._config.max_count, self._config.max_size)):
+            info = write_shard(self._config, self._config.shard_name(bucket, part_index), part)
+            Metrics.counter("counterfactory.write", "shards_written_count" if info.written else "shards_kept_count").inc()
+            Metrics.counter("counterfactory.write", "samples_written_count").inc(info.nsamples)
+            Metrics.counter("counterfactory.write", "shard_bytes_total_bytes").inc(info.filesize)
+            yield info
+
+
+class WriteShards(beam.PTransform):
+    """Write ``EncodedSample`` records as WebDataset shards; outputs one ``ShardInfo`` per shard."""
+
+    def __init__(self, config: ShardWriterConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        config = self._config
+        buckets = (
+            samples
+            | "CountSamples" >> beam.combiners.Count.Globally()
+            | "BucketCount" >> beam.Map(config.bucket_count)
+        )
+        return (
+            samples
+            | "AssignBucket"
+            >> beam.Map(lambda sample, n: (bucket_of(sample.key, n), sample), n=beam.pvalue.AsSingleton(buckets))
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(config))
+        )
+
+
+def manifest(shards: Iterable[ShardInfo], name: str) -> dict[str, Any]:
+    """The ``wids-shard-index-v1`` manifest; urls are relative to the manifest's directory."""
+    entries = sorted((shard.manifest_entry() for shard in shards), key=lambda entry: entry["url"])
+    return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": entries}
+
+
+def stale_files(config: ShardWriterConfig, shards: Iterable[ShardInfo]) -> list[str]:
+    """Shard files in the output that this run did not produce (left by an earlier run)."""
+    current = {shard.url for shard in shards}
+    return [path for path in list_files(config.path(f"{config.prefix}-*.tar")) if posixpath.basename(path) not in current]

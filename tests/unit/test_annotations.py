@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -18,7 +19,9 @@ from transforms.io.annotations import (
     parse_openimages,
 )
 
-OI_HEADER = "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n"
+OI_HEADER = (
+    "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside\n"
+)
 
 
 def _coco(annotations: list[dict], images: list[dict] | None = None) -> bytes:
@@ -267,7 +270,8 @@ def test_openimages_missing_columns_is_an_error():
 
 def test_load_class_descriptions():
     text = '/m/01g317,Person\n/m/01yrx,Cat\n/m/0k4j,"Car, parked"\n\n'
-    assert load_class_descriptions(text.encode()) == {"/m/01g317": "Person", "/m/01yrx": "Cat", "/m/0k4j": "Car, parked"}
+    expected = {"/m/01g317": "Person", "/m/01yrx": "Cat", "/m/0k4j": "Car, parked"}
+    assert load_class_descriptions(text.encode()) == expected
     assert load_class_descriptions(io.StringIO("LabelName,DisplayName\n/m/01yrx,Cat\n")) == {"/m/01yrx": "Cat"}
     with pytest.raises(ValueError, match="line 2"):
         load_class_descriptions("/m/01yrx,Cat\n/m/x\n")
@@ -283,3 +287,48 @@ def test_detect_format_and_registry():
     assert PARSERS[detect_format("x.csv")] is parse_openimages
     with pytest.raises(ValueError, match="coco, openimages"):
         detect_format("boxes.txt")
+
+
+# --- bundled sample files -----------------------------------------------------------------
+
+SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "jobs" / "samples" / "annotations"
+SAMPLE_MIDS = {
+    "astronaut.jpg": "/m/01g317",
+    "coffee.jpg": "/m/02p5f1q",
+    "chelsea.jpg": "/m/01yrx",
+    "rocket.jpg": "/m/09rvcxw",
+    "motorcycle.jpg": "/m/04_sv",
+}
+
+
+def test_sample_coco_file():
+    images, orphans = _split(parse_coco((SAMPLES / "coco.json").read_bytes(), "jobs/samples/images"))
+
+    assert sorted(images) == sorted(f"jobs/samples/images/{name}" for name in SAMPLE_MIDS)
+    assert orphans == []
+    labels = {path.rsplit("/", 1)[1]: [a.label for a in i.annotations] for path, i in images.items()}
+    assert labels == {
+        "astronaut.jpg": ["person"],
+        "coffee.jpg": ["cup"],
+        "chelsea.jpg": ["cat"],
+        "rocket.jpg": [],
+        "motorcycle.jpg": ["motorcycle"],
+    }
+    rejected = [r for i in images.values() for r in i.rejections]
+    assert [(r.uri, r.reason) for r in rejected] == [("jobs/samples/images/chelsea.jpg", Reason.INVALID_BOX)]
+
+
+def test_sample_openimages_file_agrees_with_coco():
+    descriptions = load_class_descriptions((SAMPLES / "class-descriptions.csv").read_bytes())
+    oi, orphans = _split(parse_openimages((SAMPLES / "openimages.csv").read_bytes(), "", descriptions))
+    coco, _ = _split(parse_coco((SAMPLES / "coco.json").read_bytes(), ""))
+
+    assert sorted(oi) == sorted(SAMPLE_MIDS) and orphans == []
+    assert [name for name, i in oi.items() if i.rejections] == ["coffee.jpg"]
+    assert len(oi["coffee.jpg"].rejections) == 1
+    for name, image in oi.items():
+        (annotation,) = image.in_pixels(coco[name].width, coco[name].height)
+        assert annotation.label == descriptions[SAMPLE_MIDS[name]]
+        if name != "rocket.jpg":  # COCO has no rocket class
+            (theirs,) = coco[name].annotations
+            assert annotation.box.as_list() == pytest.approx(theirs.box.as_list(), abs=0.5)

@@ -178,7 +178,9 @@ def _coco_size(entry: dict) -> Optional[tuple[int, int]]:
     return None
 
 
-def _coco_annotation(ann: dict, categories: Mapping[int, str], size: Optional[tuple[int, int]]) -> Union[Annotation, str]:
+def _coco_annotation(
+    ann: dict, categories: Mapping[int, str], size: Optional[tuple[int, int]]
+) -> Union[Annotation, str]:
     category_id = ann.get("category_id")
     if category_id not in categories:
         return f"unknown category_id {category_id!r}"

@@ -81,10 +81,7 @@ class AnnotatedImage:
             raise ValueError(f"image size must be positive, got {width}x{height}")
         if not self.normalized:
             return self.annotations
-        return tuple(
-            dataclasses.replace(a, box=Box(a.box.x0 * width, a.box.y0 * height, a.box.x1 * width, a.box.y1 * height))
-            for a in self.annotations
-        )
+        return tuple(a.scaled(width, height) for a in self.annotations)
 
 
 def join_path(root: str, path: str) -> str:

@@ -18,8 +18,9 @@ with an empty ``uri``: consumers split the stream by type.
 
 Coordinates: COCO boxes are pixels of the declared image size. OpenImages boxes are
 fractions of the image size, which the CSV does not give, so an OpenImages
-``AnnotatedImage`` has ``normalized=True`` and :meth:`AnnotatedImage.in_pixels` converts
-its boxes once the decoded image's size is known; call it for both formats.
+``AnnotatedImage`` has ``normalized=True`` and its boxes become pixels once the decoded
+image's size is known: :meth:`AnnotatedImage.in_pixels` (a no-op for pixel boxes), or
+``Annotation.scaled`` where only the annotations travel on (``RawInput.boxes_normalized``).
 """
 from __future__ import annotations
 

@@ -50,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Beam narrates every string type annotation it meets at INFO; it says nothing useful to users.
+    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
     result = COMMANDS[args.command].load()(rest)
     return result if isinstance(result, int) else 0
 

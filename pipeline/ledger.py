@@ -39,12 +39,11 @@ def count_dead_letters(pcoll: beam.PCollection, label: str) -> beam.PCollection:
 
 
 class Tally(beam.PTransform):
-    """Flatten ``((counter, label), n)`` pairs and sum them into one dict (a singleton)."""
+    """Sum ``((counter, label), n)`` pairs into one dict (a singleton PCollection)."""
 
-    def expand(self, pcolls: Iterable[beam.PCollection]) -> beam.PCollection:
+    def expand(self, counts: beam.PCollection) -> beam.PCollection:
         return (
-            tuple(pcolls)
-            | "Flatten" >> beam.Flatten()
+            counts
             | "Sum" >> beam.CombinePerKey(sum)
             | "ToDict" >> beam.combiners.ToDict()
         )

@@ -79,7 +79,8 @@ class StageDoFn(beam.DoFn):
     def process_record(self, element: Any, *args: Any, **kwargs: Any) -> Iterable[Any]:
         raise NotImplementedError
 
-    def process(self, element: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    # No annotations here: Beam would read them as type hints for every subclass.
+    def process(self, element, *args, **kwargs):
         namespace = f"counterfactory.{self.stage}"
         Metrics.counter(namespace, "records_in_count").inc()
         started = time.perf_counter()

@@ -1,0 +1,194 @@
+"""The last step of every run: manifest, stats (ledger + funnel), rejections, dead letters, lineage.
+
+It runs once, after every shard is written (its inputs are side inputs of a single
+element), so it can also clear ``.partial`` files and name stale shards safely.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.ledger import DEAD_LETTER, INPUTS, REJECTED, WRITTEN, Ledger
+from schemas import DeadLetter, Rejection
+from transforms.io.files import publish, remove_partials
+from transforms.io.shards import ShardInfo, ShardWriterConfig, manifest, stale_files
+
+LOG = logging.getLogger(__name__)
+
+MANIFEST = "shardindex.json"
+STATS = "stats.json"
+LINEAGE = "lineage.json"
+CONFIG = "config.yaml"
+REJECTED_FILE = "rejected.parquet"
+DEAD_LETTERS_FILE = "dead_letters.jsonl"
+FUNNEL = "funnel"
+
+REJECTED_SCHEMA = pa.schema(
+    [("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+_REJECTED_ROWS_PER_GROUP = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a run records about itself next to its output."""
+
+    job: str
+    dataset_name: str
+    code_version: str
+    inputs: tuple[str, ...]
+    config: Mapping[str, Any]
+    funnel: tuple[str, ...]
+    started_at: str
+
+    def __post_init__(self) -> None:
+        if not self.job or not self.dataset_name:
+            raise ValueError("a run needs a job and a dataset name")
+
+
+class FinalizeInputs(NamedTuple):
+    shards: beam.PCollection
+    tally: beam.PCollection
+    rejected: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _rejected_parquet(rejections: Iterable[Rejection]) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, REJECTED_SCHEMA, compression="zstd") as writer:
+        batch: list[dict[str, str]] = []
+        for rejection in rejections:
+            batch.append(rejection.to_row())
+            if len(batch) >= _REJECTED_ROWS_PER_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=REJECTED_SCHEMA))
+                batch = []
+        writer.write_table(pa.Table.from_pylist(batch, schema=REJECTED_SCHEMA))
+    return sink.getvalue().to_pybytes()
+
+
+def _dead_letters_jsonl(dead_letters: Iterable[DeadLetter]) -> bytes:
+    return b"".join(json.dumps(dead.to_row(), sort_keys=True).encode("utf-8") + b"\n" for dead in dead_letters)
+
+
+def _group_counts(tally: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    grouped: dict[str, dict[str, int]] = {}
+    for (counter, label), n in sorted(tally.items()):
+        if counter not in (WRITTEN, REJECTED, DEAD_LETTER, FUNNEL):
+            grouped.setdefault(counter, {})[label] = n
+    return grouped
+
+
+def content_digest(shards: Sequence[ShardInfo]) -> str:
+    """One sha256 for the dataset's content: over its shards' names and md5s, in name order."""
+    lines = "".join(f"{shard.url} {shard.md5sum}\n" for shard in sorted(shards, key=lambda shard: shard.url))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+class _FinalizeFn(beam.DoFn):
+    def __init__(self, run: RunInfo, writer: ShardWriterConfig) -> None:
+        super().__init__()
+        self._run = run
+        self._writer = writer
+
+    def process(self, _, shards, tally, rejected, dead_letters):
+        run, out = self._run, self._writer.output_dir
+        shards = sorted(shards, key=lambda shard: shard.url)
+        tally = dict(tally[0]) if tally else {}
+        ledger = Ledger.from_tally(tally)
+        publish(FileSystems.join(out, MANIFEST), _json(manifest(shards, run.dataset_name)))
+        publish(FileSystems.join(out, REJECTED_FILE), _rejected_parquet(rejected))
+        publish(FileSystems.join(out, DEAD_LETTERS_FILE), _dead_letters_jsonl(dead_letters))
+        removed = remove_partials(out)
+        stale = stale_files(self._writer, shards)
+        if stale:
+            LOG.warning("%d shard files in %s are not part of this run (left by an earlier one): %s", len(stale), out, stale[:5])
+        finished_at = _now()
+        stats = {
+            "job": run.job,
+            "dataset": run.dataset_name,
+            "code_version": run.code_version,
+            "started_at": run.started_at,
+            "finished_at": finished_at,
+            "ledger": ledger.to_json(),
+            "funnel": [{"step": step, "count": tally.get((FUNNEL, step), 0)} for step in run.funnel],
+            "counts": _group_counts(tally),
+            "shards": {
+                "count": len(shards),
+                "samples": sum(shard.nsamples for shard in shards),
+                "bytes": sum(shard.filesize for shard in shards),
+                "written": sum(shard.written for shard in shards),
+                "kept_identical": sum(not shard.written for shard in shards),
+            },
+            "stale_shards": stale,
+            "partials_removed": removed,
+        }
+        lineage = {
+            "dataset": run.dataset_name,
+            "job": run.job,
+            "code_version": run.code_version,
+            "created_at": finished_at,
+            "inputs": list(run.inputs),
+            "config_sha256": hashlib.sha256(_json(dict(run.config))).hexdigest(),
+            "content_sha256": content_digest(shards),
+            "samples": stats["shards"]["samples"],
+        }
+        publish(FileSystems.join(out, LINEAGE), _json(lineage))
+        publish(FileSystems.join(out, CONFIG), yaml.safe_dump(dict(run.config), sort_keys=True).encode("utf-8"))
+        publish(FileSystems.join(out, STATS), _json(stats))  # last: its presence marks a finished run
+        log = LOG.info if ledger.closed else LOG.error
+        log(
+            "%s: %d inputs -> %d written, %d rejected, %d dead letters (ledger %s); %d shards in %s",
+            run.job, ledger.inputs, ledger.written, sum(ledger.rejected.values()),
+            sum(ledger.dead_letters.values()), "closed" if ledger.closed else "DOES NOT CLOSE", len(shards), out,
+        )
+        yield stats
+
+
+class FinalizeRun(beam.PTransform):
+    """Write the run's manifest, stats, rejections, dead letters, lineage and config."""
+
+    def __init__(self, run: RunInfo, writer: ShardWriterConfig) -> None:
+        super().__init__()
+        self._run = run
+        self._writer = writer
+
+    def expand(self, inputs: FinalizeInputs) -> beam.PCollection:
+        pbegin = inputs.shards.pipeline
+        side = beam.pvalue
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "Finalize"
+            >> beam.ParDo(
+                _FinalizeFn(self._run, self._writer),
+                shards=side.AsList(inputs.shards),
+                tally=side.AsList(inputs.tally),
+                rejected=side.AsIter(inputs.rejected),
+                dead_letters=side.AsIter(inputs.dead_letters),
+            )
+        )
+
+
+def read_stats(output_dir: str) -> dict[str, Any]:
+    """The stats.json of a finished run."""
+    with FileSystems.open(FileSystems.join(output_dir, STATS), compression_type="uncompressed") as stream:
+        return json.loads(stream.read())

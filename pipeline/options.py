@@ -1,0 +1,124 @@
+"""Options: command line and YAML -> ``PipelineOptions`` subclasses -> typed stage configs.
+
+A YAML file given with ``--config`` holds option names as keys (``max_shard_count: 500``);
+flags on the command line override it. The resolved options are saved as ``config.yaml``
+with every output, and that file can be passed back with ``--config`` to repeat a run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Iterable, Optional, Sequence, Type
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake: printed without a traceback by the CLI."""
+
+
+class RunOptions(PipelineOptions):
+    """Options every counterfactory job takes."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--output", help="Output directory (local, gs://, s3://, ...).")
+        parser.add_argument("--config", help="YAML file of option values; command-line flags override it.")
+        parser.add_argument("--name", help="Dataset name recorded in the manifest and lineage (default: output folder name).")
+        parser.add_argument(
+            "--local_workers",
+            type=int,
+            default=1,
+            help="Without --runner: 1 runs in-process (FnApiRunner); N>1 uses the DirectRunner with N processes.",
+        )
+        parser.add_argument("--shard_prefix", default="shard", help="Shard file names: PREFIX-BUCKET-PART.tar.")
+        parser.add_argument("--max_shard_count", type=int, default=1000, help="Most samples in one shard.")
+        parser.add_argument("--max_shard_bytes", type=int, default=1 << 30, help="Most bytes in one shard.")
+
+
+def _yaml_to_argv(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            values = yaml.safe_load(stream) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option names to values")
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = f"--{name}"
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item is None:
+                continue
+            if isinstance(item, bool):
+                if item:
+                    argv.append(flag)
+                continue
+            argv.append(f"{flag}={item}")
+    return argv
+
+
+def _config_path(argv: Sequence[str]) -> Optional[str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(argv)
+    return known.config
+
+
+def _print_help(prog: str, description: str, option_classes: Iterable[Type[PipelineOptions]]) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Any Apache Beam pipeline option is accepted too (--runner, --project, --temp_location, ...).",
+    )
+    for options_class in option_classes:
+        group = parser.add_argument_group(options_class.__name__)
+        options_class._add_argparse_args(group)
+    parser.print_help(sys.stdout)
+
+
+def parse_options(
+    argv: Optional[Sequence[str]], prog: str, description: str, *option_classes: Type[PipelineOptions]
+) -> PipelineOptions:
+    """Parse a job's argv (plus its ``--config`` YAML) into PipelineOptions with a local default runner."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _print_help(prog, description, (RunOptions, *option_classes))
+        raise SystemExit(0)
+    config = _config_path(argv)
+    argv = (_yaml_to_argv(config) if config else []) + argv
+    options = PipelineOptions(argv)
+    run = options.view_as(RunOptions)
+    if not run.output:
+        raise ConfigError("--output is required")
+    if run.local_workers < 1:
+        raise ConfigError(f"--local_workers must be >= 1, got {run.local_workers}")
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        if run.local_workers == 1:
+            standard.runner = "FnApiRunner"
+        else:
+            from apache_beam.options.pipeline_options import DirectOptions
+
+            standard.runner = "DirectRunner"
+            direct = options.view_as(DirectOptions)
+            direct.direct_running_mode = "multi_processing"
+            direct.direct_num_workers = run.local_workers
+    return options
+
+
+def resolved_config(options: PipelineOptions, *option_classes: Type[PipelineOptions]) -> dict[str, Any]:
+    """Our options' values (defaults included) plus the runner, for ``config.yaml``."""
+    names: set[str] = set()
+    for options_class in (RunOptions, *option_classes):
+        parser = argparse.ArgumentParser(add_help=False)
+        options_class._add_argparse_args(parser)
+        names.update(action.dest for action in parser._actions)
+    values = options.get_all_options(drop_default=False, retain_unknown_options=False)
+    config = {name: values[name] for name in sorted(names) if name in values and name != "config"}
+    config["runner"] = options.view_as(StandardOptions).runner
+    return config

@@ -1,0 +1,254 @@
+"""Readers: image files, WebDataset tars and annotated datasets on any Beam filesystem.
+
+Every reader returns :class:`ReaderOutputs`: records for the next stage, rejections,
+dead letters, and an ``inputs`` tally counted where the inputs are first seen, so the
+run's ledger can check that every input is accounted for downstream.
+"""
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from typing import Iterator, Mapping, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import TaggedOutput
+
+from pipeline.ledger import INPUTS, count_as
+from pipeline.stage import StageDoFn, apply_stage
+from schemas import RawInput, Reason, Rejection, SourceImage
+from schemas.sample import Field, source_from_sample
+from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
+from transforms.io.files import read_bytes
+
+#: File extensions read as images; anything else under an input folder is rejected
+#: with ``unsupported_extension`` (so a stray file is reported, not silently skipped).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+class ReaderOutputs(NamedTuple):
+    records: beam.PCollection
+    rejected: beam.PCollection  # image-level rejections: they count in the ledger
+    dead_letters: beam.PCollection
+    inputs: beam.PCollection  # ((INPUTS, origin), 1) per input
+    box_rejected: Optional[beam.PCollection] = None  # annotation boxes dropped; images still count
+
+
+def expand_pattern(pattern: str) -> str:
+    """A folder means every file below it, recursively; a glob or a file path is kept as given."""
+    if any(char in pattern for char in "*?["):
+        return pattern
+    folder = FileSystems.join(pattern.rstrip("/"), "**")
+    if pattern.endswith("/") or FileSystems.match([folder])[0].metadata_list:
+        return folder
+    return pattern
+
+
+class _ReadFileFn(StageDoFn):
+    stage = "read"
+
+    def __init__(self, extensions: frozenset[str]) -> None:
+        super().__init__()
+        self._extensions = extensions
+
+    def process_record(self, path: str) -> Iterator[RawInput | Rejection]:
+        extension = posixpath.splitext(path)[1].lower()
+        if extension not in self._extensions:
+            yield Rejection(path, self.stage, Reason.UNSUPPORTED_EXTENSION, f"extension {extension or '(none)'!r}")
+            return
+        yield RawInput(uri=path, data=read_bytes(path), origin="file")
+
+
+class ReadImageFiles(beam.PTransform):
+    """Image files matching globs, or below folders, on local disk, gs://, s3://, ..."""
+
+    def __init__(self, patterns: Sequence[str], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> None:
+        super().__init__()
+        if not patterns:
+            raise ValueError("ReadImageFiles needs at least one pattern")
+        self._patterns = [expand_pattern(pattern) for pattern in patterns]
+        self._extensions = extensions
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
+        matched = (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll()
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "DropDuplicatePaths" >> beam.Distinct()
+            | "Spread" >> beam.Reshuffle()
+        )
+        outputs = apply_stage(matched, "ReadFiles", _ReadFileFn(self._extensions))
+        inputs = count_as(matched, "CountFiles", INPUTS, lambda _: "file")
+        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
+
+
+def _tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive tar members by WebDataset key (basename up to its first dot)."""
+    key, fields = None, {}
+    with tarfile.open(fileobj=stream, mode="r|*") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            dirname, basename = posixpath.split(member.name)
+            if basename.startswith("."):
+                continue
+            sample_key, _, field = basename.partition(".")
+            sample_key = posixpath.join(dirname, sample_key) if dirname else sample_key
+            if sample_key != key:
+                if key is not None:
+                    yield key, fields
+                key, fields = sample_key, {}
+            extracted = archive.extractfile(member)
+            fields[field.lower()] = extracted.read() if extracted else b""
+    if key is not None:
+        yield key, fields
+
+
+class _ReadTarFn(StageDoFn):
+    stage = "read_shards"
+
+    def __init__(self, extensions: frozenset[str]) -> None:
+        super().__init__()
+        self._image_fields = sorted(extension.lstrip(".") for extension in extensions)
+
+    def _record(self, tar_path: str, key: str, fields: dict[str, bytes]) -> RawInput | SourceImage | Rejection:
+        uri = f"{tar_path}#{key}"
+        if Field.SRC in fields and Field.JSON in fields:
+            # Our own source shards: keep keys, notes and annotations as ingest wrote them.
+            return source_from_sample({"__key__": key, **fields})
+        for field in self._image_fields:
+            if field in fields:
+                return RawInput(uri=f"{uri}.{field}", data=fields[field], origin="shard")
+        return Rejection(uri, self.stage, Reason.SAMPLE_WITHOUT_IMAGE, f"fields: {sorted(fields)}")
+
+    def process_record(self, path: str) -> Iterator[RawInput | SourceImage | Rejection]:
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            samples = _tar_samples(stream)
+            while True:
+                try:
+                    key, fields = next(samples)
+                except StopIteration:
+                    return
+                except (tarfile.TarError, EOFError, OSError) as error:
+                    # Samples before the damage are kept; the unreadable rest is one rejection.
+                    yield Rejection(path, self.stage, Reason.CORRUPT_SHARD, f"{type(error).__name__}: {error}")
+                    return
+                yield self._record(path, key, fields)
+
+
+class ReadShards(beam.PTransform):
+    """Samples of existing WebDataset tars: ours (kept as they are) or anyone's (first image field).
+
+    A tar is read by one worker, streaming; corrupt tails become one ``corrupt_shard``
+    rejection. Inputs are counted per sample found (plus one per corrupt tail).
+    """
+
+    def __init__(self, patterns: Sequence[str], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> None:
+        super().__init__()
+        if not patterns:
+            raise ValueError("ReadShards needs at least one pattern")
+        self._patterns = list(patterns)
+        self._extensions = extensions
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
+        tars = (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll()
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "DropDuplicatePaths" >> beam.Distinct()
+            | "Spread" >> beam.Reshuffle()
+        )
+        outputs = apply_stage(tars, "ReadTars", _ReadTarFn(self._extensions))
+        inputs = (
+            (
+                count_as(outputs.main, "CountSamples", INPUTS, lambda _: "shard"),
+                count_as(outputs.rejected, "CountRejected", INPUTS, lambda _: "shard"),
+                count_as(outputs.dead_letters, "CountDead", INPUTS, lambda _: "shard"),
+            )
+            | "FlattenInputs" >> beam.Flatten()
+        )
+        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
+
+
+_BOX_REJECTED = "box_rejected"
+
+
+class _ParseAnnotationsFn(beam.DoFn):
+    def __init__(self, images_root: str, annotation_format: str, class_descriptions: Optional[Mapping[str, str]]) -> None:
+        super().__init__()
+        self._images_root = images_root
+        self._format = annotation_format
+        self._options = {"class_descriptions": class_descriptions} if class_descriptions is not None else {}
+
+    def process(self, path: str) -> Iterator[AnnotatedImage | TaggedOutput]:
+        for parsed in PARSERS[self._format](read_bytes(path), self._images_root, **self._options):
+            if isinstance(parsed, Rejection):
+                yield TaggedOutput(_BOX_REJECTED, parsed)
+            else:
+                for rejection in parsed.rejections:
+                    yield TaggedOutput(_BOX_REJECTED, rejection)
+                yield parsed
+
+
+class _ReadAnnotatedImageFn(StageDoFn):
+    stage = "read"
+
+    def __init__(self, origin: str) -> None:
+        super().__init__()
+        self._origin = origin
+
+    def process_record(self, image: AnnotatedImage) -> Iterator[RawInput | Rejection]:
+        if not FileSystems.exists(image.path):
+            yield Rejection(image.path, self.stage, Reason.IMAGE_MISSING, "named by the annotation file but not found")
+            return
+        yield RawInput(
+            uri=image.path,
+            data=read_bytes(image.path),
+            annotations=image.annotations,
+            origin=self._origin,
+            boxes_normalized=image.normalized,
+        )
+
+
+class ReadAnnotated(beam.PTransform):
+    """Images named by an annotation file (COCO JSON, OpenImages CSV), with their boxes.
+
+    Every image the file lists is an input, whether or not it has boxes or exists; boxes
+    the file gets wrong are reported in ``box_rejected`` without dropping their image.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str,
+        images_root: str,
+        annotation_format: str = "auto",
+        class_descriptions_file: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self._file = annotation_file
+        self._root = images_root
+        self._format = detect_format(annotation_file) if annotation_format == "auto" else annotation_format
+        if self._format not in PARSERS:
+            raise ValueError(f"unknown annotation format {annotation_format!r}; known: auto, {', '.join(PARSERS)}")
+        self._class_descriptions_file = class_descriptions_file
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
+        descriptions = (
+            load_class_descriptions(read_bytes(self._class_descriptions_file)) if self._class_descriptions_file else None
+        )
+        parsed = (
+            pbegin
+            | "AnnotationFile" >> beam.Create([self._file])
+            | "Parse"
+            >> beam.ParDo(_ParseAnnotationsFn(self._root, self._format, descriptions)).with_outputs(
+                _BOX_REJECTED, main="images"
+            )
+        )
+        images = parsed.images | "Spread" >> beam.Reshuffle()
+        outputs = apply_stage(images, "ReadImages", _ReadAnnotatedImageFn(self._format))
+        origin = self._format
+        inputs = count_as(images, "CountImages", INPUTS, lambda _: origin)
+        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs, parsed[_BOX_REJECTED])

@@ -129,6 +129,17 @@ def exif_rotated_jpeg() -> bytes:
     return _jpeg(Image.fromarray(stored), exif=exif.tobytes())
 
 
+def exif_rotated_tiff() -> bytes:
+    """A TIFF stored sideways with orientation 8; Pillow's TIFF loader applies it itself."""
+    stored = np.ascontiguousarray(np.rot90(skimage.data.chelsea(), k=-1))  # upright = stored turned anticlockwise
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[ExifTags.Base.Orientation] = 8
+    buffer = io.BytesIO()
+    img.save(buffer, format="TIFF", exif=exif)
+    return buffer.getvalue()
+
+
 def sixteen_bit_grey_png() -> bytes:
     """16-bit grey blocks of :data:`SIXTEEN_BIT_GREYS`, most above 255."""
     return _png_16_bit(_blocks(SIXTEEN_BIT_GREYS))

@@ -66,6 +66,7 @@ def test_each_broken_kind_is_rejected_with_its_own_reason(build, reason):
     [
         (inputs.plain_rgb_jpeg, ()),
         (inputs.exif_rotated_jpeg, (Note.EXIF_ORIENTED, Note.REENCODED)),
+        (inputs.exif_rotated_tiff, (Note.EXIF_ORIENTED, Note.REENCODED)),
         (inputs.sixteen_bit_grey_png, (Note.FROM_16_BIT, Note.FROM_GRAYSCALE, Note.REENCODED)),
         (inputs.sixteen_bit_rgb_png, (Note.FROM_16_BIT, Note.REENCODED)),
         (inputs.cmyk_jpeg, (Note.FROM_CMYK, Note.REENCODED)),
@@ -112,6 +113,14 @@ def test_exif_orientation_turns_the_stored_pixels_upright():
     # OpenCV applies EXIF orientation on its own: an independent opinion on "upright".
     opencv = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.abs(upright - opencv.astype(int)).mean() < 2.0
+
+
+def test_tiff_orientation_applied_by_pillows_loader_is_still_noted_and_not_applied_twice():
+    image = accepted(inputs.exif_rotated_tiff())
+    assert Note.EXIF_ORIENTED in image.notes
+    upright = decode_rgb(image.jpeg).astype(int)
+    assert upright.shape == skimage.data.chelsea().shape
+    assert np.abs(upright - skimage.data.chelsea().astype(int)).mean() < 2.0
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():

@@ -216,9 +216,11 @@ def _read_first_frame_upright(img: Image.Image) -> tuple[Image.Image, list[Note]
     # Pillow hands 16-bit RGB/RGBA/LA PNGs and TIFFs over as 8-bit modes (the high byte of
     # each sample); only the decoder's raw mode still tells that the source was 16-bit.
     wide = img.mode in _WIDE_MODES or any(";16" in _raw_mode(tile) for tile in img.tile)
+    # Read before load(): Pillow's TIFF loader turns the pixels upright and drops the tag.
+    orientation = img.getexif().get(ExifTags.Base.Orientation)
     img.load()
-    if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED_ORIENTATIONS:
-        img = ImageOps.exif_transpose(img)
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        img = ImageOps.exif_transpose(img)  # a no-op where the loader already applied it
         notes.append(Note.EXIF_ORIENTED)
     if wide:
         notes.append(Note.FROM_16_BIT)

@@ -131,8 +131,6 @@ def decode_source(raw: RawInput, config: DecodeConfig) -> Union[SourceImage, Rej
 
     with img:
         width, height = img.size
-        if width <= 0 or height <= 0:
-            return reject(Reason.CORRUPT_IMAGE, f"header declares an empty {width}x{height} image")
         if width * height > config.max_pixels:
             return reject(
                 Reason.IMAGE_TOO_LARGE,

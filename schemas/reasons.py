@@ -20,6 +20,7 @@ class Reason(str, enum.Enum):
     SAMPLE_WITHOUT_IMAGE = "sample_without_image"
     # Decoding
     NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
     TRUNCATED_IMAGE = "truncated_image"
     CORRUPT_IMAGE = "corrupt_image"
     IMAGE_TOO_LARGE = "image_too_large"

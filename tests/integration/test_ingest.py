@@ -61,7 +61,9 @@ def test_default_run_accounts_for_every_bundled_file(default_run, samples_dir):
         assert meta["key"] == sample["__key__"] and meta["provenance"]["job"] == "ingest"
     for name, note in EDGE_NOTES.items():
         assert note in notes_by_file[name], name
-    assert {"astronaut.jpg", "coffee.jpg", "chelsea.jpg"} <= set(notes_by_file)
+    assert {"coffee.jpg", "chelsea.jpg", "rocket.jpg"} <= set(notes_by_file)
+    # Of two identical files the one with the smaller URI is kept, the other rejected.
+    assert "astronaut_copy.jpg" in notes_by_file and by_file["astronaut.jpg"] == "duplicate_content"
     funnel = [step["count"] for step in stats["funnel"]]
     assert funnel == sorted(funnel, reverse=True) and funnel[0] == ledger["inputs"]
 

@@ -183,7 +183,7 @@ def test_oversized_headers_never_leak_pillows_warning_or_error():
 def test_formats_outside_the_allow_list_are_not_parsed():
     config = DecodeConfig(formats=("JPEG",))
     result = decode(inputs.palette_alpha_png(), config)
-    assert result.reason is Reason.NOT_AN_IMAGE and "PNG" in result.detail
+    assert result.reason is Reason.UNSUPPORTED_FORMAT and "PNG" in result.detail
 
 
 def test_a_damaged_header_with_an_image_signature_is_corrupt_not_a_non_image():

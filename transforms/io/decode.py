@@ -280,7 +280,7 @@ def _unidentified(data: bytes, formats: tuple[str, ...]) -> tuple[Reason, str]:
         return Reason.NOT_AN_IMAGE, "no known image signature"
     if signature in formats:
         return Reason.CORRUPT_IMAGE, f"has a {signature} signature but its header cannot be parsed"
-    return Reason.NOT_AN_IMAGE, f"a {signature} file; accepted formats are {', '.join(formats)}"
+    return Reason.UNSUPPORTED_FORMAT, f"a {signature} file; accepted formats are {', '.join(formats)}"
 
 
 def _signature_format(data: bytes) -> str | None:

@@ -181,7 +181,9 @@ class _ParseAnnotationsFn(beam.DoFn):
         super().__init__()
         self._images_root = images_root
         self._format = annotation_format
-        self._options = {"class_descriptions": class_descriptions} if class_descriptions is not None else {}
+        # Only OpenImages names classes by MID; the other formats carry their names.
+        wants_descriptions = annotation_format == "openimages" and class_descriptions is not None
+        self._options = {"class_descriptions": class_descriptions} if wants_descriptions else {}
 
     def process(self, path: str) -> Iterator[AnnotatedImage | TaggedOutput]:
         for parsed in PARSERS[self._format](read_bytes(path), self._images_root, **self._options):

@@ -163,3 +163,10 @@ def test_portable_runner_with_local_job_service(tmp_path, samples_dir):
     finally:
         service.terminate()
         service.wait(timeout=30)
+
+
+def test_multiprocess_runner_writes_identical_shards(default_run, tmp_path):
+    output = tmp_path / "multi"
+    ingest.run(["--output", str(output), "--local_workers", "2"])
+    index = lambda d: {s["url"]: s["md5sum"] for s in json.loads((d / "shardindex.json").read_text())["shardlist"]}  # noqa: E731
+    assert index(output) == index(default_run)

@@ -167,6 +167,6 @@ def test_portable_runner_with_local_job_service(tmp_path, samples_dir):
 
 def test_multiprocess_runner_writes_identical_shards(default_run, tmp_path):
     output = tmp_path / "multi"
-    ingest.run(["--output", str(output), "--local_workers", "2"])
+    ingest.run(["--output", str(output), "--name", default_run.name, "--local_workers", "2"])
     index = lambda d: {s["url"]: s["md5sum"] for s in json.loads((d / "shardindex.json").read_text())["shardlist"]}  # noqa: E731
     assert index(output) == index(default_run)

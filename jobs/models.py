@@ -11,6 +11,7 @@ themselves call :func:`transforms.models.resolve_model` on the workers.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -107,6 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `models list | head`: the reader left; stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -420,7 +420,7 @@ def fetch_model(spec: ModelSpec, cache_dir: Optional[PathLike] = None, *, trust_
         model_dir.mkdir(parents=True, exist_ok=True)
         _remove(manifest_path)
         try:
-            manifest = _fetch_all(spec, cache, model_dir, trust_on_first_use)
+            manifest = _fetch_all(spec, cache, model_dir)
         except BaseException:
             if created:
                 shutil.rmtree(model_dir, ignore_errors=True)
@@ -429,7 +429,7 @@ def fetch_model(spec: ModelSpec, cache_dir: Optional[PathLike] = None, *, trust_
         return _resolved(spec.id, manifest_path, manifest, spec)
 
 
-def _fetch_all(spec: ModelSpec, cache: Path, model_dir: Path, trust_on_first_use: bool) -> dict[str, Any]:
+def _fetch_all(spec: ModelSpec, cache: Path, model_dir: Path) -> dict[str, Any]:
     source_dir = model_dir / "source" if spec.convert else model_dir
     source_dir.mkdir(exist_ok=True)
     fetched: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,7 @@ TORCH = [
     "open_clip_torch>=2.26",
 ]
 REVIEW = ["fastapi>=0.110", "uvicorn>=0.29"]
+CLOUD = {"gcp": ["apache-beam[gcp]"], "aws": ["apache-beam[aws]"]}
 TEST = ["pytest>=8", "pytest-timeout>=2.3"]
 
 setup(
@@ -46,6 +47,6 @@ setup(
     package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"]},
     include_package_data=True,
     install_requires=CORE,
-    extras_require={"torch": TORCH, "review": REVIEW, "test": TEST, "all": TORCH + REVIEW + TEST},
+    extras_require={"torch": TORCH, "review": REVIEW, "test": TEST, "all": TORCH + REVIEW + TEST, **CLOUD},
     entry_points={"console_scripts": ["counterfactory=jobs.cli:main"]},
 )

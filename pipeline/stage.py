@@ -127,7 +127,8 @@ def _to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
 
 def apply_stage(pcoll: beam.PCollection, label: str, dofn: StageDoFn, *args: Any, **kwargs: Any) -> StageOutputs:
     """Apply a stage so that one failing element becomes one dead letter, never a failed job."""
-    results = pcoll | label >> beam.ParDo(dofn, *args, **kwargs).with_exception_handling(
+    pardo = beam.ParDo(dofn, *args, **kwargs).with_output_types(Any, **{REJECTED: Rejection})
+    results = pcoll | label >> pardo.with_exception_handling(
         main_tag=MAIN, dead_letter_tag=DEAD_LETTERS
     ).with_outputs(REJECTED, main=MAIN)
     dead = results[DEAD_LETTERS] | f"{label}DeadLetters" >> beam.Map(_to_dead_letter, stage=dofn.stage)

@@ -19,7 +19,7 @@ import yaml
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.ledger import DEAD_LETTER, INPUTS, REJECTED, WRITTEN, Ledger
+from pipeline.ledger import DEAD_LETTER, REJECTED, WRITTEN, Ledger
 from schemas import DeadLetter, Rejection
 from transforms.io.files import publish, remove_partials
 from transforms.io.shards import ShardInfo, ShardWriterConfig, manifest, stale_files

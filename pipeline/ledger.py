@@ -8,11 +8,11 @@ tars, so a stage that silently drops a record makes the ledger fail to close.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import apache_beam as beam
 
-from schemas import DeadLetter, Outcome, Rejection
+from schemas import Outcome
 
 #: Tally counter names; ``(counter, label) -> n`` pairs are what the pipeline combines.
 INPUTS = "inputs"
@@ -100,11 +100,3 @@ class Ledger:
                 f"{sum(self.rejected.values())} rejected + {sum(self.dead_letters.values())} dead letters "
                 f"= {self.accounted}"
             )
-
-
-def rejection_rows(rejections: Iterable[Rejection]) -> list[dict[str, str]]:
-    return sorted((r.to_row() for r in rejections), key=lambda row: (row["stage"], row["uri"], row["reason"]))
-
-
-def dead_letter_rows(dead_letters: Iterable[DeadLetter]) -> list[dict[str, str]]:
-    return sorted((d.to_row() for d in dead_letters), key=lambda row: (row["stage"], row["uri"]))

@@ -50,8 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Beam narrates every string type annotation it meets at INFO; it says nothing useful to users.
-    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
+    # Beam narrates every string type annotation it meets, and which optional GCP clients
+    # are missing, at INFO: nothing a user of a local or non-GCP run needs to read.
+    for chatty in ("apache_beam.typehints", "apache_beam.io.gcp"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     result = COMMANDS[args.command].load()(rest)
     return result if isinstance(result, int) else 0
 

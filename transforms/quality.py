@@ -25,6 +25,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from schemas import CandidateScores
+from transforms.masks import dilate, disc
 
 #: SSIM window (scikit-image's default, 7x7): changes reach this far through the window.
 SSIM_WINDOW_PX = 7
@@ -95,7 +96,7 @@ def ssim_outside(src: np.ndarray, removed: np.ndarray, mask: np.ndarray, margin_
     is not background damage.
     """
     _check(src, mask, removed)
-    outside = ~_dilate(mask, margin_px)
+    outside = ~dilate(mask, margin_px)
     if not outside.any():
         return None
     _, ssim_map = structural_similarity(src, removed, channel_axis=2, data_range=255, full=True)
@@ -120,7 +121,7 @@ def edit_region(src: np.ndarray, removed: np.ndarray, mask: np.ndarray, margin_p
     farther away are background damage, for :func:`ssim_outside` to see, not part of it.
     """
     changed = np.abs(src.astype(np.int16) - removed.astype(np.int16)).max(axis=2) > tolerance
-    return mask | (changed & _dilate(mask, margin_px))
+    return mask | (changed & dilate(mask, margin_px))
 
 
 def seam(removed: np.ndarray, mask: np.ndarray, band_px: int = 2, ring_px: int = 6) -> Optional[float]:
@@ -136,9 +137,9 @@ def seam(removed: np.ndarray, mask: np.ndarray, band_px: int = 2, ring_px: int =
     """
     if removed.shape[:2] != mask.shape or mask.dtype != bool:
         raise ValueError(f"expected an HxW bool mask for an image of {removed.shape}, got {mask.dtype} {mask.shape}")
-    grown = _dilate(mask, band_px)
+    grown = dilate(mask, band_px)
     band = grown & ~_erode(mask, band_px)
-    ring = _dilate(mask, band_px + ring_px) & ~grown
+    ring = dilate(mask, band_px + ring_px) & ~grown
     if not band.any() or not ring.any():
         return None
     grey = cv2.cvtColor(removed, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -173,13 +174,7 @@ def _fit(src: np.ndarray, mask: np.ndarray, removed: np.ndarray, max_side: int) 
     return shrink(src), shrink(mask.astype(np.float32)) > 0, shrink(removed)
 
 
-def _dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    return cv2.dilate(mask.astype(np.uint8), _disc(radius_px)) > 0
-
-
 def _erode(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    return cv2.erode(mask.astype(np.uint8), _disc(radius_px), borderType=cv2.BORDER_REPLICATE) > 0
+    return cv2.erode(mask.astype(np.uint8), disc(radius_px), borderType=cv2.BORDER_REPLICATE) > 0
 
 
-def _disc(radius_px: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))

@@ -25,10 +25,9 @@ from transforms.models.segmentation import (
     SegmentationRequest,
     SegmenterConfig,
     build_tiny_sam,
-    decode_mask_png,
-    encode_mask_png,
     segmentation_handler,
 )
+from transforms.masks import decode_mask_png, encode_mask_png
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")

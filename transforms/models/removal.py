@@ -32,6 +32,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
 from transforms.io.decode import decode_rgb
+from transforms.masks import decode_mask_png, dilate
 
 LOG = logging.getLogger(__name__)
 
@@ -82,20 +83,10 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def decode_mask(mask_png: bytes, width: int, height: int) -> np.ndarray:
     """The ``HxW`` bool mask of an :class:`ObjectMask` PNG; raises if its size or content is unusable."""
-    with Image.open(io.BytesIO(mask_png), formats=("PNG",)) as img:
-        mask = np.array(img.convert("L")) > 0
-    if mask.shape != (height, width):
-        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, source is {width}x{height}")
+    mask = decode_mask_png(mask_png, width, height)
     if not mask.any():
         raise ValueError("mask is empty: nothing to remove")
     return mask
-
-
-def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """``mask`` grown by a disc of ``radius_px``: the region a remover repaints around an object."""
-    size = 2 * radius_px + 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import logging
 import re
 import time
@@ -33,6 +32,7 @@ from PIL import Image
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from transforms.io.decode import decode_rgb
 from transforms.models.catalog import ResolvedModel, resolve_model
+from transforms.masks import decode_mask_png, encode_mask_png
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -83,19 +83,6 @@ class SegmentationRequest:
         """The boxes clipped to the image, ``[B, 4]`` float32 in pixels."""
         width, height = self.source.width, self.source.height
         return np.array([d.box.clipped(width, height).as_list() for d in self.detections], dtype=np.float32)
-
-
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    """A boolean ``HxW`` mask as a 1-bit PNG (lossless and ~1 bit per pixel before deflate)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def decode_mask_png(data: bytes) -> np.ndarray:
-    """A mask PNG (1-bit or 8-bit) as a boolean ``HxW`` array."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.array(img.convert("L")) > 0
 
 
 # --------------------------------------------------------------------------- configuration

@@ -45,6 +45,24 @@ def expand_pattern(pattern: str) -> str:
     return pattern
 
 
+class MatchPaths(beam.PTransform):
+    """Paths matching globs on any Beam filesystem, each once, spread over workers."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        super().__init__()
+        self._patterns = list(patterns)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll()
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "DropDuplicatePaths" >> beam.Distinct()
+            | "Spread" >> beam.Reshuffle()
+        )
+
+
 class _ReadFileFn(StageDoFn):
     stage = "read"
 
@@ -71,14 +89,7 @@ class ReadImageFiles(beam.PTransform):
         self._extensions = extensions
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
-        matched = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "DropDuplicatePaths" >> beam.Distinct()
-            | "Spread" >> beam.Reshuffle()
-        )
+        matched = pbegin | "MatchPaths" >> MatchPaths(self._patterns)
         outputs = apply_stage(matched, "ReadFiles", _ReadFileFn(self._extensions))
         inputs = count_as(matched, "CountFiles", INPUTS, lambda _: "file")
         return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
@@ -153,14 +164,7 @@ class ReadShards(beam.PTransform):
         self._extensions = extensions
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
-        tars = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "DropDuplicatePaths" >> beam.Distinct()
-            | "Spread" >> beam.Reshuffle()
-        )
+        tars = pbegin | "MatchPaths" >> MatchPaths(self._patterns)
         outputs = apply_stage(tars, "ReadTars", _ReadTarFn(self._extensions))
         inputs = (
             (

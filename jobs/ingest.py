@@ -25,6 +25,7 @@ from pipeline.provenance import code_version
 from schemas.sample import SOURCE_METADATA_SCHEMA
 from transforms.io.decode import DecodeConfig
 from transforms.io.files import list_files
+from transforms.io.readers import expand_pattern
 from transforms.io.shards import ShardWriterConfig
 
 LOG = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ class IngestOptions(PipelineOptions):
 
 
 def _check_matches(patterns: Sequence[str], what: str) -> None:
+    """Fail before building the graph when a pattern, read the way the readers read it, finds nothing."""
     for pattern in patterns:
-        candidates = [pattern] if any(c in pattern for c in "*?[") else [pattern, posixpath.join(pattern.rstrip("/"), "**")]
-        if not any(list_files(candidate) for candidate in candidates):
+        if not list_files(expand_pattern(pattern)):
             raise ConfigError(f"{what} {pattern!r} matches no file")
 
 

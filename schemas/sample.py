@@ -47,8 +47,8 @@ SOURCE_METADATA_SCHEMA = pa.schema(
 )
 
 
-def source_metadata_row(image: SourceImage) -> dict[str, Any]:
-    """The Parquet row of a source sample (``shard`` is added by the writer)."""
+def _source_fields(image: SourceImage) -> dict[str, Any]:
+    """What the ``json`` member and the Parquet row of a source sample both record."""
     return {
         "key": image.key,
         "sha256": image.sha256,
@@ -57,8 +57,12 @@ def source_metadata_row(image: SourceImage) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "notes": [note.value for note in image.notes],
-        "labels": [annotation.label for annotation in image.annotations],
     }
+
+
+def source_metadata_row(image: SourceImage) -> dict[str, Any]:
+    """The Parquet row of a source sample (``shard`` is added by the writer)."""
+    return {**_source_fields(image), "labels": [annotation.label for annotation in image.annotations]}
 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:
@@ -72,13 +76,7 @@ def source_metadata(image: SourceImage, provenance: Mapping[str, Any]) -> dict[s
     return {
         "format_version": FORMAT_VERSION,
         "kind": "source",
-        "key": image.key,
-        "sha256": image.sha256,
-        "uri": image.uri,
-        "origin": image.origin,
-        "width": image.width,
-        "height": image.height,
-        "notes": [note.value for note in image.notes],
+        **_source_fields(image),
         "annotations": [annotation.to_json() for annotation in image.annotations],
         "provenance": dict(provenance),
     }

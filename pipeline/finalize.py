@@ -51,10 +51,20 @@ class RunInfo:
     config: Mapping[str, Any]
     funnel: tuple[str, ...]
     started_at: str
+    #: Ledgers besides the main one, by name; their tally counters are prefixed ``<name>.``
+    #: (bootstrap keeps one of objects beside its ledger of images).
+    sub_ledgers: tuple[str, ...] = ()
+    #: Model role -> ``id@sha256:digest`` of every model the run used, for lineage.
+    models: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.job or not self.dataset_name:
             raise ValueError("a run needs a job and a dataset name")
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What every sample of the run records about where it came from."""
+        return {"job": self.job, "code_version": self.code_version, "dataset": self.dataset_name}
 
 
 class FinalizeInputs(NamedTuple):
@@ -114,6 +124,7 @@ class _FinalizeFn(beam.DoFn):
         shards = sorted(shards, key=lambda shard: shard.url)
         tally = dict(tally[0]) if tally else {}
         ledger = Ledger.from_tally(tally)
+        sub_ledgers = {name: Ledger.from_tally(tally, prefix=f"{name}.") for name in run.sub_ledgers}
         publish(FileSystems.join(out, MANIFEST), _json(manifest(shards, run.dataset_name)))
         publish(FileSystems.join(out, REJECTED_FILE), _rejected_parquet(rejected))
         publish(FileSystems.join(out, DEAD_LETTERS_FILE), _dead_letters_jsonl(dead_letters))
@@ -129,6 +140,7 @@ class _FinalizeFn(beam.DoFn):
             "started_at": run.started_at,
             "finished_at": finished_at,
             "ledger": ledger.to_json(),
+            **{f"{name}_ledger": sub.to_json() for name, sub in sub_ledgers.items()},
             "funnel": [{"step": step, "count": tally.get((FUNNEL, step), 0)} for step in run.funnel],
             "counts": _group_counts(tally),
             "shards": {
@@ -149,11 +161,17 @@ class _FinalizeFn(beam.DoFn):
             "inputs": list(run.inputs),
             "config_sha256": hashlib.sha256(_json(dict(run.config))).hexdigest(),
             "content_sha256": content_digest(shards),
+            "models": dict(run.models),
             "samples": stats["shards"]["samples"],
         }
         publish(FileSystems.join(out, LINEAGE), _json(lineage))
         publish(FileSystems.join(out, CONFIG), yaml.safe_dump(dict(run.config), sort_keys=True).encode("utf-8"))
         publish(FileSystems.join(out, STATS), _json(stats))  # last: its presence marks a finished run
+        for name, sub in sub_ledgers.items():
+            (LOG.info if sub.closed else LOG.error)(
+                "%s: %d %s -> %d written, %d rejected, %d dead letters (ledger %s)", run.job, sub.inputs, name,
+                sub.written, sum(sub.rejected.values()), sum(sub.dead_letters.values()),
+                "closed" if sub.closed else "DOES NOT CLOSE")
         log = LOG.info if ledger.closed else LOG.error
         log(
             "%s: %d inputs -> %d written, %d rejected, %d dead letters (ledger %s); %d shards in %s",
@@ -192,3 +210,12 @@ def read_stats(output_dir: str) -> dict[str, Any]:
     """The stats.json of a finished run."""
     with FileSystems.open(FileSystems.join(output_dir, STATS), compression_type="uncompressed") as stream:
         return json.loads(stream.read())
+
+
+def check_ledgers(output_dir: str) -> dict[str, Any]:
+    """The stats of a finished run; raises ``LedgerError`` if any of its ledgers does not close."""
+    stats = read_stats(output_dir)
+    for name, value in stats.items():
+        if name.endswith("ledger"):
+            Ledger.from_json(value).check(name)
+    return stats

@@ -59,9 +59,10 @@ class Ledger:
     dead_letters: Mapping[str, int]
 
     @classmethod
-    def from_tally(cls, tally: Mapping[tuple[str, str], int]) -> "Ledger":
+    def from_tally(cls, tally: Mapping[tuple[str, str], int], prefix: str = "") -> "Ledger":
+        """The ledger of counters ``{prefix}inputs``, ``{prefix}written``, ... of a tally."""
         def by_label(counter: str) -> dict[str, int]:
-            return dict(sorted((label, n) for (name, label), n in tally.items() if name == counter))
+            return dict(sorted((label, n) for (name, label), n in tally.items() if name == prefix + counter))
 
         return cls(
             inputs=sum(by_label(INPUTS).values()),
@@ -93,10 +94,10 @@ class Ledger:
     def from_json(cls, data: Mapping[str, Any]) -> "Ledger":
         return cls(data["inputs"], data["written"], dict(data["rejected"]), dict(data["dead_letters"]))
 
-    def check(self) -> None:
+    def check(self, name: str = "ledger") -> None:
         if not self.closed:
             raise LedgerError(
-                f"ledger does not close: {self.inputs} inputs but {self.written} written + "
+                f"{name} does not close: {self.inputs} inputs but {self.written} written + "
                 f"{sum(self.rejected.values())} rejected + {sum(self.dead_letters.values())} dead letters "
                 f"= {self.accounted}"
             )

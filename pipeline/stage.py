@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple, TypeVar
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -110,7 +110,8 @@ def _describe(element: Any) -> tuple[str, str]:
     return str(getattr(element, "uri", "") or ""), str(getattr(element, "key", "") or "")
 
 
-def _to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
+def to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
+    """A dead letter from what Beam's exception handling yields: ``(element, (type, repr, traceback))``."""
     element, (exc_type, exc_repr, traceback_lines) = bad
     uri, key = _describe(element)
     Metrics.counter(f"counterfactory.{stage}", "dead_letter_count").inc()
@@ -127,12 +128,20 @@ def _to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
 
 def apply_stage(pcoll: beam.PCollection, label: str, dofn: StageDoFn, *args: Any, **kwargs: Any) -> StageOutputs:
     """Apply a stage so that one failing element becomes one dead letter, never a failed job."""
+    outputs, _ = apply_tagged_stage(pcoll, label, dofn, (), *args, **kwargs)
+    return outputs
+
+
+def apply_tagged_stage(pcoll: beam.PCollection, label: str, dofn: StageDoFn, extra_tags: Sequence[str],
+                       *args: Any, **kwargs: Any) -> tuple[StageOutputs, dict[str, beam.PCollection]]:
+    """:func:`apply_stage` for a DoFn that also yields ``TaggedOutput(tag, ...)`` for each of ``extra_tags``."""
     pardo = beam.ParDo(dofn, *args, **kwargs).with_output_types(Any, **{REJECTED: Rejection})
     results = pcoll | label >> pardo.with_exception_handling(
         main_tag=MAIN, dead_letter_tag=DEAD_LETTERS
-    ).with_outputs(REJECTED, main=MAIN)
-    dead = results[DEAD_LETTERS] | f"{label}DeadLetters" >> beam.Map(_to_dead_letter, stage=dofn.stage)
-    return StageOutputs(main=results[MAIN], rejected=results[REJECTED], dead_letters=dead)
+    ).with_outputs(REJECTED, *extra_tags, main=MAIN)
+    dead = results[DEAD_LETTERS] | f"{label}DeadLetters" >> beam.Map(to_dead_letter, stage=dofn.stage)
+    outputs = StageOutputs(main=results[MAIN], rejected=results[REJECTED], dead_letters=dead)
+    return outputs, {tag: results[tag] for tag in extra_tags}
 
 
 def with_retries(operation: Callable[[], T], *, attempts: int = 3, base_delay_s: float = 0.5, what: str = "") -> T:

@@ -3,12 +3,12 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-from jobs.ingest import IngestOptions
+from jobs.common import InputOptions
 from pipeline.options import ConfigError, RunOptions, parse_options, resolved_config
 
 
 def parse(argv):
-    return parse_options(argv, "test", "test", IngestOptions)
+    return parse_options(argv, "test", "test", InputOptions)
 
 
 def test_yaml_values_apply_and_flags_override_them(tmp_path):
@@ -17,8 +17,8 @@ def test_yaml_values_apply_and_flags_override_them(tmp_path):
     options = parse(["--config", str(config), "--max_shard_count", "7"])
     run = options.view_as(RunOptions)
     assert run.output == "/tmp/a" and run.max_shard_count == 7
-    assert options.view_as(IngestOptions).input == ["x/", "y/"]
-    resolved = resolved_config(options, IngestOptions)
+    assert options.view_as(InputOptions).input == ["x/", "y/"]
+    resolved = resolved_config(options, InputOptions)
     assert resolved["max_shard_count"] == 7 and resolved["jpeg_quality"] == 80 and resolved["runner"] == "FnApiRunner"
     assert "config" not in resolved
 
@@ -26,9 +26,9 @@ def test_yaml_values_apply_and_flags_override_them(tmp_path):
 def test_saved_config_repeats_the_run(tmp_path):
     first = parse(["--output", "/tmp/b", "--max_pixels", "1000"])
     saved = tmp_path / "config.yaml"
-    saved.write_text(yaml.safe_dump(resolved_config(first, IngestOptions)))
+    saved.write_text(yaml.safe_dump(resolved_config(first, InputOptions)))
     again = parse(["--config", str(saved)])
-    assert resolved_config(again, IngestOptions) == resolved_config(first, IngestOptions)
+    assert resolved_config(again, InputOptions) == resolved_config(first, InputOptions)
 
 
 def test_local_workers_select_the_multiprocess_direct_runner():

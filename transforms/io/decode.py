@@ -177,12 +177,12 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return _encode_jpeg(Image.fromarray(rgb), quality)
 
 
-def decode_rgb(jpeg_bytes: bytes) -> np.ndarray:
-    """The pixels of a JPEG this package wrote (e.g. ``SourceImage.jpeg``), ``HxWx3`` uint8.
+def decode_rgb(encoded: bytes) -> np.ndarray:
+    """The pixels of a JPEG or PNG this package wrote (``SourceImage.jpeg``, a candidate's PNG), ``HxWx3`` uint8.
 
     For trusted bytes only: untrusted input goes through :func:`decode_source`.
     """
-    with _open(jpeg_bytes, ("JPEG",)) as img:
+    with _open(encoded, ("JPEG", "PNG")) as img:
         return np.array(img.convert("RGB"))
 
 

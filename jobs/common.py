@@ -1,0 +1,133 @@
+"""What every job shares: input options -> SourcesConfig, output options -> writer and run info,
+and running a pipeline to a checked ledger.
+
+With no input given a job reads the bundled sample images (real photos, frames of real
+clips, and deliberately broken files), so every job runs on a fresh machine as is.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import pathlib
+import posixpath
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from pipeline.finalize import RunInfo, check_ledgers
+from pipeline.options import ConfigError, RunOptions, parse_options, resolved_config
+from pipeline.provenance import code_version
+from pipeline.sources import AnnotationSource, SourcesConfig
+from transforms.io.decode import DecodeConfig
+from transforms.io.files import list_files
+from transforms.io.readers import expand_pattern
+from transforms.io.shards import ShardWriterConfig
+
+LOG = logging.getLogger(__name__)
+
+SAMPLES = pathlib.Path(__file__).resolve().parent / "samples"
+SAMPLE_IMAGES = str(SAMPLES / "images")
+SAMPLE_BROKEN = str(SAMPLES / "broken")
+
+
+class InputOptions(PipelineOptions):
+    """Where a job's images come from and how they are decoded."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--input", action="append", default=None,
+            help="Image folder (read recursively), file or glob; repeatable. Default: the bundled samples.",
+        )
+        parser.add_argument("--shards", action="append", default=None, help="WebDataset tar glob to read; repeatable.")
+        parser.add_argument("--annotations", action="append", default=None, help="COCO JSON or OpenImages box CSV; repeatable.")
+        parser.add_argument("--images_root", help="Folder the annotation files' image paths are relative to.")
+        parser.add_argument("--annotation_format", default="auto", choices=["auto", "coco", "openimages"])
+        parser.add_argument("--class_descriptions", help="OpenImages class-descriptions CSV (MID -> name).")
+        parser.add_argument("--max_pixels", type=int, default=DecodeConfig.max_pixels, help="Reject images with more pixels.")
+        parser.add_argument("--jpeg_quality", type=int, default=DecodeConfig.jpeg_quality, help="Quality of re-encoded JPEGs.")
+
+
+def _check_matches(patterns: Sequence[str], what: str) -> None:
+    """Fail before building the graph when a pattern, read the way the readers read it, finds nothing."""
+    for pattern in patterns:
+        if not list_files(expand_pattern(pattern)):
+            raise ConfigError(f"{what} {pattern!r} matches no file")
+
+
+def sources_config(options: PipelineOptions, default_images: Sequence[str]) -> SourcesConfig:
+    """The job's inputs; ``default_images`` when none is given."""
+    inputs = options.view_as(InputOptions)
+    annotations = tuple(
+        AnnotationSource(path, inputs.images_root or posixpath.dirname(path), inputs.annotation_format,
+                         inputs.class_descriptions)
+        for path in inputs.annotations or ()
+    )
+    images = tuple(inputs.input or ())
+    if not (images or inputs.shards or annotations):
+        images = tuple(default_images)
+        LOG.info("no input given: reading the bundled samples in %s", SAMPLES)
+    _check_matches(images, "--input")
+    _check_matches(inputs.shards or (), "--shards")
+    _check_matches([a.path for a in annotations], "--annotations")
+    try:
+        return SourcesConfig(images=images, shards=tuple(inputs.shards or ()), annotations=annotations,
+                             decode=DecodeConfig(max_pixels=inputs.max_pixels, jpeg_quality=inputs.jpeg_quality))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def output_dir(options: PipelineOptions) -> str:
+    return options.view_as(RunOptions).output.rstrip("/")
+
+
+def writer_config(options: PipelineOptions, metadata_schema: pa.Schema) -> ShardWriterConfig:
+    run = options.view_as(RunOptions)
+    try:
+        return ShardWriterConfig(output_dir=output_dir(options), metadata_schema=metadata_schema,
+                                 prefix=run.shard_prefix, max_count=run.max_shard_count, max_size=run.max_shard_bytes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def run_info(options: PipelineOptions, job: str, option_classes: Sequence[type[PipelineOptions]],
+             inputs: Sequence[str], funnel: Sequence[str], **extra: Any) -> RunInfo:
+    """The run's record of itself; ``extra`` fills :class:`RunInfo`'s optional fields."""
+    return RunInfo(
+        job=job,
+        dataset_name=options.view_as(RunOptions).name or posixpath.basename(output_dir(options)),
+        code_version=code_version(),
+        inputs=tuple(inputs),
+        config=resolved_config(options, *option_classes),
+        funnel=tuple(funnel),
+        started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    )
+
+
+def parse_job_options(argv: Optional[Sequence[str]], job: str, description: str,
+                      *option_classes: type[PipelineOptions]) -> PipelineOptions:
+    options = parse_options(argv, f"counterfactory {job}", description, *option_classes)
+    options.view_as(SetupOptions).save_main_session = False
+    return options
+
+
+def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any], output: str) -> Mapping[str, Any]:
+    """Build with ``build(pipeline)``, run to the end, and return the stats once every ledger closes."""
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    pipeline.run().wait_until_finish()
+    return check_ledgers(output)
+
+
+def cli_main(run: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]]) -> int:
+    """A job's CLI entry: exit 0 when the run finished with closed ledgers, 2 on a config error."""
+    try:
+        run(argv)
+    except ConfigError as error:
+        LOG.error("%s", error)
+        return 2
+    return 0

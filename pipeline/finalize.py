@@ -99,10 +99,11 @@ def _dead_letters_jsonl(dead_letters: Iterable[DeadLetter]) -> bytes:
     return b"".join(json.dumps(dead.to_row(), sort_keys=True).encode("utf-8") + b"\n" for dead in dead_letters)
 
 
-def _group_counts(tally: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+def _group_counts(tally: Mapping[tuple[str, str], int], sub_ledgers: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The counters that are neither a ledger's nor the funnel's, grouped by name."""
     grouped: dict[str, dict[str, int]] = {}
     for (counter, label), n in sorted(tally.items()):
-        if counter not in (WRITTEN, REJECTED, DEAD_LETTER, FUNNEL):
+        if counter not in (WRITTEN, REJECTED, DEAD_LETTER, FUNNEL) and counter.partition(".")[0] not in sub_ledgers:
             grouped.setdefault(counter, {})[label] = n
     return grouped
 
@@ -142,7 +143,7 @@ class _FinalizeFn(beam.DoFn):
             "ledger": ledger.to_json(),
             **{f"{name}_ledger": sub.to_json() for name, sub in sub_ledgers.items()},
             "funnel": [{"step": step, "count": tally.get((FUNNEL, step), 0)} for step in run.funnel],
-            "counts": _group_counts(tally),
+            "counts": _group_counts(tally, run.sub_ledgers),
             "shards": {
                 "count": len(shards),
                 "samples": sum(shard.nsamples for shard in shards),

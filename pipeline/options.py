@@ -7,6 +7,7 @@ with every output, and that file can be passed back with ``--config`` to repeat 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any, Iterable, Optional, Sequence, Type
 
@@ -58,8 +59,28 @@ def _yaml_to_argv(path: str) -> list[str]:
                 if item:
                     argv.append(flag)
                 continue
+            if isinstance(item, dict):
+                # A group of stage settings (``selection: {min_score: 0.5}``): see :func:`mapping_option`.
+                item = json.dumps(item, sort_keys=True)
             argv.append(f"{flag}={item}")
     return argv
+
+
+def mapping_option(text: str) -> dict[str, Any]:
+    """argparse ``type`` of an option holding a group of settings: a YAML (or JSON) mapping.
+
+    In a ``--config`` file such an option is a nested mapping; on the command line it is
+    written inline, e.g. ``--selection '{allow_labels: [person, cup], min_score: 0.4}'``.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"not a YAML mapping: {error}") from error
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{name: value}}', got {text!r}")
+    return value
 
 
 def _config_path(argv: Sequence[str]) -> Optional[str]:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import DeadLetter, Rejection
@@ -105,7 +106,9 @@ class StageOutputs(NamedTuple):
 
 def _describe(element: Any) -> tuple[str, str]:
     """(uri, key) of an element for its dead letter, whatever record type it is."""
-    if isinstance(element, tuple) and element and not hasattr(element, "uri"):
+    if isinstance(element, PredictionResult):
+        element = element.example
+    elif isinstance(element, tuple) and element and not hasattr(element, "uri"):
         element = element[-1]
     return str(getattr(element, "uri", "") or ""), str(getattr(element, "key", "") or "")
 
@@ -135,7 +138,8 @@ def apply_stage(pcoll: beam.PCollection, label: str, dofn: StageDoFn, *args: Any
 def apply_tagged_stage(pcoll: beam.PCollection, label: str, dofn: StageDoFn, extra_tags: Sequence[str],
                        *args: Any, **kwargs: Any) -> tuple[StageOutputs, dict[str, beam.PCollection]]:
     """:func:`apply_stage` for a DoFn that also yields ``TaggedOutput(tag, ...)`` for each of ``extra_tags``."""
-    pardo = beam.ParDo(dofn, *args, **kwargs).with_output_types(Any, **{REJECTED: Rejection})
+    tags = {REJECTED: Rejection, **{tag: Any for tag in extra_tags}}
+    pardo = beam.ParDo(dofn, *args, **kwargs).with_output_types(Any, **tags)
     results = pcoll | label >> pardo.with_exception_handling(
         main_tag=MAIN, dead_letter_tag=DEAD_LETTERS
     ).with_outputs(REJECTED, *extra_tags, main=MAIN)

@@ -3,7 +3,7 @@
 This package depends on nothing heavier than numpy, Pillow and pyarrow, so a trainer
 or a review tool can read our outputs with it and without Beam or torch.
 """
-from schemas.keys import candidate_key, content_sha256, object_key, source_key
+from schemas.keys import candidate_key, content_sha256, object_key, source_key, source_of
 from schemas.reasons import Note, Outcome, Reason
 from schemas.records import (
     Annotation,
@@ -12,6 +12,7 @@ from schemas.records import (
     CounterfactualPair,
     DeadLetter,
     Detection,
+    ObjectCandidates,
     ObjectMask,
     PairKind,
     RawInput,
@@ -28,6 +29,7 @@ __all__ = [
     "DeadLetter",
     "Detection",
     "Note",
+    "ObjectCandidates",
     "ObjectMask",
     "Outcome",
     "PairKind",
@@ -40,4 +42,5 @@ __all__ = [
     "content_sha256",
     "object_key",
     "source_key",
+    "source_of",
 ]

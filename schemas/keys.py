@@ -30,6 +30,14 @@ def object_key(source: str, object_index: int) -> str:
     return f"{source}_o{object_index:03d}"
 
 
+def source_of(obj: str) -> str:
+    """The source key of an object key (inverse of :func:`object_key`)."""
+    source, separator, _ = obj.rpartition("_o")
+    if not separator:
+        raise ValueError(f"{obj!r} is not an object key")
+    return source
+
+
 def candidate_key(obj: str, candidate_index: int) -> str:
     """The key of removal candidate ``candidate_index`` of an object."""
     if candidate_index < 0:

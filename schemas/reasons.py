@@ -29,11 +29,26 @@ class Reason(str, enum.Enum):
     DUPLICATE_CONTENT = "duplicate_content"
     # Annotations
     INVALID_BOX = "invalid_box"
+    # Object selection (per image, then per detection)
+    IMAGE_TOO_SMALL = "image_too_small"
+    NO_DETECTIONS = "no_detections"
+    NO_SUITABLE_OBJECT = "no_suitable_object"
+    LABEL_NOT_ALLOWED = "label_not_allowed"
+    LABEL_DENIED = "label_denied"
+    DUPLICATE_DETECTION = "duplicate_detection"
+    LOW_SCORE = "low_score"
+    OBJECT_TOO_SMALL = "object_too_small"
+    OBJECT_TOO_LARGE = "object_too_large"
+    TRUNCATED_BY_BORDER = "truncated_by_border"
+    OCCLUDED = "occluded"
+    TOO_MANY_OBJECTS = "too_many_objects"
     # Segmentation
     MASK_EMPTY = "mask_empty"
     MASK_LOW_IOU = "mask_low_iou"
     MASK_FRAGMENTED = "mask_fragmented"
     MASK_BOX_FILL = "mask_box_fill"
+    # Bootstrap outcome of an image whose every object was rejected
+    NO_OBJECT_KEPT = "no_object_kept"
 
     def __str__(self) -> str:
         return self.value

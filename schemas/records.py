@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 from schemas.reasons import Note, Reason
 
@@ -149,7 +149,12 @@ class Detection:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ObjectMask:
-    """The segmentation of one selected object. ``mask_png`` is a 1-bit PNG the size of the source."""
+    """The segmentation of one selected object. ``mask_png`` is a 1-bit PNG the size of the source.
+
+    ``mask_png`` is the region to remove. When it was grown to take in soft edges and
+    shadows, ``object_png`` keeps the segmenter's own mask: the object's outline, which
+    its cut-out needs.
+    """
 
     key: str
     source_key: str
@@ -158,6 +163,12 @@ class ObjectMask:
     mask_png: bytes
     predicted_iou: float
     segmenter: str
+    object_png: Optional[bytes] = None
+
+    @property
+    def outline_png(self) -> bytes:
+        """The object's own mask: ``object_png`` if the removal region was grown, else ``mask_png``."""
+        return self.object_png if self.object_png is not None else self.mask_png
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -185,6 +196,48 @@ class RemovalCandidate:
     remover: str
     removed_png: bytes
     scores: CandidateScores = dataclasses.field(default_factory=CandidateScores)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObjectCandidates:
+    """One object with every removal candidate made for it: what scorers read and candidate shards hold.
+
+    Scoring stages return a copy whose candidates carry more scores
+    (:meth:`with_scores`); the images themselves never change after removal.
+    """
+
+    source: SourceImage
+    mask: ObjectMask
+    candidates: tuple[RemovalCandidate, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        if self.mask.source_key != self.source.key:
+            raise ValueError(f"mask {self.mask.key} belongs to source {self.mask.source_key}, not {self.source.key}")
+        strays = [c.key for c in self.candidates if c.object_key != self.mask.key]
+        if strays:
+            raise ValueError(f"candidates {strays} do not belong to object {self.mask.key}")
+
+    # Read by the stage plumbing when it names a dead letter.
+    @property
+    def key(self) -> str:
+        return self.mask.key
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
+    def with_scores(self, **scores_per_candidate: Sequence[Optional[float]]) -> "ObjectCandidates":
+        """A copy whose candidate ``i`` has score ``name`` set to ``values[i]`` for each ``name=values``."""
+        for name, values in scores_per_candidate.items():
+            if len(values) != len(self.candidates):
+                raise ValueError(f"{len(values)} values of {name} for {len(self.candidates)} candidates")
+        candidates = tuple(
+            dataclasses.replace(candidate, scores=dataclasses.replace(
+                candidate.scores, **{name: values[i] for name, values in scores_per_candidate.items()}))
+            for i, candidate in enumerate(self.candidates)
+        )
+        return dataclasses.replace(self, candidates=candidates)
 
 
 class PairKind(str, enum.Enum):

@@ -7,13 +7,14 @@ rely on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Mapping
 
 import pyarrow as pa
 
 from schemas.reasons import Note
-from schemas.records import Annotation, SourceImage
+from schemas.records import Annotation, CandidateScores, ObjectCandidates, SourceImage
 
 #: Bumped when a field changes meaning; readers check it in the ``json`` member.
 FORMAT_VERSION = 1
@@ -109,3 +110,96 @@ def source_from_sample(sample: Mapping[str, Any]) -> SourceImage:
         annotations=tuple(Annotation.from_json(a) for a in meta["annotations"]),
         origin=meta.get("origin", "file"),
     )
+
+
+# --------------------------------------------------------------------------- candidate shards
+
+
+def removed_field(candidate_index: int) -> str:
+    """Member name of removal candidate ``candidate_index`` in a candidate sample."""
+    return f"removed_{candidate_index:02d}.png"
+
+
+#: The scores of every candidate, in the order of ``CandidateScores``' fields.
+SCORE_NAMES = tuple(field.name for field in dataclasses.fields(CandidateScores))
+
+#: Per-object metadata of candidate shards: one row per object, one list entry per candidate.
+CANDIDATE_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("detection_score", pa.float64()),
+        pa.field("area_fraction", pa.float64()),
+        pa.field("predicted_iou", pa.float64()),
+        pa.field("num_candidates", pa.int32()),
+        pa.field("seeds", pa.list_(pa.int64())),
+        *(pa.field(name, pa.list_(pa.float64())) for name in SCORE_NAMES),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectCutout:
+    """The object's RGBA cut-out (``object.png``) and where it sits in the source, in pixels."""
+
+    png: bytes
+    box: tuple[int, int, int, int]
+    area_px: int
+
+
+def candidate_metadata(record: ObjectCandidates, cutout: ObjectCutout, provenance: Mapping[str, Any],
+                       models: Mapping[str, str]) -> dict[str, Any]:
+    """The ``json`` member of a candidate sample."""
+    source, obj = record.source, record.mask
+    detection = obj.detection
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "candidates",
+        "key": obj.key,
+        "source": _source_fields(source),
+        "object_index": obj.object_index,
+        "detection": {"label": detection.label, "class_id": detection.class_id, "score": detection.score,
+                      "box": detection.box.as_list(), "detector": detection.detector},
+        "mask": {"predicted_iou": obj.predicted_iou, "segmenter": obj.segmenter, "area_px": cutout.area_px,
+                 "grown": obj.object_png is not None},
+        "object": {"box": list(cutout.box)},
+        "candidates": [
+            {"index": c.candidate_index, "key": c.key, "field": removed_field(c.candidate_index), "seed": c.seed,
+             "remover": c.remover, "scores": c.scores.to_json()}
+            for c in record.candidates
+        ],
+        "models": dict(models),
+        "provenance": dict(provenance),
+    }
+
+
+def candidate_metadata_row(record: ObjectCandidates, cutout: ObjectCutout) -> dict[str, Any]:
+    """The Parquet row of a candidate sample (``shard`` is added by the writer)."""
+    source, obj = record.source, record.mask
+    return {
+        "key": obj.key,
+        "source_key": source.key,
+        "uri": source.uri,
+        "label": obj.detection.label,
+        "detection_score": obj.detection.score,
+        "area_fraction": cutout.area_px / (source.width * source.height),
+        "predicted_iou": obj.predicted_iou,
+        "num_candidates": len(record.candidates),
+        "seeds": [c.seed for c in record.candidates],
+        **{name: [getattr(c.scores, name) for c in record.candidates] for name in SCORE_NAMES},
+    }
+
+
+def candidate_fields(record: ObjectCandidates, cutout: ObjectCutout, provenance: Mapping[str, Any],
+                     models: Mapping[str, str]) -> dict[str, bytes]:
+    """The members of a candidate sample: source, removal mask, cut-out, every candidate, json."""
+    return {
+        Field.SRC: record.source.jpeg,
+        Field.MASK: record.mask.mask_png,
+        Field.OBJECT: cutout.png,
+        **{removed_field(c.candidate_index): c.removed_png for c in record.candidates},
+        Field.JSON: _json_bytes(candidate_metadata(record, cutout, provenance, models)),
+    }

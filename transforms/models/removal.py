@@ -60,6 +60,15 @@ class RemovalRequest:
         if self.mask.source_key != self.source.key:
             raise ValueError(f"mask {self.mask.key} belongs to source {self.mask.source_key}, not {self.source.key}")
 
+    # Read by the stage plumbing when it names a dead letter.
+    @property
+    def key(self) -> str:
+        return self.mask.key
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
 
 def candidate_seed(base_seed: int, object_key: str, candidate_index: int) -> int:
     """The seed of one candidate, recorded in it (a diffusion remover's noise seed)."""

@@ -1,0 +1,71 @@
+"""Model stages: Beam's ``RunInference`` with a dead-letter queue that blames one record, not a batch.
+
+``RunInference(...).with_exception_handling()`` reports a failing *batch*: one poisoned
+image would take its 15 neighbours down with it. :class:`RunModel` re-runs every record
+of a failed batch on its own, with the same handler, so the good records still come out
+and only the record that fails alone becomes a dead letter of the stage.
+
+The retry path loads its own copy of the model, lazily: a run in which no batch fails
+never pays for it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from pipeline.stage import StageDoFn, apply_stage
+
+LOG = logging.getLogger(__name__)
+
+
+class InferenceOutputs(NamedTuple):
+    """What a model stage gives: predictions and dead letters (a model stage rejects nothing)."""
+
+    main: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class _OneByOneFn(StageDoFn):
+    """Runs the records of a failed batch one at a time; each failure is that record's alone."""
+
+    def __init__(self, handler: ModelHandler, stage: str) -> None:
+        self.stage = stage
+        super().__init__()
+        self._handler = handler
+        self._model: Any = None
+
+    def process_record(self, element: Any) -> Iterator[PredictionResult]:
+        if self._model is None:
+            LOG.warning("%s: a batch failed; loading a model to retry its records one by one", self.stage)
+            self._model = self._handler.load_model()
+        Metrics.counter(f"counterfactory.{self.stage}", "records_retried_count").inc()
+        yield from self._handler.run_inference([element], self._model)
+
+
+def _records_of_failed_batch(failed: tuple) -> list:
+    batch, (_, error, _) = failed
+    LOG.warning("a batch of %d records failed (%s); retrying them one by one", len(batch), error)
+    return list(batch)
+
+
+class RunModel(beam.PTransform):
+    """``RunInference(handler)`` whose failures end as per-record dead letters of ``stage``."""
+
+    def __init__(self, handler: ModelHandler, stage: str) -> None:
+        super().__init__()
+        self._handler = handler
+        self._stage = stage
+
+    def expand(self, records: beam.PCollection) -> InferenceOutputs:
+        predictions, failures = records | "Infer" >> RunInference(self._handler).with_exception_handling()
+        retried = apply_stage(
+            failures.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_records_of_failed_batch),
+            "RetryOneByOne",
+            _OneByOneFn(self._handler, self._stage),
+        )
+        main = (predictions, retried.main) | "Predictions" >> beam.Flatten()
+        return InferenceOutputs(main=main, dead_letters=retried.dead_letters)

@@ -14,6 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def samples_dir() -> pathlib.Path:
     return REPO / "jobs" / "samples"

@@ -56,7 +56,10 @@ class SelectionConfig:
     with a higher-scored one is the same object under another label (detectors suppress
     overlaps per class only: a van is often both "car" and "truck"); it is rejected and
     never counts as an occluder. ``max_overlap`` is the largest share of an object's box
-    that another (non-duplicate) detection's box may cover. 1 disables either check.
+    that another (non-duplicate) detection's box may cover; 1 disables either check. Boxes
+    cannot tell in front from behind, but a larger box that holds the object's whole box
+    (:data:`CONTAINED_SHARE`) cannot be hiding it, since the object was seen whole: it is
+    what the object stands on or in front of (the table under a cup), not an occluder.
     """
 
     allow_labels: tuple[str, ...] = ()
@@ -208,6 +211,14 @@ def overlap_share(box: Box, other: Box) -> float:
     return _intersection(box, other) / box.area
 
 
+#: The share of an object's box that a larger box must cover to be taken for what is behind it.
+CONTAINED_SHARE = 0.98
+
+
+def _behind(share: float, box: Box, other: Box) -> bool:
+    return share >= CONTAINED_SHARE and other.area > box.area
+
+
 def iou(box: Box, other: Box) -> float:
     inter = _intersection(box, other)
     return inter / (box.area + other.area - inter)
@@ -244,8 +255,9 @@ class MaxOverlap(Rule):
     reason = Reason.OCCLUDED
 
     def failure(self, index: int, detection: Detection, image: ImageContext) -> Optional[str]:
-        shares = [(overlap_share(detection.box, other.box), j) for j, other in enumerate(image.detections)
-                  if j != index and image.duplicate_of[j] is None and image.duplicate_of[index] != j]
+        shares = [(share, j) for j, other in enumerate(image.detections)
+                  if j != index and image.duplicate_of[j] is None and image.duplicate_of[index] != j
+                  and not _behind(share := overlap_share(detection.box, other.box), detection.box, other.box)]
         share, j = max(shares, default=(0.0, -1))
         if share <= self.maximum:
             return None

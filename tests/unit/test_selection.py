@@ -102,3 +102,13 @@ def test_invalid_settings_are_refused(settings):
 
 def test_yaml_lists_become_tuples():
     assert SelectionConfig(allow_labels=["person", "cup"]).allow_labels == ("person", "cup")
+
+
+def test_a_larger_box_holding_the_whole_object_is_a_surface_not_an_occluder():
+    table = det("dining table", 0.5, (0, 100, 1000, 500))
+    cup = det("cup", 0.4, (400, 200, 500, 300))
+    config = SelectionConfig(max_area_fraction=1.0)
+    assert select_objects([table, cup], W, H, config).kept == (0, 1)
+    half_on_the_table = det("cup", 0.4, (400, 50, 500, 150))
+    assert reasons(select_objects([table, half_on_the_table], W, H, SelectionConfig(max_area_fraction=1.0,
+                                                                                   max_overlap=0.4))) == {1: Reason.OCCLUDED}

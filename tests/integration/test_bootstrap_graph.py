@@ -1,0 +1,200 @@
+"""The bootstrap graph on the local runner with stand-in models: outcomes, ledgers, dead letters.
+
+The detector "detects" what the bundled COCO file annotates, the segmenter fills each box:
+every outcome is then known in advance, so the test can check that each image and each
+object lands exactly where it should, and that one poisoned record in a batch takes
+nobody else down with it. The remover is the real classical one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
+
+from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
+from pipeline.finalize import RunInfo, check_ledgers
+from pipeline.sources import AnnotationSource, SourcesConfig
+from schemas import Detection, ObjectMask, SourceImage, object_key
+from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
+from transforms.io.decode import decode_rgb
+from transforms.io.shards import ShardWriterConfig
+from transforms.mask_quality import MaskQualityConfig
+from transforms.masks import decode_mask_png, dilate, encode_mask_png
+from transforms.models.removal import ClassicalRemovalHandler, ClassicalRemover, RemovalConfig
+from transforms.models.segmentation import SegmentationRequest
+from transforms.quality import QualityConfig
+from transforms.selection import SelectionConfig
+
+BATCH = 5  # every image of the COCO sample in one detector batch
+
+
+class _NoWeights:
+    """What the stand-in models load (Beam keeps a weak reference to a loaded model)."""
+
+
+class AnnotationDetector(ModelHandler[SourceImage, PredictionResult, _NoWeights]):
+    """Returns the image's annotations as detections; a batch holding ``poisoned`` raises."""
+
+    def __init__(self, poisoned: str) -> None:
+        super().__init__(min_batch_size=BATCH, max_batch_size=BATCH)
+        self._poisoned = poisoned
+
+    def load_model(self) -> _NoWeights:
+        return _NoWeights()
+
+    def run_inference(self, batch: Sequence[SourceImage], model: Any,
+                      inference_args: Optional[dict] = None) -> list[PredictionResult]:
+        if any(source.uri.endswith(self._poisoned) for source in batch):
+            raise RuntimeError(f"detector crashed on a batch holding {self._poisoned}")
+        return [PredictionResult(source, tuple(
+            Detection(label=a.label, class_id=0, score=0.9, box=a.box, detector="annotations")
+            for a in source.annotations), "annotations") for source in batch]
+
+
+class BoxSegmenter(ModelHandler[SegmentationRequest, PredictionResult, _NoWeights]):
+    """Fills each box; images named ``empty`` get empty masks."""
+
+    def __init__(self, empty: str) -> None:
+        super().__init__()
+        self._empty = empty
+
+    def load_model(self) -> _NoWeights:
+        return _NoWeights()
+
+    def run_inference(self, batch, model, inference_args=None):
+        results = []
+        for request in batch:
+            source = request.source
+            masks = []
+            for index, detection in zip(request.object_indices, request.detections):
+                mask = np.zeros((source.height, source.width), bool)
+                if not source.uri.endswith(self._empty):
+                    box = detection.box.clipped(source.width, source.height)
+                    mask[int(box.y0):int(box.y1), int(box.x0):int(box.x1)] = True
+                masks.append(ObjectMask(object_key(source.key, index), source.key, index, detection,
+                                        encode_mask_png(mask), 0.95, "boxes"))
+            results.append(PredictionResult(request, tuple(masks), "boxes"))
+        return results
+
+
+class _PoisonedRemover(ClassicalRemover):
+    def __init__(self, config: RemovalConfig, poisoned: str) -> None:
+        super().__init__(config)
+        self._poisoned = poisoned
+
+    def __call__(self, requests):
+        if any(request.source.uri.endswith(self._poisoned) for request in requests):
+            raise MemoryError(f"remover ran out of memory on {self._poisoned}")
+        return super().__call__(requests)
+
+
+class PoisonedRemovalHandler(ClassicalRemovalHandler):
+    poisoned = "astronaut.jpg"
+
+    def load_model(self) -> ClassicalRemover:
+        return _PoisonedRemover(self.config, self.poisoned)
+
+
+@pytest.fixture(scope="module")
+def run(samples_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("bootstrap") / "candidates"
+    coco = samples_dir / "annotations" / "coco.json"
+    config = BootstrapConfig(
+        sources=SourcesConfig(annotations=(AnnotationSource(str(coco), str(samples_dir / "images")),)),
+        selection=SelectionConfig(max_area_fraction=1.0),
+        detector=AnnotationDetector(poisoned="motorcycle.jpg"),
+        segmenter=BoxSegmenter(empty="coffee.jpg"),
+        masks=MaskQualityConfig(dilate_px=4),
+        remover=PoisonedRemovalHandler(RemovalConfig(num_candidates=2)),
+        quality=QualityConfig(),
+        writer=ShardWriterConfig(output_dir=str(output), metadata_schema=CANDIDATE_METADATA_SCHEMA),
+        run=RunInfo("bootstrap", "graph-test", "test", (str(coco),), {}, FUNNEL_STEPS, "now",
+                    sub_ledgers=(OBJECTS,), models={"detector": "annotations"}),
+    )
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    build_bootstrap(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return output, check_ledgers(str(output)), result
+
+
+def _by_file(rows: list[dict]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(pathlib.Path(row["uri"]).name, []).append(row["reason"])
+    return found
+
+
+def test_every_image_and_object_ends_where_it_should(run):
+    output, stats, _ = run
+    assert stats["ledger"] == {
+        "inputs": 5, "written": 1, "closed": True,
+        "rejected": {"no_detections": 1, "no_object_kept": 1}, "rejected_total": 2,
+        "dead_letters": {"detect": 1, "objects": 1}, "dead_letters_total": 2,
+    }
+    assert stats["objects_ledger"] == {
+        "inputs": 3, "written": 1, "closed": True,
+        "rejected": {"mask_empty": 1}, "rejected_total": 1,
+        "dead_letters": {"remove": 1}, "dead_letters_total": 1,
+    }
+    rejected = {name: sorted(reasons) for name, reasons in
+                _by_file(pq.read_table(output / "rejected.parquet").to_pylist()).items()}
+    # chelsea's second COCO box has zero width: the box is rejected, the image kept.
+    assert rejected == {"rocket.jpg": ["no_detections"], "coffee.jpg": ["mask_empty", "no_object_kept"],
+                        "chelsea.jpg": ["invalid_box"]}
+    funnel = {step["step"]: step["count"] for step in stats["funnel"]}
+    assert [funnel[step] for step in FUNNEL_STEPS] == [5, 5, 5, 5, 3, 3, 3, 2, 1, 1, 2]
+
+
+def test_a_poisoned_record_is_the_only_dead_letter_of_its_batch(run):
+    output, _, result = run
+    dead = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+    assert sorted((pathlib.Path(d["uri"]).name, d["stage"], d["error_type"]) for d in dead) == [
+        ("astronaut.jpg", "remove", "MemoryError"),
+        ("motorcycle.jpg", "detect", "RuntimeError"),
+    ]
+    assert all("Traceback" in d["traceback"] for d in dead)
+    retried = result.metrics().query(MetricsFilter().with_name("records_retried_count"))["counters"]
+    by_stage = {c.key.metric.namespace: c.committed for c in retried}
+    # The whole detector batch failed and was retried one by one: the four good images came through.
+    assert by_stage["counterfactory.detect"] == BATCH
+
+
+def test_candidate_sample_holds_source_mask_cutout_and_every_candidate(run):
+    output, _, _ = run
+    samples = list(webdataset.WebDataset(sorted(str(p) for p in output.glob("shard-*.tar")), shardshuffle=False))
+    assert len(samples) == 1
+    sample = samples[0]
+    meta = json.loads(sample["json"])
+    assert meta["kind"] == "candidates" and meta["detection"]["label"] == "cat"
+    assert meta["models"] == {"detector": "annotations"}
+    src = decode_rgb(sample["src.jpg"])
+    height, width = src.shape[:2]
+    mask = decode_mask_png(sample["mask.png"], width, height)
+    assert meta["mask"]["grown"] is True
+    # The classical remover grows the mask again, by at most the top of its dilation range.
+    repainted = dilate(mask, RemovalConfig().dilation_px_range[1])
+    for candidate in meta["candidates"]:
+        removed = decode_rgb(sample[removed_field(candidate["index"])])
+        assert removed.shape == src.shape
+        assert np.array_equal(removed[~repainted], src[~repainted]), "the classical remover repaints only the mask"
+        assert set(candidate["scores"]) == {"ssim_outside", "change_inside", "redetect_score", "clip_object_gone", "seam"}
+        assert candidate["scores"]["redetect_score"] is None  # no re-detection in this graph
+    assert len({c["seed"] for c in meta["candidates"]}) == 2
+    cutout = np.asarray(Image.open(io.BytesIO(sample["object.png"])))
+    x0, y0, x1, y1 = meta["object"]["box"]
+    assert cutout.shape == (y1 - y0, x1 - x0, 4)
+    assert np.array_equal(cutout[..., :3][cutout[..., 3] > 0], src[y0:y1, x0:x1][cutout[..., 3] > 0])
+    row = pq.read_table(output / "shard-000000-00.parquet").to_pylist()[0]
+    assert row["key"] == sample["__key__"] and row["num_candidates"] == 2 and len(row["ssim_outside"]) == 2

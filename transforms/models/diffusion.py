@@ -1,0 +1,561 @@
+"""Object removal with a diffusers inpainting model (ObjectDrop-style), batched on the GPU.
+
+One denoising loop runs for a whole Beam batch: every request's K candidates become rows
+of one model batch (chunked by ``max_model_batch``), each row starting from its own noise
+drawn from ``torch.Generator(seed)`` with the seed of :func:`candidate_seed`, so a
+candidate is reproducible whatever batch it lands in. The loop is written here from the
+pipeline's components (VAE, UNet, scheduler, text encoder) rather than calling the
+diffusers pipeline once per image, which at batch 1 leaves most of a GPU idle.
+
+What the model sees (``conditioning``): ``grayed`` fills the mask gray in the masked-image
+latents, as stock inpainting checkpoints (``sd15-inpainting``) were trained; ``unmasked``
+shows it the original image with the object, as ObjectDrop trains its remover on
+counterfactual pairs. Only 9-channel inpainting UNets (latents + mask + masked-image
+latents) are supported: a 4-channel text-to-image UNet never sees the image it edits, and
+is refused when the model loads.
+
+The background is guaranteed by a pixel-space composite, not hoped for: the decoded result
+is used inside the dilated mask and a ``feather_px`` ramp around it, the untouched source
+everywhere else, so pixels farther than dilation + feather from the object are bit-exact.
+``blend_latents`` (Blended Latent Diffusion) additionally pins the latents outside the
+mask to the noised source at every step, which keeps what the model paints near the seam
+consistent with what is composited there.
+
+Nothing here imports torch or diffusers at import time: the pipeline builder imports this
+module to configure a stage on machines without them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
+from transforms.io.decode import decode_rgb
+from transforms.masks import dilate
+from transforms.models.catalog import resolve_model
+from transforms.models.removal import (
+    RemovalHandler,
+    RemovalRequest,
+    candidate_seed,
+    decode_mask,
+    encode_png,
+    register_removal_handler,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+LOG = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+#: Precisions by name (``torch`` attributes); on the CPU the remover always runs float32, since
+#: CPU kernels for the half ones are slow or missing.
+DTYPES = ("bfloat16", "float16", "float32")
+#: Scheduler name -> diffusers class, built from the checkpoint's own scheduler config. Only
+#: deterministic samplers: one that adds noise at each step would need per-candidate noise
+#: there too, and a candidate would then depend on its batch.
+SCHEDULERS: Mapping[str, str] = MappingProxyType({
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm-solver++": "DPMSolverMultistepScheduler",
+})
+#: Checkpoint files that ``from_single_file`` loads; they need ``config``, a folder of the pipeline's configs.
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _unmasked(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def _grayed(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    # Images are in [-1, 1]: zero is mid-gray, what stock inpainting checkpoints were trained on.
+    return images * (1 - regions)
+
+
+#: Conditioning name -> the image (``[N, 3, R, R]`` in [-1, 1]) whose latents the UNet sees beside the mask.
+CONDITIONINGS: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = MappingProxyType({
+    "unmasked": _unmasked,
+    "grayed": _grayed,
+})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_type(name: str, value: object, expected: type | tuple[type, ...], what: str) -> None:
+    # A wrong type in a YAML config is a bad value like any other: one exception type for all.
+    if not isinstance(value, expected):
+        raise ValueError(f"{name} must be {what}, got {value!r}")  # noqa: TRY004
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionRemovalConfig:
+    """Which inpainting model removes objects, where, and how.
+
+    ``model`` is a catalog id or a path (see :func:`~transforms.models.resolve_model`): a
+    diffusers pipeline folder, or a single ``.safetensors``/``.ckpt`` checkpoint, which then
+    needs ``config``, a local folder of the pipeline's configs (nothing is fetched from a hub).
+    ``dtype`` applies on CUDA; on the CPU the remover runs float32 and logs it.
+
+    ``guidance_scale`` defaults to 1.0, no classifier-free guidance: removal prompts are
+    empty, and guidance between two equal prompts changes nothing at twice the UNet cost
+    (a scale above 1 therefore needs ``prompt`` and ``negative_prompt`` to differ).
+
+    ``mask_dilation_px`` grows the object mask (source pixels) before anything else, to
+    cover its halo and shadow edge; ``feather_px`` is the width of the ramp outside it over
+    which the result fades into the source. Images are resized (longest side) and padded to
+    a ``resolution`` square for the model, and results mapped back to the source size.
+    ``num_candidates`` and ``seed`` are the defaults :meth:`request` puts into requests;
+    ``max_batch_size`` counts requests (objects) per Beam batch, ``max_model_batch`` the
+    rows (object x candidate) per UNet/VAE call, which bounds GPU memory.
+    """
+
+    model: str = "sd15-inpainting"
+    config: str | None = None
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    scheduler: str = "ddim"
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0
+    prompt: str = ""
+    negative_prompt: str = ""
+    conditioning: str = "grayed"
+    blend_latents: bool = False
+    mask_dilation_px: int = 8
+    feather_px: int = 8
+    resolution: int = 512
+    num_candidates: int = 4
+    seed: int = 0
+    max_batch_size: int = 4
+    max_model_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a catalog id or a path, got {self.model!r}")
+        if self.model.endswith(SINGLE_FILE_SUFFIXES) and self.config is None:
+            raise ValueError(f"single-file checkpoint {self.model!r} needs config: a local folder of the "
+                             "pipeline's configs (model_index.json, unet/, vae/, ...)")
+        _check_type("config", self.config, (str, type(None)), "a folder path")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for name, value, known in (("dtype", self.dtype, DTYPES), ("scheduler", self.scheduler, SCHEDULERS),
+                                   ("conditioning", self.conditioning, CONDITIONINGS)):
+            if value not in known:
+                raise ValueError(f"{name} must be one of {sorted(known)}, got {value!r}")
+        _check_type("prompt", self.prompt, str, "a string")
+        _check_type("negative_prompt", self.negative_prompt, str, "a string")
+        guidance = self.guidance_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1.0 <= guidance < math.inf:
+            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {guidance!r}")
+        if guidance > 1 and self.prompt == self.negative_prompt:
+            raise ValueError(f"guidance_scale {guidance} with prompt == negative_prompt only doubles the cost: "
+                             "set guidance_scale 1 or give the prompts different texts")
+        _check_type("blend_latents", self.blend_latents, bool, "true or false")
+        for name, minimum in (("num_inference_steps", 1), ("mask_dilation_px", 0), ("feather_px", 0),
+                              ("num_candidates", 1), ("seed", 0), ("max_batch_size", 1), ("max_model_batch", 1)):
+            _check_int(name, getattr(self, name), minimum)
+        _check_int("resolution", self.resolution, 64)
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (the VAE's downsampling), got {self.resolution}")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def effective_dtype(self) -> str:
+        """The precision the model runs in: ``dtype`` on CUDA, float32 on the CPU."""
+        return self.dtype if self.on_gpu else "float32"
+
+    def request(self, source: SourceImage, mask: ObjectMask) -> RemovalRequest:
+        return RemovalRequest(source=source, mask=mask, num_candidates=self.num_candidates, seed=self.seed)
+
+    def remover_id(self, model_name: str) -> str:
+        """What a candidate's ``remover`` records: the model and every setting that changes its pixels."""
+        prompts = hashlib.sha256(f"{self.prompt}\0{self.negative_prompt}".encode()).hexdigest()[:8]
+        return (f"diffusers:{model_name}:scheduler={self.scheduler}:steps={self.num_inference_steps}"
+                f":guidance={self.guidance_scale:g}:prompts={prompts}:conditioning={self.conditioning}"
+                f":blend={int(self.blend_latents)}:dilation={self.mask_dilation_px}:feather={self.feather_px}"
+                f":resolution={self.resolution}:dtype={self.effective_dtype}")
+
+
+# --------------------------------------------------------------------------- pixels <-> model square
+
+
+@dataclasses.dataclass(frozen=True)
+class _FittedRequest:
+    """One request's pixels at source size (for the composite) and fitted into the model's square."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray
+    model_rgb: np.ndarray
+    model_region: np.ndarray
+    fitted_width: int
+    fitted_height: int
+
+
+def _fit(request: RemovalRequest, config: DiffusionRemovalConfig) -> _FittedRequest:
+    """Decode, dilate, and scale the longest side to ``resolution``; pad bottom/right by edge replication."""
+    source, side = request.source, config.resolution
+    rgb = decode_rgb(source.jpeg)
+    region = dilate(decode_mask(request.mask.mask_png, source.width, source.height), config.mask_dilation_px)
+    scale = side / max(source.width, source.height)
+    width, height = max(1, round(source.width * scale)), max(1, round(source.height * scale))
+    resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    model_rgb = cv2.copyMakeBorder(resized, 0, side - height, 0, side - width, cv2.BORDER_REPLICATE)
+    model_region = np.zeros((side, side), bool)
+    # Any coverage counts: a thin part of the object must not vanish when the mask shrinks.
+    model_region[:height, :width] = cv2.resize(region.astype(np.uint8) * 255, (width, height),
+                                               interpolation=cv2.INTER_AREA) > 0
+    return _FittedRequest(rgb, _feathered(region, config.feather_px), model_rgb, model_region, width, height)
+
+
+def _feathered(region: np.ndarray, feather_px: int) -> np.ndarray:
+    """Composite weight: 1 on the region, falling linearly to 0 at ``feather_px`` outside it."""
+    if feather_px == 0:
+        return region.astype(np.float32)
+    distance = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.clip(1.0 - distance / feather_px, 0.0, 1.0)
+
+
+def _composite(model_pixels: np.ndarray, fitted: _FittedRequest) -> np.ndarray:
+    """The model's result mapped back to the source size, blended in by alpha; the source untouched where alpha is 0."""
+    height, width = fitted.rgb.shape[:2]
+    crop = model_pixels[:fitted.fitted_height, :fitted.fitted_width]
+    upscaling = width > fitted.fitted_width
+    result = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC if upscaling else cv2.INTER_AREA)
+    alpha = fitted.alpha[..., None]
+    blended = np.rint(alpha * result + (1.0 - alpha) * fitted.rgb).astype(np.uint8)
+    return np.where(alpha > 0, blended, fitted.rgb)
+
+
+# --------------------------------------------------------------------------- the loaded remover
+
+
+@dataclasses.dataclass(frozen=True)
+class _LatentInputs:
+    """What the UNet sees besides the noisy latents, one row per object (or per candidate, after :meth:`select`).
+
+    ``background`` (the source's latents) and ``background_mask`` are set when blending.
+    """
+
+    unet_mask: torch.Tensor
+    conditioning_latents: torch.Tensor
+    background: torch.Tensor | None = None
+    background_mask: torch.Tensor | None = None
+
+    def select(self, rows: torch.Tensor) -> _LatentInputs:
+        return _LatentInputs(*(None if t is None else t[rows] for t in
+                               (self.unet_mask, self.conditioning_latents, self.background, self.background_mask)))
+
+
+class DiffusionRemover:
+    """A loaded inpainting pipeline as a remover: a batch of requests -> K candidates each.
+
+    Takes any in-memory ``StableDiffusionInpaintPipeline`` (benchmarks build one with random
+    weights), moves it to the config's device and precision, and encodes the prompts once.
+    Raises ``ValueError`` for a UNet that is not a 9-channel inpainting UNet, or a
+    resolution the UNet cannot take.
+    """
+
+    def __init__(self, pipe: StableDiffusionInpaintPipeline, config: DiffusionRemovalConfig, model_name: str) -> None:
+        import diffusers
+        import torch
+
+        latent_channels = pipe.vae.config.latent_channels
+        in_channels = pipe.unet.config.in_channels
+        if in_channels != 2 * latent_channels + 1:
+            raise ValueError(
+                f"{model_name}: the UNet takes {in_channels} input channels; removal needs an inpainting UNet "
+                f"taking {2 * latent_channels + 1} (latents, mask, masked-image latents). Text-to-image UNets "
+                f"({latent_channels} channels) never see the image they edit and are not supported")
+        self._latent_scale = pipe.vae_scale_factor
+        multiple = self._latent_scale * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        if config.resolution % multiple:
+            raise ValueError(f"{model_name}: resolution {config.resolution} is not a multiple of {multiple}, "
+                             "which this VAE and UNet need")
+        if config.effective_dtype != config.dtype:
+            LOG.info("%s runs on %s in float32: %s needs CUDA", model_name, config.device, config.dtype)
+        self._config = config
+        self._device = torch.device(config.device)
+        self._dtype = getattr(torch, config.effective_dtype)
+        # Cast only what is not yet in its precision: a pipeline loaded with its dtype keeps its fp32-pinned modules.
+        self._pipe = pipe.to(self._device) if pipe.dtype == self._dtype else pipe.to(self._device, self._dtype)
+        self._scheduler_type = getattr(diffusers, SCHEDULERS[config.scheduler])
+        self.remover_id = config.remover_id(model_name)
+        # Decoding, compositing and PNG encoding (OpenCV, numpy, zlib: they release the GIL) took
+        # 40 % of a call on an H100 when done inline after the GPU work.
+        self._cpu_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="removal-cpu")
+        guided = config.guidance_scale > 1
+        with torch.inference_mode():
+            positive, negative = pipe.encode_prompt(config.prompt, self._device, 1, guided, config.negative_prompt)
+        # Rows of a guided UNet batch are [unconditional x n, conditional x n]; see _predict_noise.
+        self._prompt_embeddings = torch.cat([negative, positive]) if guided else positive
+
+    def __call__(self, requests: Sequence[RemovalRequest]) -> list[tuple[RemovalCandidate, ...]]:
+        import torch
+
+        started = time.perf_counter()
+        config = self._config
+        fitted = list(self._cpu_pool.map(functools.partial(_fit, config=config), requests))
+        rows = [(index, k) for index, request in enumerate(requests) for k in range(request.num_candidates)]
+        seeds = [candidate_seed(requests[index].seed, requests[index].mask.key, k) for index, k in rows]
+        finished: list[Future[RemovalCandidate]] = []
+        with torch.inference_mode():
+            per_object = self._per_object_inputs(fitted)
+            for first in range(0, len(rows), config.max_model_batch):
+                chunk = slice(first, first + config.max_model_batch)
+                objects = torch.tensor([index for index, _ in rows[chunk]], device=self._device)
+                inputs = per_object.select(objects)
+                pixels = self._decode(self._denoise(self._noise(seeds[chunk], inputs.unet_mask.shape[-1]), inputs))
+                # Composite and PNG-encode on CPU threads while the GPU denoises the next chunk.
+                finished.extend(self._cpu_pool.submit(self._candidate, requests[index], k, seed, image, fitted[index])
+                                for (index, k), seed, image in zip(rows[chunk], seeds[chunk], pixels))
+        results: list[list[RemovalCandidate]] = [[] for _ in requests]
+        for (index, _), candidate in zip(rows, finished):
+            results[index].append(candidate.result())
+        LOG.debug("removed %d objects, %d candidates in %.2f s", len(requests), len(rows), time.perf_counter() - started)
+        return [tuple(candidates) for candidates in results]
+
+    def _candidate(self, request: RemovalRequest, k: int, seed: int, model_pixels: np.ndarray,
+                   fitted: _FittedRequest) -> RemovalCandidate:
+        object_key = request.mask.key
+        return RemovalCandidate(
+            key=candidate_key(object_key, k),
+            object_key=object_key,
+            candidate_index=k,
+            seed=seed,
+            remover=self.remover_id,
+            removed_png=encode_png(_composite(model_pixels, fitted)),
+        )
+
+    def _per_object_inputs(self, fitted: Sequence[_FittedRequest]) -> _LatentInputs:
+        """Masks at latent size and latents of each object, shared by its candidates.
+
+        The VAE encodes each object once, not once per candidate; the source latents are
+        only encoded when blending needs them and the conditioning is not the source itself.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        config = self._config
+        images = torch.from_numpy(np.stack([f.model_rgb for f in fitted])).to(self._device)
+        images = images.permute(0, 3, 1, 2).to(self._dtype) / 127.5 - 1
+        regions = torch.from_numpy(np.stack([f.model_region for f in fitted])[:, None]).to(self._device, self._dtype)
+        conditioning_images = CONDITIONINGS[config.conditioning](images, regions)
+        conditioning_latents = self._encode(conditioning_images)
+        # A latent cell is masked if any of its pixels is; blending leaves one more cell of margin.
+        unet_mask = F.max_pool2d(regions, self._latent_scale)
+        if not config.blend_latents:
+            return _LatentInputs(unet_mask, conditioning_latents)
+        background = conditioning_latents if conditioning_images is images else self._encode(images)
+        return _LatentInputs(unet_mask, conditioning_latents, background, F.max_pool2d(unet_mask, 3, stride=1, padding=1))
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        # The latent distribution's mode, not a sample: deterministic, so no generator to share across objects.
+        vae = self._pipe.vae
+        latents = [vae.encode(chunk).latent_dist.mode() for chunk in images.split(self._config.max_model_batch)]
+        return vae.config.scaling_factor * torch.cat(latents)
+
+    def _noise(self, seeds: Sequence[int], latent_side: int) -> torch.Tensor:
+        """Each row's starting noise from its own CPU generator: the same on every device and in every batch."""
+        import torch
+
+        shape = (self._pipe.vae.config.latent_channels, latent_side, latent_side)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+        return torch.stack(noise).to(self._device, self._dtype)
+
+    def _denoise(self, noise: torch.Tensor, inputs: _LatentInputs) -> torch.Tensor:
+        import torch
+
+        # A scheduler per call: multistep schedulers keep state that concurrent calls must not share.
+        scheduler = self._scheduler_type.from_config(self._pipe.scheduler.config)
+        scheduler.set_timesteps(self._config.num_inference_steps, device=self._device)
+        timesteps = scheduler.timesteps
+        embeddings = self._prompt_embeddings.repeat_interleave(len(noise), dim=0)
+        latents = noise * scheduler.init_noise_sigma
+        for step, timestep in enumerate(timesteps):
+            model_input = torch.cat(
+                [scheduler.scale_model_input(latents, timestep), inputs.unet_mask, inputs.conditioning_latents], dim=1)
+            latents = scheduler.step(self._predict_noise(model_input, timestep, embeddings), timestep, latents).prev_sample
+            if inputs.background is not None:
+                # Blended Latent Diffusion: outside the mask, the source noised to the next step's level.
+                following = timesteps[step + 1:step + 2]
+                noised = scheduler.add_noise(inputs.background, noise, following) if len(following) else inputs.background
+                latents = torch.where(inputs.background_mask > 0, latents, noised)
+        return latents
+
+    def _predict_noise(self, model_input: torch.Tensor, timestep: torch.Tensor,
+                       embeddings: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        guidance = self._config.guidance_scale
+        if guidance == 1:
+            return self._pipe.unet(model_input, timestep, encoder_hidden_states=embeddings).sample
+        noise = self._pipe.unet(torch.cat([model_input, model_input]), timestep, encoder_hidden_states=embeddings).sample
+        unconditional, conditional = noise.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """``[n, R, R, 3]`` uint8 pixels, quantised on the device (a quarter of the bytes to copy back)."""
+        import torch
+
+        images = self._pipe.vae.decode(latents / self._pipe.vae.config.scaling_factor).sample.float()
+        return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- handler
+
+
+def _load_pipeline(path: Path, config: DiffusionRemovalConfig) -> StableDiffusionInpaintPipeline:
+    """A pipeline folder, or a single checkpoint file with a folder of configs; local files only."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    options = {"safety_checker": None, "requires_safety_checker": False, "local_files_only": True,
+               "dtype": getattr(torch, config.effective_dtype)}
+    if path.is_dir():
+        return StableDiffusionInpaintPipeline.from_pretrained(path, **options)
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"{path} is neither a diffusers pipeline folder nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
+    if config.config is None:
+        raise ValueError(f"single-file checkpoint {path} needs config: a local folder of the pipeline's configs")
+    return StableDiffusionInpaintPipeline.from_single_file(path, config=config.config, **options)
+
+
+@register_removal_handler
+class DiffusionRemovalHandler(RemovalHandler):
+    """A diffusers inpainting pipeline: K candidates per object from one batched denoising loop.
+
+    On a GPU the model is shared by the worker's processes (``large_model``): one copy of
+    the weights per GPU, and batches from all processes land on it.
+    """
+
+    kind = "diffusers"
+    config_type = DiffusionRemovalConfig
+
+    @classmethod
+    def model_handler_kwargs(cls, config: DiffusionRemovalConfig) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": config.max_batch_size, "large_model": config.on_gpu}
+
+    def load_model(self) -> DiffusionRemover:
+        config = self.config
+        resolved = resolve_model(config.model)
+        spec = resolved.spec
+        if spec is not None and (spec.task, spec.format) != ("inpainting", "diffusers"):
+            raise ValueError(f"{config.model!r} is a {spec.task} model in format {spec.format!r}; "
+                             "the diffusers remover loads inpainting models in format 'diffusers'")
+        path = Path(resolved.path)
+        name = f"{spec.id if spec is not None else path.name}@{resolved.sha256[:12]}"
+        started = time.perf_counter()
+        remover = DiffusionRemover(_load_pipeline(path, config), config, name)
+        LOG.info("loaded %s on %s (%s) in %.1f s", name, config.device, config.effective_dtype,
+                 time.perf_counter() - started)
+        return remover
+
+
+# --------------------------------------------------------------------------- random-weight pipelines
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintingPipelineShape:
+    """Constructor arguments of an SD-inpainting pipeline's models, for random-weight copies.
+
+    ``sd15`` has the configs of ``stable-diffusion-v1-5/stable-diffusion-inpainting`` (same
+    compute as the real model: benchmarks); ``tiny`` the smallest that exercises every code
+    path (tests). ``resolution`` is the side the shape is meant to run at.
+    """
+
+    unet: Mapping[str, Any]
+    vae: Mapping[str, Any]
+    text_encoder: Mapping[str, Any]
+    resolution: int
+
+
+INPAINTING_PIPELINE_SHAPES: Mapping[str, InpaintingPipelineShape] = MappingProxyType({
+    "sd15": InpaintingPipelineShape(
+        unet={"sample_size": 64, "in_channels": 9, "out_channels": 4, "cross_attention_dim": 768,
+              "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "attention_head_dim": 8,
+              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+              "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3},
+        vae={"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 4,
+             "sample_size": 512, "down_block_types": ("DownEncoderBlock2D",) * 4,
+             "up_block_types": ("UpDecoderBlock2D",) * 4},
+        text_encoder={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                      "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu",
+                      "vocab_size": 49408},
+        resolution=512,
+    ),
+    "tiny": InpaintingPipelineShape(
+        unet={"sample_size": 32, "in_channels": 9, "out_channels": 4, "cross_attention_dim": 16,
+              "block_out_channels": (16, 32), "layers_per_block": 1, "attention_head_dim": 4, "norm_num_groups": 8,
+              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+              "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")},
+        vae={"block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+             "sample_size": 64, "down_block_types": ("DownEncoderBlock2D",) * 2,
+             "up_block_types": ("UpDecoderBlock2D",) * 2},
+        text_encoder={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        resolution=64,
+    ),
+})
+
+
+def build_random_inpainting_pipeline(shape: str, seed: int = 0) -> StableDiffusionInpaintPipeline:
+    """An SD-inpainting pipeline of ``shape`` (:data:`INPAINTING_PIPELINE_SHAPES`) with random weights, on the CPU.
+
+    No file is fetched: the tokenizer is a byte-level CLIP BPE without merges, built from
+    an in-memory vocabulary (prompts tokenize per character, which is all random weights
+    need), and the scheduler is DDIM with SD 1.5's noise schedule. ``save_pretrained`` the
+    result to get a folder that :class:`DiffusionRemovalHandler` loads.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    dims = INPAINTING_PIPELINE_SHAPES[shape]
+    characters = sorted(ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(
+        [*characters, *(c + "</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    text_config = {"vocab_size": len(vocab), "max_position_embeddings": 77, **dims.text_encoder,
+                   "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                   "pad_token_id": vocab["<|endoftext|>"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**dims.unet)
+        vae = AutoencoderKL(**dims.vae)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)

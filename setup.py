@@ -43,7 +43,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["schemas*", "transforms*", "pipeline*", "jobs*"]),
+    packages=find_packages(include=["schemas*", "transforms*", "pipeline*", "jobs*", "review*"]),
     package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"]},
     include_package_data=True,
     install_requires=CORE,

@@ -25,6 +25,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "ingest": Command("raw image folders, tar shards or annotated datasets -> normalised source shards", "jobs.ingest:main"),
+    "bootstrap": Command("images -> candidate shards: detect, select, segment, remove objects, score removals",
+                         "jobs.bootstrap:main"),
+    "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
 }
 

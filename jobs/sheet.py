@@ -1,0 +1,30 @@
+"""``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidate samples, for a first look."""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+from typing import Optional, Sequence
+
+from review.contact_sheet import candidate_sheet
+
+LOG = logging.getLogger(__name__)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="counterfactory sheet", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--candidates", required=True, help="Folder of candidate shards (a bootstrap --output).")
+    parser.add_argument("--output", required=True, help="Picture to write (.png or .jpg).")
+    parser.add_argument("--keys", nargs="*", default=(), help="Only these sample keys (default: the first ones).")
+    parser.add_argument("--limit", type=int, default=12, help="Most rows (objects) on the sheet.")
+    parser.add_argument("--side", type=int, default=224, help="Tile size in pixels.")
+    args = parser.parse_args(argv)
+    shards = sorted(glob.glob(os.path.join(args.candidates, "*.tar")))
+    if not shards:
+        LOG.error("no shard (*.tar) in %s", args.candidates)
+        return 2
+    sheet = candidate_sheet(shards, args.keys, limit=args.limit, side=args.side)
+    sheet.save(args.output, quality=88)
+    LOG.info("wrote %s (%dx%d) from %d shards", args.output, sheet.width, sheet.height, len(shards))
+    return 0

@@ -1,0 +1,1 @@
+"""Tools for people checking datasets: pictures of samples, and (later) the review app."""

@@ -1,0 +1,93 @@
+"""Contact sheets: one picture of many candidate samples, for a reviewer's first look.
+
+One row per object: the source with the removal mask tinted red and the detection box,
+the RGBA cut-out on a checkerboard, then every removal candidate captioned with its
+scores. Reads the shards with ``webdataset`` only, so it works on any candidate shards.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterable, Sequence
+
+import numpy as np
+import webdataset
+from PIL import Image, ImageDraw
+
+from schemas.sample import Field, removed_field
+
+MASK_TINT = np.array([255, 40, 40], np.float32)
+CAPTION_PX = 14
+BACKGROUND = (24, 24, 24)
+TEXT = (235, 235, 235)
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    tile = Image.new("RGB", (side, side), BACKGROUND)
+    tile.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return tile
+
+
+def _open(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image
+
+
+def _source_with_mask(sample: dict, meta: dict) -> Image.Image:
+    src = np.asarray(_open(sample[Field.SRC]).convert("RGB"), np.float32)
+    mask = np.asarray(_open(sample[Field.MASK]).convert("L")) > 0
+    src[mask] = 0.55 * src[mask] + 0.45 * MASK_TINT
+    image = Image.fromarray(src.astype(np.uint8))
+    ImageDraw.Draw(image).rectangle(meta["detection"]["box"], outline=(255, 220, 0), width=3)
+    return image
+
+
+def _cutout(sample: dict) -> Image.Image:
+    rgba = _open(sample[Field.OBJECT]).convert("RGBA")
+    checker = np.indices((rgba.height, rgba.width)).sum(axis=0) // 8 % 2
+    board = Image.fromarray((np.where(checker[..., None], 200, 150) * np.ones(3)).astype(np.uint8))
+    board.paste(rgba, (0, 0), rgba)
+    return board
+
+
+def _caption(scores: dict) -> str:
+    short = {"ssim_outside": "ssim", "change_inside": "chg", "seam": "seam", "redetect_score": "redet",
+             "clip_object_gone": "clip"}
+    return " ".join(f"{short[name]} {value:.2f}" for name, value in scores.items()
+                    if value is not None and name in short)
+
+
+def _row(sample: dict, side: int, candidates: int) -> Image.Image:
+    meta = json.loads(sample[Field.JSON])
+    tiles = [(_source_with_mask(sample, meta), f"{meta['detection']['label']} {meta['detection']['score']:.2f}"),
+             (_cutout(sample), meta["key"][-10:])]
+    for candidate in meta["candidates"][:candidates]:
+        tiles.append((_open(sample[removed_field(candidate["index"])]).convert("RGB"), _caption(candidate["scores"])))
+    row = Image.new("RGB", (side * (2 + candidates), side + CAPTION_PX), BACKGROUND)
+    draw = ImageDraw.Draw(row)
+    for column, (image, caption) in enumerate(tiles):
+        row.paste(_thumbnail(image, side), (column * side, 0))
+        draw.text((column * side + 3, side + 1), caption, fill=TEXT)
+    return row
+
+
+def candidate_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+                    candidates: int = 4) -> Image.Image:
+    """A sheet of up to ``limit`` candidate samples (those in ``keys`` if given), in shard order."""
+    wanted = set(keys)
+    rows = []
+    for sample in webdataset.WebDataset(list(shards), shardshuffle=False):
+        if wanted and sample["__key__"] not in wanted:
+            continue
+        rows.append(_row(sample, side, candidates))
+        if len(rows) == limit:
+            break
+    if not rows:
+        raise ValueError(f"no candidate sample found in {len(shards)} shards")
+    sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height for row in rows)), BACKGROUND)
+    for index, row in enumerate(rows):
+        sheet.paste(row, (0, index * rows[0].height))
+    return sheet

@@ -116,3 +116,36 @@ def _members(sample: dict) -> dict:
 def test_configuration_mistakes_are_reported_before_any_work(argv, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         bootstrap.run(["--output", str(tmp_path / "out"), *argv])
+
+
+def test_learned_remover_and_clip_scorer_run_through_the_job(tmp_path):
+    """The GPU configuration's code path on the CPU: a diffusers pipeline folder and an
+    open_clip checkpoint given by path (tiny architectures, random weights)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from transforms.models.clip import TINY_ARCHITECTURE, register_extra_architectures
+    from transforms.models.diffusion import build_random_inpainting_pipeline
+
+    pipeline_dir = tmp_path / "tiny-inpainting"
+    build_random_inpainting_pipeline("tiny").save_pretrained(pipeline_dir)
+    register_extra_architectures()
+    clip_path = tmp_path / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(TINY_ARCHITECTURE).state_dict().items()},
+              str(clip_path))
+    output = tmp_path / "candidates"
+    stats = bootstrap.run([
+        "--input", str(pathlib.Path(bootstrap.SAMPLE_IMAGES) / "astronaut.jpg"), "--output", str(output),
+        "--remover", str(pipeline_dir),
+        "--remover_options", "{resolution: 64, num_inference_steps: 2, num_candidates: 2}",
+        "--clip", str(clip_path), "--clip_options", f"{{architecture: {TINY_ARCHITECTURE}}}",
+        "--selection", "{allow_labels: [person]}",
+    ])
+    assert stats["ledger"]["written"] == 1 and stats["objects_ledger"]["written"] == 1
+    [sample] = _samples(output)
+    meta = json.loads(sample["json"])
+    assert set(meta["models"]) == {"detector", "segmenter", "remover", "clip"}
+    for candidate in meta["candidates"]:
+        assert candidate["remover"].startswith("diffusers:tiny-inpainting@")
+        assert all(value is not None for value in candidate["scores"].values()), candidate["scores"]
+        assert -2 <= candidate["scores"]["clip_object_gone"] <= 2

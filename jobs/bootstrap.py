@@ -22,8 +22,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from jobs.common import (SAMPLE_IMAGES, InputOptions, cli_main, output_dir, parse_job_options, run_info,
-                         run_pipeline, sources_config, writer_config)
+from jobs.common import (
+    SAMPLE_IMAGES,
+    InputOptions,
+    cli_main,
+    output_dir,
+    parse_job_options,
+    run_info,
+    run_pipeline,
+    sources_config,
+    writer_config,
+)
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
 from pipeline.options import ConfigError, mapping_option
 from schemas.sample import CANDIDATE_METADATA_SCHEMA

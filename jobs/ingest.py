@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from jobs.common import (SAMPLE_BROKEN, SAMPLE_IMAGES, InputOptions, cli_main, output_dir, parse_job_options,
-                         run_info, run_pipeline, sources_config, writer_config)
+from jobs.common import (
+    SAMPLE_BROKEN,
+    SAMPLE_IMAGES,
+    InputOptions,
+    cli_main,
+    output_dir,
+    parse_job_options,
+    run_info,
+    run_pipeline,
+    sources_config,
+    writer_config,
+)
 from pipeline.ingest import FUNNEL_STEPS, IngestConfig, build_ingest
 from schemas.sample import SOURCE_METADATA_SCHEMA
 

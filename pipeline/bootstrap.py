@@ -26,7 +26,16 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.finalize import FUNNEL, FinalizeInputs, FinalizeRun, RunInfo
 from pipeline.inference import RunModel
-from pipeline.ledger import DEAD_LETTER, INPUTS, REJECTED, WRITTEN, Tally, count_as, count_dead_letters, count_rejections
+from pipeline.ledger import (
+    DEAD_LETTER,
+    INPUTS,
+    REJECTED,
+    WRITTEN,
+    Tally,
+    count_as,
+    count_dead_letters,
+    count_rejections,
+)
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from schemas import Reason, Rejection, source_of
 from transforms.candidates import CandidateSampleEncoder, CheckMasks, ScoreCandidates

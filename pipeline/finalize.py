@@ -16,7 +16,6 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.ledger import DEAD_LETTER, REJECTED, WRITTEN, Ledger

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
-from PIL import Image
 from apache_beam.ml.inference.base import PredictionResult
+from PIL import Image
 
 from pipeline.stage import StageDoFn, StageOutputs, apply_stage
 from schemas import ObjectCandidates, ObjectMask, Rejection, SourceImage
@@ -27,7 +27,6 @@ from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models.removal import RemovalRequest
 from transforms.models.segmentation import SegmentationRequest
 from transforms.quality import QualityConfig, score_candidate
-
 
 #: Builds the removal request of a kept object; a remover config's ``request`` method.
 RequestMaker = Callable[[SourceImage, ObjectMask], RemovalRequest]

@@ -19,6 +19,7 @@ from PIL import Image
 from schemas import Box, Detection, RawInput, SourceImage
 from transforms.io.decode import DecodeConfig, decode_rgb, decode_source
 from transforms.mask_quality import MaskQualityConfig, check_mask
+from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models import catalog as cat
 from transforms.models.segmentation import (
     SamOnnxPreprocessing,
@@ -27,7 +28,6 @@ from transforms.models.segmentation import (
     build_tiny_sam,
     segmentation_handler,
 )
-from transforms.masks import decode_mask_png, encode_mask_png
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")

@@ -1,12 +1,11 @@
 """Stage plumbing: kept, rejected and dead-lettered records stay apart, one record at a time."""
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.ledger import Ledger, LedgerError
 from pipeline.stage import StageDoFn, apply_stage
 from schemas import DeadLetter, Reason, Rejection
-
-import pytest
 
 
 class _Poisonable(StageDoFn):

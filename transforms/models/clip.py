@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import math
-import re
 import string
 import tempfile
 import time
@@ -50,6 +49,7 @@ from PIL import Image
 from schemas import Box, ObjectCandidates
 from transforms.io.decode import decode_rgb
 from transforms.models.catalog import ResolvedModel, resolve_model
+from transforms.models.checks import check_batch_sizes, check_device
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +79,6 @@ EXTRA_ARCHITECTURES: Mapping[str, Mapping[str, Any]] = {
 #: Precisions open_clip's ``create_model`` applies to the weights; half precisions need CUDA.
 PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _CATALOG_FORMAT = "open-clip"
 
 
@@ -124,18 +123,14 @@ class ClipScorerConfig:
         if (isinstance(self.box_padding, bool) or not isinstance(self.box_padding, (int, float))
                 or not math.isfinite(self.box_padding) or self.box_padding < 0):
             raise ValueError(f"box_padding must be a finite number >= 0, got {self.box_padding!r}")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.precision != "fp32" and not self.on_gpu:
             raise ValueError(f"precision {self.precision} needs a CUDA device, got {self.device!r}")
-        for name in ("min_batch_size", "max_batch_size", "crops_per_pass"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.min_batch_size > self.max_batch_size:
-            raise ValueError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}")
+        check_batch_sizes(self.min_batch_size, self.max_batch_size)
+        if isinstance(self.crops_per_pass, bool) or not isinstance(self.crops_per_pass, int) or self.crops_per_pass < 1:
+            raise ValueError(f"crops_per_pass must be an integer >= 1, got {self.crops_per_pass!r}")
 
     @property
     def on_gpu(self) -> bool:

@@ -16,7 +16,6 @@ import abc
 import dataclasses
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, Optional, Sequence
 
@@ -28,11 +27,11 @@ from schemas import Box, Detection, SourceImage
 from transforms.io.decode import decode_rgb
 from transforms.models import nanodet
 from transforms.models.catalog import ModelSpec, ResolvedModel, cache_root, load_catalog, resolve_model
+from transforms.models.checks import check_device
 
 LOG = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "counterfactory.detect"
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 #: Per image: boxes ``[K, 4]`` (x0, y0, x1, y1 in source pixels), scores ``[K]``, class ids ``[K]``.
 RawDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -72,8 +71,7 @@ class DetectorConfig:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 32 or self.image_size % 32):
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)
         for name in ("min_batch_size", "max_batch_size", "max_detections"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

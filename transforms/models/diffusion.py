@@ -32,7 +32,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +46,7 @@ from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
 from transforms.io.decode import decode_rgb
 from transforms.masks import dilate
 from transforms.models.catalog import resolve_model
+from transforms.models.checks import check_device
 from transforms.models.removal import (
     RemovalHandler,
     RemovalRequest,
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 #: Precisions by name (``torch`` attributes); on the CPU the remover always runs float32, since
 #: CPU kernels for the half ones are slow or missing.
 DTYPES = ("bfloat16", "float16", "float32")
@@ -157,8 +156,7 @@ class DiffusionRemovalConfig:
             raise ValueError(f"single-file checkpoint {self.model!r} needs config: a local folder of the "
                              "pipeline's configs (model_index.json, unet/, vae/, ...)")
         _check_type("config", self.config, (str, type(None)), "a folder path")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)
         for name, value, known in (("dtype", self.dtype, DTYPES), ("scheduler", self.scheduler, SCHEDULERS),
                                    ("conditioning", self.conditioning, CONDITIONINGS)):
             if value not in known:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
 import time
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
@@ -31,15 +30,14 @@ from PIL import Image
 
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from transforms.io.decode import decode_rgb
-from transforms.models.catalog import ResolvedModel, resolve_model
 from transforms.masks import decode_mask_png, encode_mask_png
+from transforms.models.catalog import ResolvedModel, resolve_model
+from transforms.models.checks import check_batch_sizes, check_device
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
 LOG = logging.getLogger(__name__)
-
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 # --------------------------------------------------------------------------- records
@@ -118,16 +116,10 @@ class SegmenterConfig:
                              f"{sorted(handler.ARCHITECTURES) or 'none'}")
         if self.model is None and self.architecture is None:
             raise ValueError("random weights (model=None) need an architecture")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
-        for name in ("min_batch_size", "max_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.min_batch_size > self.max_batch_size:
-            raise ValueError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}")
+        check_batch_sizes(self.min_batch_size, self.max_batch_size)
 
     @property
     def on_gpu(self) -> bool:

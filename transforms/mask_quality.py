@@ -18,11 +18,8 @@ import cv2
 import numpy as np
 
 from schemas import Box, Reason
+from transforms.checks import is_int, is_number, is_unit
 from transforms.masks import dilate
-
-
-def _is_unit(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +40,14 @@ class MaskQualityConfig:
 
     def __post_init__(self) -> None:
         for name in ("min_predicted_iou", "min_largest_component_share", "min_box_fill"):
-            if not _is_unit(getattr(self, name)):
+            if not is_unit(getattr(self, name)):
                 raise ValueError(f"{name} must be a number in [0, 1], got {getattr(self, name)!r}")
         fill = self.max_box_fill
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+        if not is_number(fill) or not math.isfinite(fill):
             raise ValueError(f"max_box_fill must be a finite number, got {fill!r}")
         if fill < self.min_box_fill:
             raise ValueError(f"max_box_fill {fill} is below min_box_fill {self.min_box_fill}")
-        if isinstance(self.dilate_px, bool) or not isinstance(self.dilate_px, int) or self.dilate_px < 0:
+        if not is_int(self.dilate_px) or self.dilate_px < 0:
             raise ValueError(f"dilate_px must be an integer >= 0, got {self.dilate_px!r}")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from schemas import CandidateScores
+from transforms.checks import is_integral
 from transforms.masks import dilate, disc
 
 #: SSIM window (scikit-image's default, 7x7): changes reach this far through the window.
@@ -54,23 +55,19 @@ class QualityConfig:
     change_tolerance: int = 8
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_side) or self.max_side < 2 * SSIM_WINDOW_PX:
+        if not is_integral(self.max_side) or self.max_side < 2 * SSIM_WINDOW_PX:
             raise ValueError(f"max_side must be an integer >= {2 * SSIM_WINDOW_PX}, got {self.max_side!r}")
-        if not _is_int(self.outside_margin_px) or self.outside_margin_px < SSIM_WINDOW_PX // 2:
+        if not is_integral(self.outside_margin_px) or self.outside_margin_px < SSIM_WINDOW_PX // 2:
             raise ValueError(
                 f"outside_margin_px must be an integer >= {SSIM_WINDOW_PX // 2} (the SSIM window radius), "
                 f"got {self.outside_margin_px!r}"
             )
         for name in ("seam_band_px", "seam_ring_px"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.change_tolerance) or not 0 <= self.change_tolerance < 255:
+        if not is_integral(self.change_tolerance) or not 0 <= self.change_tolerance < 255:
             raise ValueError(f"change_tolerance must be an integer in [0, 255), got {self.change_tolerance!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def score_candidate(src_rgb: np.ndarray, mask: np.ndarray, removed_rgb: np.ndarray, config: QualityConfig) -> CandidateScores:

@@ -34,17 +34,14 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.stage import StageDoFn, StageOutputs, apply_stage, apply_tagged_stage
 from schemas import Box, Detection, Reason, Rejection, SourceImage, object_key
+from transforms.checks import is_int, is_unit
 from transforms.models.segmentation import SegmentationRequest
 
 DETECTIONS_REJECTED = "detections_rejected"
 
 
-def _is_unit(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +81,9 @@ class SelectionConfig:
         if both:
             raise ValueError(f"labels both allowed and denied: {sorted(both)}")
         for name in ("min_score", "min_area_fraction", "max_area_fraction", "duplicate_iou", "max_overlap"):
-            if not _is_unit(getattr(self, name)):
+            if not is_unit(getattr(self, name)):
                 raise ValueError(f"{name} must be a number in [0, 1], got {getattr(self, name)!r}")
-        if not (_is_unit(self.min_border_fraction) and self.min_border_fraction < 0.5):
+        if not (is_unit(self.min_border_fraction) and self.min_border_fraction < 0.5):
             raise ValueError(f"min_border_fraction must be a number in [0, 0.5), got {self.min_border_fraction!r}")
         if self.min_area_fraction > self.max_area_fraction:
             raise ValueError(f"min_area_fraction {self.min_area_fraction} > max_area_fraction {self.max_area_fraction}")

@@ -36,6 +36,7 @@ import re
 from typing import IO, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from schemas import Annotation, Box, Reason, Rejection
+from transforms.checks import is_number
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +166,6 @@ def _text_lines(source: Source) -> Iterable[str]:
     return codecs.iterdecode(iter(source.readline, b""), "utf-8-sig")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _coco_size(entry: dict) -> Optional[tuple[int, int]]:
     width, height = entry.get("width"), entry.get("height")
     if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
@@ -183,7 +180,7 @@ def _coco_annotation(
     if category_id not in categories:
         return f"unknown category_id {category_id!r}"
     bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox))):
         return f"bbox is not four numbers [x, y, w, h]: {bbox!r}"
     x, y, w, h = map(float, bbox)
     box = _checked_box(x, y, x + w, y + h, size)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from schemas import Note, RawInput, Reason, Rejection, SourceImage, content_sha256, source_key
+from transforms.checks import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,12 @@ class DecodeConfig:
         # Configs often come from YAML, which has lists and no tuples: accept any sequence.
         object.__setattr__(self, "alpha_background", tuple(self.alpha_background))
         object.__setattr__(self, "formats", tuple(self.formats))
-        if not _is_int(self.max_pixels) or self.max_pixels <= 0:
+        if not is_int(self.max_pixels) or self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
-        if not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
+        if not is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be an integer in [1, 100], got {self.jpeg_quality!r}")
         background = self.alpha_background
-        if len(background) != 3 or not all(_is_int(c) and 0 <= c <= 255 for c in background):
+        if len(background) != 3 or not all(is_int(c) and 0 <= c <= 255 for c in background):
             raise ValueError(f"alpha_background must be three integers in [0, 255], got {background!r}")
         if not self.formats:
             raise ValueError("formats must name at least one Pillow format")
@@ -94,10 +95,6 @@ class DecodeConfig:
         unknown = [name for name in self.formats if name not in Image.OPEN]
         if unknown:
             raise ValueError(f"formats {unknown} are not formats this Pillow can open (known: {sorted(Image.OPEN)})")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _UnsupportedMode(Exception):

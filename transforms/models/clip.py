@@ -47,9 +47,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
 from schemas import Box, ObjectCandidates
+from transforms.checks import check_batch_sizes, check_device, is_int, is_number
 from transforms.io.decode import decode_rgb
 from transforms.models.catalog import ResolvedModel, resolve_model
-from transforms.models.checks import check_batch_sizes, check_device
 
 if TYPE_CHECKING:
     import torch
@@ -120,8 +120,7 @@ class ClipScorerConfig:
         if self.model is None and self.architecture is None:
             raise ValueError("random weights (model=None) need an architecture")
         _check_template(self.prompt_template)
-        if (isinstance(self.box_padding, bool) or not isinstance(self.box_padding, (int, float))
-                or not math.isfinite(self.box_padding) or self.box_padding < 0):
+        if not is_number(self.box_padding) or not math.isfinite(self.box_padding) or self.box_padding < 0:
             raise ValueError(f"box_padding must be a finite number >= 0, got {self.box_padding!r}")
         check_device(self.device)
         if self.precision not in PRECISIONS:
@@ -129,7 +128,7 @@ class ClipScorerConfig:
         if self.precision != "fp32" and not self.on_gpu:
             raise ValueError(f"precision {self.precision} needs a CUDA device, got {self.device!r}")
         check_batch_sizes(self.min_batch_size, self.max_batch_size)
-        if isinstance(self.crops_per_pass, bool) or not isinstance(self.crops_per_pass, int) or self.crops_per_pass < 1:
+        if not is_int(self.crops_per_pass) or self.crops_per_pass < 1:
             raise ValueError(f"crops_per_pass must be an integer >= 1, got {self.crops_per_pass!r}")
 
     @property

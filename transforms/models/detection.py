@@ -24,10 +24,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas import Box, Detection, SourceImage
+from transforms.checks import check_device, is_int, is_number
 from transforms.io.decode import decode_rgb
 from transforms.models import nanodet
 from transforms.models.catalog import ModelSpec, ResolvedModel, cache_root, load_catalog, resolve_model
-from transforms.models.checks import check_device
 
 LOG = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class DetectorConfig:
             raise ValueError(f"format {self.format!r} has no detector handler; known: {sorted(DETECTOR_HANDLERS)}")
         for name in ("score_threshold", "iou_threshold"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
+            if not is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 32 or self.image_size % 32):
+        if self.image_size is not None and (not is_int(self.image_size) or self.image_size < 32 or self.image_size % 32):
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
         check_device(self.device)
         for name in ("min_batch_size", "max_batch_size", "max_detections"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_batch_size > self.max_batch_size:
             raise ValueError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}")
@@ -81,14 +81,6 @@ class DetectorConfig:
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith("cuda")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class LoadedDetector(abc.ABC):

@@ -43,10 +43,10 @@ import cv2
 import numpy as np
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
+from transforms.checks import check_device, is_integral, is_number
 from transforms.io.decode import decode_rgb
 from transforms.masks import dilate
 from transforms.models.catalog import resolve_model
-from transforms.models.checks import check_device
 from transforms.models.removal import (
     RemovalHandler,
     RemovalRequest,
@@ -93,12 +93,8 @@ CONDITIONINGS: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 })
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
+    if not is_integral(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
@@ -164,7 +160,7 @@ class DiffusionRemovalConfig:
         _check_type("prompt", self.prompt, str, "a string")
         _check_type("negative_prompt", self.negative_prompt, str, "a string")
         guidance = self.guidance_scale
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1.0 <= guidance < math.inf:
+        if not is_number(guidance) or not 1.0 <= guidance < math.inf:
             raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {guidance!r}")
         if guidance > 1 and self.prompt == self.negative_prompt:
             raise ValueError(f"guidance_scale {guidance} with prompt == negative_prompt only doubles the cost: "

@@ -16,6 +16,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas import Box, ObjectCandidates
+from transforms.checks import is_number
 from transforms.io.decode import decode_rgb
 from transforms.models.detection import DetectorConfig, LoadedDetector, RawDetections, make_detector_handler
 
@@ -28,7 +29,7 @@ class RedetectConfig:
     min_iou: float = 0.3
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_iou, bool) or not isinstance(self.min_iou, (int, float)) or not 0 < self.min_iou <= 1:
+        if not is_number(self.min_iou) or not 0 < self.min_iou <= 1:
             raise ValueError(f"min_iou must be a number in (0, 1], got {self.min_iou!r}")
 
 

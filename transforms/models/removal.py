@@ -31,6 +31,7 @@ from PIL import Image
 from skimage.restoration import inpaint_biharmonic
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
+from transforms.checks import is_integral
 from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, dilate
 
@@ -53,9 +54,9 @@ class RemovalRequest:
     seed: int
 
     def __post_init__(self) -> None:
-        if not _is_int(self.num_candidates) or self.num_candidates < 1:
+        if not is_integral(self.num_candidates) or self.num_candidates < 1:
             raise ValueError(f"num_candidates must be a positive integer, got {self.num_candidates!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_integral(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.mask.source_key != self.source.key:
             raise ValueError(f"mask {self.mask.key} belongs to source {self.mask.source_key}, not {self.source.key}")
@@ -167,9 +168,9 @@ class RemovalConfig:
         _check_range("dilation_px_range", self.dilation_px_range, minimum=0)
         for name in ("num_candidates", "max_batch_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_integral(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.num_candidates > self.max_candidates:
             raise ValueError(f"num_candidates {self.num_candidates} > {self.max_candidates} distinct parameter sets")
@@ -203,12 +204,8 @@ class RemovalConfig:
         return tuple(plan)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_range(name: str, value: tuple, minimum: int) -> None:
-    if len(value) != 2 or not all(_is_int(v) for v in value) or not minimum <= value[0] <= value[1]:
+    if len(value) != 2 or not all(is_integral(v) for v in value) or not minimum <= value[0] <= value[1]:
         raise ValueError(f"{name} must be two integers {minimum} <= low <= high, got {value!r}")
 
 

@@ -29,10 +29,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
 from schemas import Detection, ObjectMask, SourceImage, object_key
+from transforms.checks import check_batch_sizes, check_device, is_int
 from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models.catalog import ResolvedModel, resolve_model
-from transforms.models.checks import check_batch_sizes, check_device
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -302,7 +302,7 @@ class SamOnnxPreprocessing:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+        if not is_int(self.image_size) or self.image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need three values, std > 0; got {self.mean}, {self.std}")

@@ -21,6 +21,8 @@ CORE = [
     "opencv-python-headless>=4.9",
     "scikit-image>=0.23",
     "onnxruntime>=1.18",
+    "matplotlib>=3.8",  # the build's report pictures
+    "jinja2>=3.1",  # the build's report page
 ]
 TORCH = [
     "torch>=2.4,!=2.13.*",  # 2.13's CPU wheel has no matching torchvision (docs/FACTS).

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from jobs.common import (
     SAMPLE_IMAGES,
     InputOptions,
+    build_config,
     cli_main,
     output_dir,
     parse_job_options,
@@ -84,18 +85,6 @@ class BootstrapOptions(PipelineOptions):
         parser.add_argument("--quality", type=mapping_option, default={}, help="Scoring (QualityConfig) settings.")
 
 
-def _build(config_type: type, settings: Mapping[str, Any], option: str) -> Any:
-    """``config_type(**settings)``, with a mistake reported as the option that holds it."""
-    known = {field.name for field in dataclasses.fields(config_type)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"--{option}: unknown settings {unknown}; {config_type.__name__} has {sorted(known)}")
-    try:
-        return config_type(**settings)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"--{option}: {error}") from error
-
-
 def _with_device(config_type: type, settings: Mapping[str, Any], device: str) -> dict[str, Any]:
     """The settings with ``device`` added, for configs that have one and did not set it."""
     if "device" in {field.name for field in dataclasses.fields(config_type)}:
@@ -114,7 +103,7 @@ def _remover(options: BootstrapOptions) -> RemovalHandler:
     if kind not in REMOVAL_HANDLERS:
         kind, settings = MODEL_REMOVER_KIND, {"model": options.remover, **settings}
     handler_type = REMOVAL_HANDLERS[kind]
-    config = _build(handler_type.config_type, _with_device(handler_type.config_type, settings, options.device),
+    config = build_config(handler_type.config_type, _with_device(handler_type.config_type, settings, options.device),
                     "remover_options")
     return handler_type(config)
 
@@ -138,20 +127,20 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     """Typed stage configs from the parsed options; models resolved."""
     job = options.view_as(BootstrapOptions)
     sources = sources_config(options, (SAMPLE_IMAGES,))
-    detector = _build(DetectorConfig, {"model": job.detector, "device": job.device, **job.detector_options},
+    detector = build_config(DetectorConfig, {"model": job.detector, "device": job.device, **job.detector_options},
                       "detector_options")
-    segmenter = _build(SegmenterConfig, {"model": job.segmenter, "device": job.device,
+    segmenter = build_config(SegmenterConfig, {"model": job.segmenter, "device": job.device,
                                          "format": _segmenter_format(job.segmenter), **job.segmenter_options},
                        "segmenter_options")
-    clip = None if job.clip is None else _build(
+    clip = None if job.clip is None else build_config(
         ClipScorerConfig, {"model": job.clip, "device": job.device, **job.clip_options}, "clip_options")
     redetect = None
     if not job.skip_redetect:
         settings = dict(job.redetect_options)
         min_iou = settings.pop("min_iou", RedetectConfig.min_iou)
-        redetect_detector = _build(DetectorConfig, {**dataclasses.asdict(detector), "score_threshold": 0.1, **settings},
+        redetect_detector = build_config(DetectorConfig, {**dataclasses.asdict(detector), "score_threshold": 0.1, **settings},
                                    "redetect_options")
-        redetect = _build(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
+        redetect = build_config(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
     remover = _remover(job)
     models = _model_ids({
         "detector": detector.model,
@@ -161,12 +150,12 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     })
     return BootstrapConfig(
         sources=sources,
-        selection=_build(SelectionConfig, job.selection, "selection"),
+        selection=build_config(SelectionConfig, job.selection, "selection"),
         detector=make_detector_handler(detector),
         segmenter=segmentation_handler(segmenter),
-        masks=_build(MaskQualityConfig, job.masks, "masks"),
+        masks=build_config(MaskQualityConfig, job.masks, "masks"),
         remover=remover,
-        quality=_build(QualityConfig, job.quality, "quality"),
+        quality=build_config(QualityConfig, job.quality, "quality"),
         writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
         run=run_info(options, "bootstrap", [InputOptions, BootstrapOptions], sources.inputs, FUNNEL_STEPS,
                      sub_ledgers=(OBJECTS,), models=models),

@@ -27,6 +27,10 @@ COMMANDS: dict[str, Command] = {
     "ingest": Command("raw image folders, tar shards or annotated datasets -> normalised source shards", "jobs.ingest:main"),
     "bootstrap": Command("images -> candidate shards: detect, select, segment, remove objects, score removals",
                          "jobs.bootstrap:main"),
+    "build": Command("candidate shards -> versioned removal/insertion pair shards with a funnel report",
+                     "jobs.build:main"),
+    "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
+                          "jobs.thresholds:main"),
     "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
 }

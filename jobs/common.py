@@ -7,6 +7,7 @@ clips, and deliberately broken files), so every job runs on a fresh machine as i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import pathlib
@@ -84,13 +85,26 @@ def output_dir(options: PipelineOptions) -> str:
     return options.view_as(RunOptions).output.rstrip("/")
 
 
-def writer_config(options: PipelineOptions, metadata_schema: pa.Schema) -> ShardWriterConfig:
+def writer_config(options: PipelineOptions, metadata_schema: pa.Schema, directory: Optional[str] = None) -> ShardWriterConfig:
+    """Shard settings from the run options; ``directory`` replaces ``--output`` (a build writes below it)."""
     run = options.view_as(RunOptions)
     try:
-        return ShardWriterConfig(output_dir=output_dir(options), metadata_schema=metadata_schema,
+        return ShardWriterConfig(output_dir=directory or output_dir(options), metadata_schema=metadata_schema,
                                  prefix=run.shard_prefix, max_count=run.max_shard_count, max_size=run.max_shard_bytes)
     except ValueError as error:
         raise ConfigError(str(error)) from error
+
+
+def build_config(config_type: type, settings: Mapping[str, Any], option: str) -> Any:
+    """``config_type(**settings)``, with a mistake reported as the option that holds it."""
+    known = {field.name for field in dataclasses.fields(config_type)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"--{option}: unknown settings {unknown}; {config_type.__name__} has {sorted(known)}")
+    try:
+        return config_type(**settings)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--{option}: {error}") from error
 
 
 def run_info(options: PipelineOptions, job: str, option_classes: Sequence[type[PipelineOptions]],

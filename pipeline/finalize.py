@@ -10,7 +10,7 @@ import datetime
 import hashlib
 import json
 import logging
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -55,6 +55,8 @@ class RunInfo:
     sub_ledgers: tuple[str, ...] = ()
     #: Model role -> ``id@sha256:digest`` of every model the run used, for lineage.
     models: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Job-specific lineage entries (a build's candidate sets, thresholds, decisions checksum).
+    lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.job or not self.dataset_name:
@@ -71,6 +73,17 @@ class FinalizeInputs(NamedTuple):
     tally: beam.PCollection
     rejected: beam.PCollection
     dead_letters: beam.PCollection
+
+
+#: Renders a run's report from its stats, lineage and report input: relative path -> bytes.
+ReportWriter = Callable[[Mapping[str, Any], Mapping[str, Any], Any], Mapping[str, bytes]]
+
+
+class RunReport(NamedTuple):
+    """A report to write with the run: its renderer and the singleton PCollection it renders."""
+
+    render: ReportWriter
+    inputs: beam.PCollection
 
 
 def _now() -> str:
@@ -114,12 +127,13 @@ def content_digest(shards: Sequence[ShardInfo]) -> str:
 
 
 class _FinalizeFn(beam.DoFn):
-    def __init__(self, run: RunInfo, writer: ShardWriterConfig) -> None:
+    def __init__(self, run: RunInfo, writer: ShardWriterConfig, report_writer: Optional[ReportWriter]) -> None:
         super().__init__()
         self._run = run
         self._writer = writer
+        self._report_writer = report_writer
 
-    def process(self, _, shards, tally, rejected, dead_letters):
+    def process(self, _, shards, tally, rejected, dead_letters, report=None):
         run, out = self._run, self._writer.output_dir
         shards = sorted(shards, key=lambda shard: shard.url)
         tally = dict(tally[0]) if tally else {}
@@ -163,8 +177,12 @@ class _FinalizeFn(beam.DoFn):
             "content_sha256": content_digest(shards),
             "models": dict(run.models),
             "samples": stats["shards"]["samples"],
+            **run.lineage,
         }
         publish(FileSystems.join(out, LINEAGE), _json(lineage))
+        if self._report_writer is not None:
+            for path, data in sorted(self._report_writer(stats, lineage, report).items()):
+                publish(FileSystems.join(out, path), data)
         publish(FileSystems.join(out, CONFIG), yaml.safe_dump(dict(run.config), sort_keys=True).encode("utf-8"))
         publish(FileSystems.join(out, STATS), _json(stats))  # last: its presence marks a finished run
         for name, sub in sub_ledgers.items():
@@ -182,26 +200,32 @@ class _FinalizeFn(beam.DoFn):
 
 
 class FinalizeRun(beam.PTransform):
-    """Write the run's manifest, stats, rejections, dead letters, lineage and config."""
+    """Write the run's manifest, stats, rejections, dead letters, lineage, config and, if given, its report.
 
-    def __init__(self, run: RunInfo, writer: ShardWriterConfig) -> None:
+    The report is written before stats.json, so a finished run always has it.
+    """
+
+    def __init__(self, run: RunInfo, writer: ShardWriterConfig, report: Optional[RunReport] = None) -> None:
         super().__init__()
         self._run = run
         self._writer = writer
+        self._report = report
 
     def expand(self, inputs: FinalizeInputs) -> beam.PCollection:
         pbegin = inputs.shards.pipeline
         side = beam.pvalue
+        report = {} if self._report is None else {"report": side.AsSingleton(self._report.inputs)}
         return (
             pbegin
             | "Once" >> beam.Create([None])
             | "Finalize"
             >> beam.ParDo(
-                _FinalizeFn(self._run, self._writer),
+                _FinalizeFn(self._run, self._writer, self._report and self._report.render),
                 shards=side.AsList(inputs.shards),
                 tally=side.AsList(inputs.tally),
                 rejected=side.AsIter(inputs.rejected),
                 dead_letters=side.AsIter(inputs.dead_letters),
+                **report,
             )
         )
 

@@ -91,3 +91,28 @@ def candidate_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int 
     for index, row in enumerate(rows):
         sheet.paste(row, (0, index * rows[0].height))
     return sheet
+
+
+def _crop_box(box: Sequence[float], width: int, height: int, margin: float = 0.3, min_side: int = 64) -> tuple[int, ...]:
+    """The object's box grown by ``margin`` of its size on each side (at least ``min_side``), inside the image."""
+    x0, y0, x1, y1 = box
+    grow_x = max((x1 - x0) * margin, (min_side - (x1 - x0)) / 2, 0)
+    grow_y = max((y1 - y0) * margin, (min_side - (y1 - y0)) / 2, 0)
+    return (max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y)),
+            min(width, int(np.ceil(x1 + grow_x))), min(height, int(np.ceil(y1 + grow_y))))
+
+
+def candidate_thumbnail(sample: dict, candidate_index: int, height: int = 160, quality: int = 85) -> bytes:
+    """JPEG of one candidate around its object: the source with its mask | the removal, side by side."""
+    meta = json.loads(sample[Field.JSON])
+    source = _source_with_mask(sample, meta)
+    removed = _open(sample[removed_field(candidate_index)]).convert("RGB")
+    crop = _crop_box(meta["detection"]["box"], source.width, source.height)
+    tiles = [image.crop(crop) for image in (source, removed)]
+    width = max(1, round(tiles[0].width * height / tiles[0].height))
+    picture = Image.new("RGB", (2 * width + 4, height), BACKGROUND)
+    for column, tile in enumerate(tiles):
+        picture.paste(tile.resize((width, height), Image.Resampling.LANCZOS), (column * (width + 4), 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

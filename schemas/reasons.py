@@ -49,6 +49,17 @@ class Reason(str, enum.Enum):
     MASK_BOX_FILL = "mask_box_fill"
     # Bootstrap outcome of an image whose every object was rejected
     NO_OBJECT_KEPT = "no_object_kept"
+    # Build: reading candidate shards
+    NOT_A_CANDIDATE_SAMPLE = "not_a_candidate_sample"
+    # Build: an object none of whose removal candidates passes (the reason of the closest one)
+    BACKGROUND_CHANGED = "background_changed"
+    NOTHING_REMOVED = "nothing_removed"
+    OBJECT_STILL_DETECTED = "object_still_detected"
+    OBJECT_NOT_GONE = "object_not_gone"
+    VISIBLE_SEAM = "visible_seam"
+    SCORE_MISSING = "score_missing"
+    # Build: a reviewer's decision
+    REVIEW_REJECTED = "review_rejected"
 
     def __str__(self) -> str:
         return self.value

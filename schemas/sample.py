@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
@@ -202,4 +202,159 @@ def candidate_fields(record: ObjectCandidates, cutout: ObjectCutout, provenance:
         Field.OBJECT: cutout.png,
         **{removed_field(c.candidate_index): c.removed_png for c in record.candidates},
         Field.JSON: _json_bytes(candidate_metadata(record, cutout, provenance, models)),
+    }
+
+
+# --------------------------------------------------------------------------- reading candidate shards
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CandidateSample:
+    """A candidate sample read back from its shard: the parsed ``json`` and the member bytes."""
+
+    key: str
+    uri: str
+    meta: Mapping[str, Any]
+    fields: Mapping[str, bytes]
+
+    @property
+    def candidates(self) -> list[Mapping[str, Any]]:
+        return list(self.meta["candidates"])
+
+    def candidate(self, index: int) -> Mapping[str, Any]:
+        for candidate in self.meta["candidates"]:
+            if candidate["index"] == index:
+                return candidate
+        raise KeyError(f"{self.key} has no candidate {index}")
+
+    def removed_png(self, index: int) -> bytes:
+        return self.fields[self.candidate(index)["field"]]
+
+    def keeping_only(self, index: int) -> "CandidateSample":
+        """The same sample without the other candidates' images (they are ~1 MB each and no longer needed)."""
+        kept = self.candidate(index)["field"]
+        fields = {name: data for name, data in self.fields.items() if not name.startswith("removed_") or name == kept}
+        return dataclasses.replace(self, fields=fields)
+
+
+_CANDIDATE_MEMBERS = (Field.SRC, Field.MASK, Field.OBJECT, Field.JSON)
+
+
+def candidate_from_sample(key: str, fields: Mapping[str, bytes], uri: str) -> CandidateSample:
+    """Parse a sample of a candidate shard; raises ``ValueError`` saying what is missing or wrong."""
+    missing = [name for name in _CANDIDATE_MEMBERS if name not in fields]
+    if missing:
+        raise ValueError(f"missing members {missing} (has {sorted(fields)})")
+    meta = json.loads(fields[Field.JSON])
+    if meta.get("kind") != "candidates":
+        raise ValueError(f"sample kind is {meta.get('kind')!r}, not 'candidates'")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"sample format {meta['format_version']} is newer than this reader ({FORMAT_VERSION})")
+    if meta.get("key") != key:
+        raise ValueError(f"json key {meta.get('key')!r} does not match the sample key {key!r}")
+    if not meta.get("candidates"):
+        raise ValueError("the sample has no candidates")
+    absent = [c["field"] for c in meta["candidates"] if c["field"] not in fields]
+    if absent:
+        raise ValueError(f"candidate images {absent} are missing")
+    return CandidateSample(key=key, uri=uri, meta=meta, fields=dict(fields))
+
+
+# --------------------------------------------------------------------------- pair shards
+
+#: The two training pairs every pair sample holds, as (input, mask) -> target member names.
+PAIRS = {
+    "removal": {"input": Field.SRC, "mask": Field.MASK, "target": Field.REMOVED},
+    "insertion": {"input": Field.PASTED, "mask": Field.MASK, "target": Field.SRC},
+}
+
+#: Per-pair metadata of pair shards: one row per object, the chosen candidate's scores.
+PAIR_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("detection_score", pa.float64()),
+        pa.field("area_fraction", pa.float64()),
+        pa.field("candidate_index", pa.int32()),
+        pa.field("seed", pa.int64()),
+        pa.field("combined_score", pa.float64()),
+        pa.field("selected_by", pa.string()),
+        pa.field("reviewer", pa.string()),
+        *(pa.field(name, pa.float64()) for name in SCORE_NAMES),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairChoice:
+    """Which candidate became the pair, and why (thresholds or a review decision)."""
+
+    candidate_index: int
+    combined_score: float
+    selected_by: str
+    review: Optional[Mapping[str, Any]] = None
+
+
+def pair_metadata(sample: CandidateSample, choice: PairChoice, selection: Mapping[str, Any],
+                  provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``json`` member of a pair sample: the candidate sample's facts plus how the pair was chosen.
+
+    ``selection`` is what every pair of a build shares (thresholds, ranking, re-paste
+    settings); ``provenance`` is the build's, ``candidates_provenance`` the bootstrap run's.
+    """
+    meta = sample.meta
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "pairs",
+        "key": sample.key,
+        "source": meta["source"],
+        "object_index": meta["object_index"],
+        "detection": meta["detection"],
+        "mask": meta["mask"],
+        "object": meta["object"],
+        "candidate": {**sample.candidate(choice.candidate_index), "combined_score": choice.combined_score},
+        "selected_by": choice.selected_by,
+        "review": dict(choice.review) if choice.review else None,
+        "pairs": PAIRS,
+        "selection": dict(selection),
+        "models": meta["models"],
+        "provenance": dict(provenance),
+        "candidates_provenance": meta["provenance"],
+    }
+
+
+def pair_metadata_row(sample: CandidateSample, choice: PairChoice) -> dict[str, Any]:
+    """The Parquet row of a pair sample (``shard`` is added by the writer)."""
+    meta = sample.meta
+    source = meta["source"]
+    candidate = sample.candidate(choice.candidate_index)
+    return {
+        "key": sample.key,
+        "source_key": source["key"],
+        "uri": source["uri"],
+        "label": meta["detection"]["label"],
+        "detection_score": meta["detection"]["score"],
+        "area_fraction": meta["mask"]["area_px"] / (source["width"] * source["height"]),
+        "candidate_index": choice.candidate_index,
+        "seed": candidate["seed"],
+        "combined_score": choice.combined_score,
+        "selected_by": choice.selected_by,
+        "reviewer": (choice.review or {}).get("reviewer"),
+        **{name: candidate["scores"].get(name) for name in SCORE_NAMES},
+    }
+
+
+def pair_fields(sample: CandidateSample, choice: PairChoice, pasted_jpeg: bytes, selection: Mapping[str, Any],
+                provenance: Mapping[str, Any]) -> dict[str, bytes]:
+    """The members of a pair sample: both pairs' images (shared), the cut-out and the json."""
+    return {
+        Field.SRC: sample.fields[Field.SRC],
+        Field.MASK: sample.fields[Field.MASK],
+        Field.REMOVED: sample.removed_png(choice.candidate_index),
+        Field.PASTED: pasted_jpeg,
+        Field.OBJECT: sample.fields[Field.OBJECT],
+        Field.JSON: _json_bytes(pair_metadata(sample, choice, selection, provenance)),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from typing import Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -95,7 +95,7 @@ class ReadImageFiles(beam.PTransform):
         return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
 
 
-def _tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
+def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group consecutive tar members by WebDataset key (basename up to its first dot)."""
     key, fields = None, {}
     with tarfile.open(fileobj=stream, mode="r|*") as archive:
@@ -117,6 +117,38 @@ def _tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, fields
 
 
+def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, bytes]] | Rejection]:
+    """``(key, fields)`` per sample of a tar, streaming; a damaged tail ends it as one ``corrupt_shard`` rejection.
+
+    Samples before the damage are kept: a truncated upload loses only what is missing.
+    """
+    with FileSystems.open(path, compression_type="uncompressed") as stream:
+        samples = tar_samples(stream)
+        while True:
+            try:
+                key, fields = next(samples)
+            except StopIteration:
+                return
+            except (tarfile.TarError, EOFError, OSError) as error:
+                yield Rejection(path, stage, Reason.CORRUPT_SHARD, f"{type(error).__name__}: {error}")
+                return
+            yield key, fields
+
+
+def read_members(path: str, names: Iterable[str]) -> dict[str, bytes]:
+    """Some members of a tar by name, seeking over the others (cheap for a few samples of a large shard)."""
+    wanted = set(names)
+    found: dict[str, bytes] = {}
+    with FileSystems.open(path, compression_type="uncompressed") as stream, tarfile.open(fileobj=stream, mode="r:") as archive:
+        for member in archive:
+            if member.name in wanted and member.isfile():
+                extracted = archive.extractfile(member)
+                found[member.name] = extracted.read() if extracted else b""
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
 class _ReadTarFn(StageDoFn):
     stage = "read_shards"
 
@@ -135,18 +167,8 @@ class _ReadTarFn(StageDoFn):
         return Rejection(uri, self.stage, Reason.SAMPLE_WITHOUT_IMAGE, f"fields: {sorted(fields)}")
 
     def process_record(self, path: str) -> Iterator[RawInput | SourceImage | Rejection]:
-        with FileSystems.open(path, compression_type="uncompressed") as stream:
-            samples = _tar_samples(stream)
-            while True:
-                try:
-                    key, fields = next(samples)
-                except StopIteration:
-                    return
-                except (tarfile.TarError, EOFError, OSError) as error:
-                    # Samples before the damage are kept; the unreadable rest is one rejection.
-                    yield Rejection(path, self.stage, Reason.CORRUPT_SHARD, f"{type(error).__name__}: {error}")
-                    return
-                yield self._record(path, key, fields)
+        for sample in read_tar_samples(path, self.stage):
+            yield sample if isinstance(sample, Rejection) else self._record(path, *sample)
 
 
 class ReadShards(beam.PTransform):

@@ -1,0 +1,198 @@
+"""``counterfactory build`` end to end on the local runner, on synthetic candidate sets.
+
+The expected outcome of every object is computed here from its stored scores with plain
+comparisons (not with the selection code), so the test catches a build that keeps or
+drops the wrong objects, not just one that crashes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset
+from PIL import Image
+
+from jobs import build as build_job
+from jobs import thresholds as thresholds_job
+from pipeline.finalize import check_ledgers
+from schemas.decisions import Decision, Verdict, decisions_jsonl
+from schemas.sample import Field
+from tests.candidate_sets import write_candidate_set
+from transforms.io.decode import decode_rgb
+from transforms.repaste import repaste
+from transforms.thresholds import DEFAULT_THRESHOLDS, Ranking
+
+OBJECTS = 40
+HIGHER = {"ssim_outside", "change_inside"}
+
+
+def passes(scores: dict, bounds: dict) -> bool:
+    return all(scores[name] >= bound if name in HIGHER else scores[name] <= bound for name, bound in bounds.items())
+
+
+def candidate_samples(folder: pathlib.Path) -> dict[str, dict]:
+    return {s["__key__"]: s for s in webdataset.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))),
+                                                            shardshuffle=False)}
+
+
+def pair_samples(folder: pathlib.Path) -> dict[str, dict]:
+    urls = [str(folder / e["url"]) for e in json.loads((folder / "shardindex.json").read_text())["shardlist"]]
+    return {s["__key__"]: s for s in webdataset.WebDataset(urls, shardshuffle=False)}
+
+
+def expected_kept(samples: dict[str, dict], bounds: dict) -> set[str]:
+    return {key for key, s in samples.items()
+            if any(passes(c["scores"], bounds) for c in json.loads(s[Field.JSON])["candidates"])}
+
+
+def run_build(root: pathlib.Path, version: str, *sets: pathlib.Path, extra=()) -> pathlib.Path:
+    argv = [f"--candidates={s}" for s in sets] + [f"--output={root}", "--name=demo", f"--version={version}", *extra]
+    build_job.run(argv)
+    return root / "demo" / version
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """A clean candidate set, and a damaged one: a truncated shard (of the set ``other``) and a shard of
+    another sample kind."""
+    base = tmp_path_factory.mktemp("candidates")
+    clean = write_candidate_set(base / "clean", OBJECTS, seed=1)
+    other = write_candidate_set(base / "other", 3, seed=2)
+    tar = next(other.glob("shard-*.tar")).read_bytes()
+    foreign = io.BytesIO()
+    with webdataset.TarWriter(foreign) as writer:
+        writer.write({"__key__": "f" * 24, "src.jpg": b"\xff\xd8", "json": b'{"kind": "source"}'})
+    damaged = write_candidate_set(base / "damaged", 0, extra_shards={
+        "truncated.tar": tar[: int(len(tar) * 0.6)], "foreign.tar": foreign.getvalue()})
+    return clean, damaged
+
+
+@pytest.fixture(scope="module")
+def v1(sets, tmp_path_factory) -> pathlib.Path:
+    return run_build(tmp_path_factory.mktemp("datasets"), "v1", *sets)
+
+
+def test_every_candidate_object_ends_as_a_pair_or_a_reason(sets, v1):
+    clean, _ = sets
+    stats = check_ledgers(str(v1))
+    ledger = stats["ledger"]
+    candidates = candidate_samples(clean)
+    kept = expected_kept(candidates, DEFAULT_THRESHOLDS)
+    assert 0 < len(kept) < OBJECTS
+    pairs = pair_samples(v1)
+    from_clean = {key for key in pairs if key in candidates}
+    assert from_clean == kept
+    rejected = pq.read_table(v1 / "rejected.parquet").to_pylist()
+    selected_out = {row["key"] for row in rejected if row["stage"] == "select"}
+    assert selected_out & set(candidates) == set(candidates) - kept
+    read_before_damage = set(candidate_samples(clean.parent / "other")) & (set(pairs) | selected_out)
+    assert 1 <= len(read_before_damage) < 3
+    # Every sample read, plus the truncated tail and the foreign sample.
+    assert ledger["inputs"] == OBJECTS + len(read_before_damage) + 2
+    assert ledger["rejected"]["corrupt_shard"] == 1 and ledger["rejected"]["not_a_candidate_sample"] == 1
+    assert ledger["written"] == len(pairs) and ledger["dead_letters_total"] == 0
+    assert [step["step"] for step in stats["funnel"]] == ["candidate_objects", "passed_thresholds", "kept",
+                                                          "pairs_written"]
+
+
+def test_pairs_hold_the_best_passing_candidate_and_the_repasted_object(sets, v1):
+    candidates = candidate_samples(sets[0])
+    for key, pair in pair_samples(v1).items():
+        if key not in candidates:
+            continue
+        source = candidates[key]
+        meta, source_meta = json.loads(pair[Field.JSON]), json.loads(source[Field.JSON])
+        passing = [c for c in source_meta["candidates"] if passes(c["scores"], DEFAULT_THRESHOLDS)]
+        best = max(Ranking().combined(c["scores"]) for c in passing)
+        chosen = meta["candidate"]
+        assert passes(chosen["scores"], DEFAULT_THRESHOLDS)
+        assert chosen["combined_score"] == pytest.approx(best)
+        assert pair[Field.REMOVED] == source[chosen["field"]]
+        for field in (Field.SRC, Field.MASK, Field.OBJECT):
+            assert pair[field] == source[field]
+        with Image.open(io.BytesIO(source[Field.OBJECT])) as cutout:
+            rgba = np.array(cutout.convert("RGBA"))
+        expected = repaste(decode_rgb(pair[Field.REMOVED]), rgba, tuple(meta["object"]["box"]))
+        error = decode_rgb(pair[Field.PASTED]).astype(float) - expected
+        assert 10 * np.log10(255**2 / np.mean(error**2)) > 35  # dB: the re-paste, up to JPEG q95 on noisy pixels
+        assert meta["pairs"]["insertion"] == {"input": "pasted.jpg", "mask": "mask.png", "target": "src.jpg"}
+        assert meta["selected_by"] == "thresholds" and meta["provenance"]["job"] == "build"
+        assert meta["selection"]["thresholds"]["seam"] == {"max": DEFAULT_THRESHOLDS["seam"]}
+
+
+def test_metadata_lineage_and_report(sets, v1):
+    pairs = pair_samples(v1)
+    rows = pq.read_table(next(v1.glob("shard-*.parquet"))).to_pylist()
+    assert {row["key"] for row in rows} == set(pairs)
+    assert all(row["selected_by"] == "thresholds" and row["seam"] <= DEFAULT_THRESHOLDS["seam"] for row in rows)
+    lineage = json.loads((v1 / "lineage.json").read_text())
+    clean_lineage = json.loads((sets[0] / "lineage.json").read_text())
+    assert lineage["candidate_sets"][0]["content_sha256"] == clean_lineage["content_sha256"]
+    assert lineage["thresholds"]["redetect_score"] == {"max": DEFAULT_THRESHOLDS["redetect_score"]}
+    assert lineage["version"] == "v1" and lineage["decisions"] is None and lineage["models"]["detector"]
+    report = json.loads((v1 / "report.json").read_text())
+    assert [step["stage"] for step in report["funnel"]][:2] == ["bootstrap", "bootstrap"]
+    assert report["funnel"][-1]["count"] == len(pairs)
+    html = (v1 / "report.html").read_text()
+    thumbs = list((v1 / "report" / "thumbs").glob("*.jpg"))
+    assert thumbs and all(f"report/thumbs/{thumb.name}" in html for thumb in thumbs)
+    assert (v1 / "report" / "funnel.png").stat().st_size > 1000
+
+
+def test_thresholds_and_decisions_change_exactly_the_samples_they_should(sets, v1, tmp_path):
+    clean, _ = sets
+    candidates = candidate_samples(clean)
+    bounds = {**DEFAULT_THRESHOLDS, "seam": 0.35}
+    kept = expected_kept(candidates, bounds)
+    dropped = sorted(set(candidates) - kept)
+    rejected_by_review, accepted_candidate = sorted(kept)[:2]
+    accepted_object = dropped[0]
+    decisions = [
+        Decision(rejected_by_review, Verdict.REJECT, "ana", "2026-11-21T10:00:00+00:00", "blurry"),
+        Decision(accepted_object, Verdict.ACCEPT, "ana", "2026-11-21T10:01:00+00:00"),
+        Decision(f"{accepted_candidate}_c03", Verdict.ACCEPT, "bo", "2026-11-21T10:02:00+00:00"),
+    ]
+    decisions_file = tmp_path / "decisions.jsonl"
+    decisions_file.write_bytes(decisions_jsonl(decisions))
+    v2 = run_build(v1.parent.parent, "v2", clean, extra=["--thresholds={seam: 0.35}", f"--decisions={decisions_file}"])
+    pairs = pair_samples(v2)
+    assert set(pairs) == (kept - {rejected_by_review}) | {accepted_object}
+    assert json.loads(pairs[accepted_object][Field.JSON])["selected_by"] == "review"
+    chosen = json.loads(pairs[accepted_candidate][Field.JSON])
+    assert (chosen["candidate"]["index"], chosen["review"]["reviewer"]) == (3, "bo")
+    reasons = {row["key"]: row["reason"] for row in pq.read_table(v2 / "rejected.parquet").to_pylist()}
+    assert reasons[rejected_by_review] == "review_rejected"
+    lineage = json.loads((v2 / "lineage.json").read_text())
+    assert lineage["thresholds"]["seam"] == {"max": 0.35}
+    assert lineage["decisions"]["keys"] == 3 and len(lineage["decisions"]["sha256"]) == 64
+    assert check_ledgers(str(v2))["counts"]["decisions"]["matched"] == 3
+
+
+def test_building_the_same_inputs_again_gives_byte_identical_shards(sets, v1, tmp_path):
+    again = run_build(tmp_path, "v1", *sets)  # same name and version (samples record them), elsewhere
+    names = sorted(path.name for path in v1.glob("shard-*"))
+    assert names and names == sorted(path.name for path in again.glob("shard-*"))
+    for name in names:
+        assert (v1 / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_a_finished_version_is_never_overwritten(sets, v1, caplog):
+    before = {path: path.stat().st_mtime_ns for path in v1.rglob("*")}
+    argv = [f"--candidates={sets[0]}", f"--output={v1.parent.parent}", "--name=demo", "--version=v1"]
+    assert build_job.main(argv) == 2
+    assert "never overwritten" in caplog.text
+    assert {path: path.stat().st_mtime_ns for path in v1.rglob("*")} == before
+
+
+def test_the_sweep_agrees_with_the_build(sets, v1, capsys):
+    clean, _ = sets
+    seam = DEFAULT_THRESHOLDS["seam"]
+    assert thresholds_job.main([f"--candidates={clean}", f"--sweep=seam={seam - 0.1}:{seam}:0.05"]) == 0
+    current = [line for line in capsys.readouterr().out.splitlines() if line.endswith("<- current")]
+    assert len(current) == 1
+    kept = sum(key in candidate_samples(clean) for key in pair_samples(v1))
+    assert int(current[0].split()[2]) == kept

@@ -58,9 +58,9 @@ def baseline(candidates: pathlib.Path, output: pathlib.Path) -> int:
     return written
 
 
-def timed(label: str, function, *args):
+def timed(label: str, function, *args, **kwargs):
     started = time.perf_counter()
-    result = function(*args)
+    result = function(*args, **kwargs)
     elapsed = time.perf_counter() - started
     LOG.info("%s: %.2f s", label, elapsed)
     return elapsed, result

@@ -60,6 +60,12 @@ class Reason(str, enum.Enum):
     SCORE_MISSING = "score_missing"
     # Build: a reviewer's decision
     REVIEW_REJECTED = "review_rejected"
+    # Self-reference pairs (Paint-by-Example): box filters
+    BOX_TOO_SMALL = "box_too_small"
+    BOX_TOO_LARGE = "box_too_large"
+    BOX_SIDE_TOO_SHORT = "box_side_too_short"
+    BOX_ASPECT_RATIO = "box_aspect_ratio"
+    NO_SUITABLE_BOX = "no_suitable_box"
 
     def __str__(self) -> str:
         return self.value

@@ -23,6 +23,7 @@ CORE = [
     "onnxruntime>=1.18",
     "matplotlib>=3.8",  # the build's report pictures
     "jinja2>=3.1",  # the build's report page
+    "albumentations>=2.0,<2.1",  # Paint-by-Example reference augmentation (MIT; not the AGPL AlbumentationsX)
 ]
 TORCH = [
     "torch>=2.4,!=2.13.*",  # 2.13's CPU wheel has no matching torchvision (docs/FACTS).

@@ -29,17 +29,18 @@ from jobs.common import (
     cli_main,
     output_dir,
     parse_job_options,
+    resolve_model_ids,
     run_info,
     run_pipeline,
     sources_config,
     writer_config,
 )
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
-from pipeline.options import ConfigError, mapping_option
+from pipeline.options import mapping_option
 from schemas.sample import CANDIDATE_METADATA_SCHEMA
 from transforms.mask_quality import MaskQualityConfig
 from transforms.models import diffusion  # noqa: F401  (registers the "diffusers" remover kind)
-from transforms.models.catalog import ModelError, load_catalog, resolve_model
+from transforms.models.catalog import load_catalog
 from transforms.models.clip import ClipScorerConfig, ClipScorerHandler
 from transforms.models.detection import DetectorConfig, make_detector_handler
 from transforms.models.redetect import RedetectConfig, RedetectHandler
@@ -108,21 +109,6 @@ def _remover(options: BootstrapOptions) -> RemovalHandler:
     return handler_type(config)
 
 
-def _model_ids(models: Mapping[str, Optional[str]]) -> dict[str, str]:
-    """Resolve (fetching once) every model the run uses: ``role -> id@sha256:digest``."""
-    ids = {}
-    for role, ref in models.items():
-        if ref is None:
-            continue
-        try:
-            resolved = resolve_model(ref)
-        except ModelError as error:
-            raise ConfigError(f"{role} model {ref!r}: {error}") from error
-        ids[role] = f"{ref}@sha256:{resolved.sha256}"
-        LOG.info("%s: %s", role, ids[role])
-    return ids
-
-
 def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     """Typed stage configs from the parsed options; models resolved."""
     job = options.view_as(BootstrapOptions)
@@ -142,7 +128,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
                                    "redetect_options")
         redetect = build_config(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
     remover = _remover(job)
-    models = _model_ids({
+    models = resolve_model_ids({
         "detector": detector.model,
         "segmenter": segmenter.model,
         "remover": getattr(remover.config, "model", None),

@@ -31,6 +31,10 @@ COMMANDS: dict[str, Command] = {
                      "jobs.build:main"),
     "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
                           "jobs.thresholds:main"),
+    "pbe-pairs": Command("images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented "
+                         "reference", "jobs.pbe:main"),
+    "pbe-benchmark": Command("images with boxes -> a COCOEE-style evaluation set (reference from another image "
+                             "of the same class)", "jobs.pbe:benchmark_main"),
     "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
 }

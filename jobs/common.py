@@ -26,6 +26,7 @@ from transforms.io.decode import DecodeConfig
 from transforms.io.files import list_files
 from transforms.io.readers import expand_pattern
 from transforms.io.shards import ShardWriterConfig
+from transforms.models.catalog import ModelError, resolve_model
 
 LOG = logging.getLogger(__name__)
 
@@ -105,6 +106,21 @@ def build_config(config_type: type, settings: Mapping[str, Any], option: str) ->
         return config_type(**settings)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--{option}: {error}") from error
+
+
+def resolve_model_ids(models: Mapping[str, Optional[str]]) -> dict[str, str]:
+    """Resolve (fetching once) every model the run uses: ``role -> id@sha256:digest``."""
+    ids = {}
+    for role, ref in models.items():
+        if ref is None:
+            continue
+        try:
+            resolved = resolve_model(ref)
+        except ModelError as error:
+            raise ConfigError(f"{role} model {ref!r}: {error}") from error
+        ids[role] = f"{ref}@sha256:{resolved.sha256}"
+        LOG.info("%s: %s", role, ids[role])
+    return ids
 
 
 def run_info(options: PipelineOptions, job: str, option_classes: Sequence[type[PipelineOptions]],

@@ -1,4 +1,4 @@
-"""``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidate samples, for a first look."""
+"""``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidate or self-reference samples, for a first look."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +7,15 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from review.contact_sheet import candidate_sheet
+from review.contact_sheet import SHEETS, sample_kind
 
 LOG = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="counterfactory sheet", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--candidates", required=True, help="Folder of candidate shards (a bootstrap --output).")
+    parser.add_argument("--candidates", "--shards", dest="candidates", required=True,
+                        help="Folder of candidate shards (a bootstrap --output) or of pbe-pairs shards.")
     parser.add_argument("--output", required=True, help="Picture to write (.png or .jpg).")
     parser.add_argument("--keys", nargs="*", default=(), help="Only these sample keys (default: the first ones).")
     parser.add_argument("--limit", type=int, default=12, help="Most rows (objects) on the sheet.")
@@ -24,7 +25,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not shards:
         LOG.error("no shard (*.tar) in %s", args.candidates)
         return 2
-    sheet = candidate_sheet(shards, args.keys, limit=args.limit, side=args.side)
+    kind = sample_kind(shards)
+    if kind not in SHEETS:
+        LOG.error("no contact sheet for samples of kind %r (known: %s)", kind, ", ".join(SHEETS))
+        return 2
+    sheet = SHEETS[kind](shards, args.keys, limit=args.limit, side=args.side)
     sheet.save(args.output, quality=88)
     LOG.info("wrote %s (%dx%d) from %d shards", args.output, sheet.width, sheet.height, len(shards))
     return 0

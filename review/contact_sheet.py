@@ -1,8 +1,10 @@
-"""Contact sheets: one picture of many candidate samples, for a reviewer's first look.
+"""Contact sheets: one picture of many samples, for a reviewer's first look.
 
-One row per object: the source with the removal mask tinted red and the detection box,
-the RGBA cut-out on a checkerboard, then every removal candidate captioned with its
-scores. Reads the shards with ``webdataset`` only, so it works on any candidate shards.
+Candidate samples: one row per object, the source with the removal mask tinted red and
+the detection box, the RGBA cut-out on a checkerboard, then every removal candidate
+captioned with its scores. Self-reference (Paint-by-Example) samples: the reference, the
+target with its mask tinted, and the target, two pairs per row. Reads the shards with
+``webdataset`` only, so it works on any shards of these kinds.
 """
 from __future__ import annotations
 
@@ -36,11 +38,15 @@ def _open(data: bytes) -> Image.Image:
         return image
 
 
-def _source_with_mask(sample: dict, meta: dict) -> Image.Image:
+def _tinted(sample: dict) -> Image.Image:
     src = np.asarray(_open(sample[Field.SRC]).convert("RGB"), np.float32)
     mask = np.asarray(_open(sample[Field.MASK]).convert("L")) > 0
     src[mask] = 0.55 * src[mask] + 0.45 * MASK_TINT
-    image = Image.fromarray(src.astype(np.uint8))
+    return Image.fromarray(src.astype(np.uint8))
+
+
+def _source_with_mask(sample: dict, meta: dict) -> Image.Image:
+    image = _tinted(sample)
     ImageDraw.Draw(image).rectangle(meta["detection"]["box"], outline=(255, 220, 0), width=3)
     return image
 
@@ -74,23 +80,63 @@ def _row(sample: dict, side: int, candidates: int) -> Image.Image:
     return row
 
 
-def candidate_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
-                    candidates: int = 4) -> Image.Image:
-    """A sheet of up to ``limit`` candidate samples (those in ``keys`` if given), in shard order."""
-    wanted = set(keys)
-    rows = []
+def _samples(shards: Sequence[str], keys: Iterable[str], limit: int) -> list[dict]:
+    """Up to ``limit`` samples (those in ``keys`` if given), in shard order."""
+    wanted, found = set(keys), []
     for sample in webdataset.WebDataset(list(shards), shardshuffle=False):
-        if wanted and sample["__key__"] not in wanted:
-            continue
-        rows.append(_row(sample, side, candidates))
-        if len(rows) == limit:
-            break
-    if not rows:
-        raise ValueError(f"no candidate sample found in {len(shards)} shards")
+        if not wanted or sample["__key__"] in wanted:
+            found.append(sample)
+            if len(found) == limit:
+                break
+    if not found:
+        raise ValueError(f"no sample found in {len(shards)} shards")
+    return found
+
+
+def _stack(rows: Sequence[Image.Image]) -> Image.Image:
     sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height for row in rows)), BACKGROUND)
     for index, row in enumerate(rows):
         sheet.paste(row, (0, index * rows[0].height))
     return sheet
+
+
+def candidate_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+                    candidates: int = 4) -> Image.Image:
+    """A sheet of up to ``limit`` candidate samples (those in ``keys`` if given), in shard order."""
+    return _stack([_row(sample, side, candidates) for sample in _samples(shards, keys, limit)])
+
+
+def _pbe_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
+    meta = json.loads(sample[Field.JSON])
+    return [(_open(sample[Field.REF]).convert("RGB"), f"ref {meta['box']['label']}"),
+            (_tinted(sample), f"mask: {meta['mask']['kind']}"),
+            (_open(sample[Field.SRC]).convert("RGB"), meta["key"][-10:])]
+
+
+def pbe_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+              per_row: int = 2) -> Image.Image:
+    """A sheet of up to ``limit`` self-reference samples: reference | target with mask | target."""
+    pairs = [_pbe_tiles(sample) for sample in _samples(shards, keys, limit)]
+    rows = []
+    for start in range(0, len(pairs), per_row):
+        tiles = [tile for pair in pairs[start:start + per_row] for tile in pair]
+        row = Image.new("RGB", (side * 3 * per_row + 8 * (per_row - 1), side + CAPTION_PX), BACKGROUND)
+        draw = ImageDraw.Draw(row)
+        for column, (image, caption) in enumerate(tiles):
+            x = column * side + (column // 3) * 8
+            row.paste(_thumbnail(image, side), (x, 0))
+            draw.text((x + 3, side + 1), caption, fill=TEXT)
+        rows.append(row)
+    return _stack(rows)
+
+
+#: Sheet of each sample kind (the ``kind`` of its json).
+SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet}
+
+
+def sample_kind(shards: Sequence[str]) -> str:
+    """The ``kind`` of the first sample of ``shards``."""
+    return json.loads(_samples(shards, (), 1)[0][Field.JSON])["kind"]
 
 
 def _crop_box(box: Sequence[float], width: int, height: int, margin: float = 0.3, min_side: int = 64) -> tuple[int, ...]:

@@ -66,6 +66,11 @@ class Reason(str, enum.Enum):
     BOX_SIDE_TOO_SHORT = "box_side_too_short"
     BOX_ASPECT_RATIO = "box_aspect_ratio"
     NO_SUITABLE_BOX = "no_suitable_box"
+    NO_BOXES = "no_boxes"
+    # Self-reference benchmark (COCOEE-style)
+    MULTIPLE_OBJECTS = "multiple_objects"
+    MASK_TOO_LARGE = "mask_too_large"
+    NO_REFERENCE_IMAGE = "no_reference_image"
 
     def __str__(self) -> str:
         return self.value

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import pyarrow as pa
 
 from schemas.reasons import Note
-from schemas.records import Annotation, CandidateScores, ObjectCandidates, SourceImage
+from schemas.records import Annotation, Box, CandidateScores, ObjectCandidates, SourceImage
 
 #: Bumped when a field changes meaning; readers check it in the ``json`` member.
 FORMAT_VERSION = 1
@@ -124,15 +124,20 @@ def removed_field(candidate_index: int) -> str:
 SCORE_NAMES = tuple(field.name for field in dataclasses.fields(CandidateScores))
 
 #: Per-object metadata of candidate shards: one row per object, one list entry per candidate.
+#: The leading columns of every per-object Parquet (candidate and pair shards).
+_OBJECT_COLUMNS = (
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("uri", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("detection_score", pa.float64()),
+    pa.field("area_fraction", pa.float64()),
+)
+
 CANDIDATE_METADATA_SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("source_key", pa.string(), nullable=False),
-        pa.field("uri", pa.string()),
-        pa.field("label", pa.string()),
-        pa.field("detection_score", pa.float64()),
-        pa.field("area_fraction", pa.float64()),
+        *_OBJECT_COLUMNS,
         pa.field("predicted_iou", pa.float64()),
         pa.field("num_candidates", pa.int32()),
         pa.field("seeds", pa.list_(pa.int64())),
@@ -271,13 +276,7 @@ PAIRS = {
 #: Per-pair metadata of pair shards: one row per object, the chosen candidate's scores.
 PAIR_METADATA_SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("source_key", pa.string(), nullable=False),
-        pa.field("uri", pa.string()),
-        pa.field("label", pa.string()),
-        pa.field("detection_score", pa.float64()),
-        pa.field("area_fraction", pa.float64()),
+        *_OBJECT_COLUMNS,
         pa.field("candidate_index", pa.int32()),
         pa.field("seed", pa.int64()),
         pa.field("combined_score", pa.float64()),
@@ -357,4 +356,70 @@ def pair_fields(sample: CandidateSample, choice: PairChoice, pasted_jpeg: bytes,
         Field.PASTED: pasted_jpeg,
         Field.OBJECT: sample.fields[Field.OBJECT],
         Field.JSON: _json_bytes(pair_metadata(sample, choice, selection, provenance)),
+    }
+
+
+# --------------------------------------------------------------------------- self-reference (Paint-by-Example) shards
+
+#: Per-pair metadata of self-reference shards: one row per box.
+PBE_METADATA_SCHEMA = pa.schema(
+    [
+        *_OBJECT_COLUMNS,
+        pa.field("box_origin", pa.string()),
+        pa.field("mask_kind", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("reference_key", pa.string()),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledBox:
+    """A box to make a pair from: its label, where it came from (an annotation format or a
+    detector) and the detector's score, if any."""
+
+    label: str
+    box: Box
+    origin: str
+    score: Optional[float] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "box": self.box.as_list(), "origin": self.origin, "score": self.score}
+
+
+def pbe_fields(source: SourceImage, key: str, box: LabelledBox, record: Mapping[str, Any], target_jpeg: bytes,
+               mask_png: bytes, reference_jpeg: bytes, provenance: Mapping[str, Any],
+               reference_key: Optional[str] = None) -> dict[str, bytes]:
+    """The members of a self-reference sample: the square target crop, its mask, the reference, json.
+
+    ``reference_key`` names the object whose crop is the reference when it is not this
+    one (benchmark pairs take it from another image).
+    """
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": "pbe",
+        "key": key,
+        "source": _source_fields(source),
+        "box": box.to_json(),
+        "reference_key": reference_key or key,
+        **dict(record),
+        "provenance": dict(provenance),
+    }
+    return {Field.SRC: target_jpeg, Field.MASK: mask_png, Field.REF: reference_jpeg, Field.JSON: _json_bytes(meta)}
+
+
+def pbe_metadata_row(source: SourceImage, key: str, box: LabelledBox, record: Mapping[str, Any],
+                     reference_key: Optional[str] = None) -> dict[str, Any]:
+    """The Parquet row of a self-reference sample (``shard`` is added by the writer)."""
+    return {
+        "key": key,
+        "source_key": source.key,
+        "uri": source.uri,
+        "label": box.label,
+        "detection_score": box.score,
+        "area_fraction": box.box.area / (source.width * source.height),
+        "box_origin": box.origin,
+        "mask_kind": record["mask"]["kind"],
+        "seed": record["seed"],
+        "reference_key": reference_key or key,
     }

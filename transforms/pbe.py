@@ -1,0 +1,548 @@
+"""Paint-by-Example self-reference pairs: the per-box geometry and pixels, pure and seeded.
+
+Paint-by-Example (Yang et al., CVPR 2023) learns exemplar-guided inpainting from single
+images: the object inside a box is cut out as the *reference*, heavily augmented so the
+model cannot copy it pixel for pixel; a region around the box is masked in the image;
+the *target* is the original image. For one box this module decides, in this order:
+
+1. whether the box is usable at all (:func:`check_box`: area, side and aspect rules);
+2. the mask (:func:`object_mask`): the box grown into part of the free space around it,
+   filled either as a rectangle or as Paint-by-Example's irregular Bezier outline, so
+   the model does not learn that masks are boxes;
+3. the square crop holding the mask (:func:`square_crop`), resized for training;
+4. the reference (:func:`reference_crop`): the box's pixels resized and augmented with
+   albumentations (flip, rotation, blur, elastic warp, colour jitter).
+
+:func:`make_pair` does steps 2-4. Everything is a function of the image, the box and one
+integer seed: each step draws from its own stream (``numpy.random.default_rng([seed,
+step])``), so a pair can be rebuilt from its record, and changing one step's settings
+does not change the others' draws. Nothing touches a global random state.
+
+Pixel boxes are ``(x0, y0, x1, y1)`` integers, half-open (columns ``x0 .. x1 - 1``); a
+float :class:`~schemas.Box` covers every pixel it touches, after clipping to the image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+from scipy.special import comb
+
+from schemas import Box, Reason
+from transforms.checks import is_int, is_integral, is_number, is_unit
+
+# Importing albumentations asks PyPI for a newer release (a request per worker process,
+# stalling where workers have no network) unless this is set; a caller's own setting wins.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PixelBox = tuple[int, int, int, int]
+
+#: Independent random streams of one pair: ``default_rng([seed, stream])``.
+_MASK_STREAM = 1
+_CROP_STREAM = 2
+_REFERENCE_STREAM = 3
+
+#: Smallest output side: below this a crop or reference carries too little to learn from.
+MIN_SIZE = 16
+
+#: A cubic Bezier's farthest point lies 3/4 of its control points' offset from the chord,
+#: so control offsets up to 4/3 of the margin let the curve reach, never pass, ext_box.
+_CUBIC_REACH = 4.0 / 3.0
+
+#: Colour jitter keeps the hue close: an object's colour is part of what the reference
+#: shows (albumentations' default of +-0.5 turns a red car blue).
+_HUE_SHIFT = 0.05
+
+#: Elastic warp strength and smoothness as shares of the reference side: visible bending
+#: without tearing. (albumentations 2 dropped the affine part that made the old default
+#: ``alpha=1`` visible; alone, that displacement is under a pixel.)
+_ELASTIC_ALPHA = 0.25
+_ELASTIC_SIGMA = 0.04
+
+#: Params arrays larger than this (elastic displacement maps) are left out of records.
+_MAX_RECORDED_ARRAY = 16
+
+
+def _check_size(name: str, value: object) -> None:
+    if not (is_int(value) and value >= MIN_SIZE):
+        raise ValueError(f"{name} must be an integer >= {MIN_SIZE}, got {value!r}")
+
+
+def _check_units(config: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not is_unit(getattr(config, name)):
+            raise ValueError(f"{name} must be a number in [0, 1], got {getattr(config, name)!r}")
+
+
+def _check_seed(seed: object) -> None:
+    if not (is_integral(seed) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _check_rgb(rgb: object) -> None:
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+        described = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"expected an RGB uint8 HxWx3 array, got {described}")
+
+
+def _check_pixel_box(name: str, box: PixelBox, width: int, height: int) -> None:
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"{name} {tuple(box)} is empty or outside the {width}x{height} image")
+
+
+def pixel_box(box: Box, width: int, height: int) -> PixelBox:
+    """The pixels ``box`` touches once clipped to the image (raises if it lies outside)."""
+    clipped = box.clipped(width, height)
+    return math.floor(clipped.x0), math.floor(clipped.y0), math.ceil(clipped.x1), math.ceil(clipped.y1)
+
+
+# --------------------------------------------------------------------------- box filters
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxFilterConfig:
+    """Which boxes make pairs; bounds are inclusive, areas are fractions of the image.
+
+    Too small: the reference is a smudge once enlarged to 224 px. Too large: the masked
+    region leaves no context to inpaint from. ``max_aspect_ratio`` bounds
+    ``max(w / h, h / w)``: slivers make references that are mostly stretching.
+    """
+
+    min_area_fraction: float = 0.02
+    max_area_fraction: float = 0.8
+    min_side_px: int = 32
+    max_aspect_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check_units(self, ("min_area_fraction", "max_area_fraction"))
+        if self.min_area_fraction > self.max_area_fraction:
+            raise ValueError(f"min_area_fraction {self.min_area_fraction} > max_area_fraction {self.max_area_fraction}")
+        if not (is_int(self.min_side_px) and self.min_side_px >= 0):
+            raise ValueError(f"min_side_px must be an integer >= 0, got {self.min_side_px!r}")
+        if not (is_number(self.max_aspect_ratio) and self.max_aspect_ratio >= 1):
+            raise ValueError(f"max_aspect_ratio must be a number >= 1, got {self.max_aspect_ratio!r}")
+
+
+def _area_too_small(box: Box, image_area: float, config: BoxFilterConfig) -> Optional[str]:
+    fraction = box.area / image_area
+    if fraction < config.min_area_fraction:
+        return f"area fraction {fraction:.4g} < {config.min_area_fraction:g}"
+    return None
+
+
+def _area_too_large(box: Box, image_area: float, config: BoxFilterConfig) -> Optional[str]:
+    fraction = box.area / image_area
+    if fraction > config.max_area_fraction:
+        return f"area fraction {fraction:.4g} > {config.max_area_fraction:g}"
+    return None
+
+
+def _side_too_short(box: Box, image_area: float, config: BoxFilterConfig) -> Optional[str]:
+    side = min(box.width, box.height)
+    if side < config.min_side_px:
+        return f"shorter side {side:.4g} px < {config.min_side_px}"
+    return None
+
+
+def _aspect_ratio(box: Box, image_area: float, config: BoxFilterConfig) -> Optional[str]:
+    ratio = max(box.width / box.height, box.height / box.width)
+    if ratio > config.max_aspect_ratio:
+        return f"aspect ratio {ratio:.4g} > {config.max_aspect_ratio:g}"
+    return None
+
+
+#: The box rules in the order they are checked; each returns a detail when the box fails.
+BOX_RULES: tuple[tuple[Reason, Callable[[Box, float, BoxFilterConfig], Optional[str]]], ...] = (
+    (Reason.BOX_TOO_SMALL, _area_too_small),
+    (Reason.BOX_TOO_LARGE, _area_too_large),
+    (Reason.BOX_SIDE_TOO_SHORT, _side_too_short),
+    (Reason.BOX_ASPECT_RATIO, _aspect_ratio),
+)
+
+
+def check_box(box: Box, width: int, height: int, config: BoxFilterConfig) -> Optional[tuple[Reason, str]]:
+    """The first rule of :data:`BOX_RULES` that ``box`` (clipped to the image) fails, with a detail; else None."""
+    clipped = box.clipped(width, height)
+    for reason, rule in BOX_RULES:
+        detail = rule(clipped, float(width * height), config)
+        if detail is not None:
+            return reason, detail
+    return None
+
+
+# --------------------------------------------------------------------------- masks
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    """How the masked region is drawn around a box.
+
+    ``extend_fraction``: each side of the box grows by a random share, up to this, of
+    the free space between it and the image border (Paint-by-Example: 0.4), so the mask
+    is larger than the object by a varying margin. ``bezier_probability``: the share of
+    irregular (Bezier) masks; the rest are the grown box. ``points_per_edge`` samples
+    each Bezier curve; each sample moves by ``jitter_px`` = (lo, hi) pixels (a random
+    amount in that range, random sign) on each axis, which roughens the outline.
+    """
+
+    extend_fraction: float = 0.4
+    bezier_probability: float = 0.5
+    points_per_edge: int = 20
+    jitter_px: tuple[int, int] = (1, 5)
+
+    def __post_init__(self) -> None:
+        _check_units(self, ("extend_fraction", "bezier_probability"))
+        if not (is_int(self.points_per_edge) and self.points_per_edge >= 2):
+            raise ValueError(f"points_per_edge must be an integer >= 2, got {self.points_per_edge!r}")
+        jitter = self.jitter_px
+        if isinstance(jitter, (list, tuple)):
+            jitter = tuple(jitter)
+        if not (isinstance(jitter, tuple) and len(jitter) == 2 and all(is_int(v) and v >= 0 for v in jitter)):
+            raise ValueError(f"jitter_px must be two integers >= 0 (lo, hi), got {self.jitter_px!r}")
+        if jitter[0] > jitter[1]:
+            raise ValueError(f"jitter_px lo {jitter[0]} > hi {jitter[1]}")
+        object.__setattr__(self, "jitter_px", jitter)
+
+
+def extended_box(box: Box, width: int, height: int, fraction: float, rng: np.random.Generator) -> PixelBox:
+    """``box``'s pixels grown on each side by a random share in [0, ``fraction``] of the free space there.
+
+    The result holds the box and lies inside the image (Paint-by-Example's
+    ``extended_bbox``, drawn left, top, right, bottom).
+    """
+    x0, y0, x1, y1 = pixel_box(box, width, height)
+    grow = [int(rng.integers(0, math.floor(fraction * free), endpoint=True))
+            for free in (x0, y0, width - x1, height - y1)]
+    return x0 - grow[0], y0 - grow[1], x1 + grow[2], y1 + grow[3]
+
+
+def _bezier(control: np.ndarray, count: int) -> np.ndarray:
+    """``count`` points of the Bezier curve with ``control`` points ``[n + 1, 2]``, t in [0, 1) (end left out)."""
+    degree = len(control) - 1
+    t = np.linspace(0.0, 1.0, count, endpoint=False)[:, None]
+    k = np.arange(degree + 1)[None, :]
+    bernstein = comb(degree, k) * t**k * (1.0 - t) ** (degree - k)
+    return bernstein @ control
+
+
+def _edge_curve(start: np.ndarray, end: np.ndarray, outward: np.ndarray, margin: float, count: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """A cubic from ``start`` to ``end`` whose two inner control points sit at random places
+    along the chord, pushed ``outward`` by random offsets the curve cannot carry past ``margin``
+    nor further than the chord is long (a small box far from its extended box's edge would
+    otherwise sprout a long thin arm, not a bulge)."""
+    reach = min(margin, float(np.linalg.norm(end - start)))
+    along = np.sort(rng.uniform(0.0, 1.0, size=2))
+    offsets = rng.uniform(0.0, _CUBIC_REACH * reach, size=2)
+    inner = start + along[:, None] * (end - start) + offsets[:, None] * outward
+    return _bezier(np.vstack([start, inner, end]), count)
+
+
+def _one_region(mask: np.ndarray) -> np.ndarray:
+    """``mask`` reduced to its largest 4-connected component, holes filled.
+
+    Jittered points can cross (near corners, on small boxes) and ``fillPoly`` fills by
+    the even-odd rule, which leaves holes and specks; this makes the mask one solid
+    region again, never larger than the outline that encloses it.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count > 2:
+        mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    padded = np.pad(mask, 1).astype(np.uint8)  # a background ring joins all the outside
+    cv2.floodFill(padded, None, (0, 0), 2, flags=4)
+    filled = padded[1:-1, 1:-1] != 2
+    if count > 2 or filled.sum() != mask.sum():
+        logger.debug("bezier mask repaired: %d components, %d hole pixels", count - 1, int(filled.sum() - mask.sum()))
+    return filled
+
+
+def bezier_mask(ext_box: PixelBox, width: int, height: int, config: MaskConfig, rng: np.random.Generator,
+                box: Optional[Box] = None) -> np.ndarray:
+    """Paint-by-Example's irregular mask: a bool ``height`` x ``width`` array, one solid region inside ``ext_box``.
+
+    As in the paper's code, each edge of the object ``box`` becomes a Bezier curve from
+    corner to corner that bulges out towards ``ext_box`` (its inner control points drawn
+    at random places and depths, cubic here so a bulge can be lopsided); the curves are
+    sampled at ``points_per_edge`` points, each point jittered, clipped to ``ext_box``,
+    and the polygon filled. The mask so covers the object, minus the jitter at its
+    corners, and hides its outline. Without ``box`` the curves run along ``ext_box``
+    and only the jitter roughens it.
+    """
+    _check_pixel_box("ext_box", ext_box, width, height)
+    ex0, ey0, ex1, ey1 = ext_box
+    bx0, by0, bx1, by1 = ext_box if box is None else pixel_box(box, width, height)
+    if not (ex0 <= bx0 and ey0 <= by0 and bx1 <= ex1 and by1 <= ey1):
+        raise ValueError(f"box {(bx0, by0, bx1, by1)} is not inside ext_box {tuple(ext_box)}")
+    # Pixel centres: a half-open box [x0, x1) spans x0 .. x1 - 1 in polygon coordinates.
+    left, top, right, bottom = bx0, by0, bx1 - 1, by1 - 1
+    corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom]], dtype=float)
+    edges = (  # clockwise: top, right, bottom, left; (outward direction, free margin to ext_box)
+        ((0.0, -1.0), by0 - ey0),
+        ((1.0, 0.0), ex1 - bx1),
+        ((0.0, 1.0), ey1 - by1),
+        ((-1.0, 0.0), bx0 - ex0),
+    )
+    points = np.vstack([
+        _edge_curve(corners[i], corners[(i + 1) % 4], np.array(outward), margin, config.points_per_edge, rng)
+        for i, (outward, margin) in enumerate(edges)
+    ])
+    lo, hi = config.jitter_px
+    jitter = rng.integers(lo, hi, size=points.shape, endpoint=True) * rng.choice((-1, 1), size=points.shape)
+    # Drawn in ext_box's window, so the work scales with the box, not the image.
+    points = np.rint(points + jitter) - (ex0, ey0)
+    points[:, 0] = np.clip(points[:, 0], 0, ex1 - ex0 - 1)
+    points[:, 1] = np.clip(points[:, 1], 0, ey1 - ey0 - 1)
+    window = np.zeros((ey1 - ey0, ex1 - ex0), dtype=np.uint8)
+    cv2.fillPoly(window, [points.astype(np.int32)], 1)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[ey0:ey1, ex0:ex1] = _one_region(window.astype(bool))
+    return mask
+
+
+def object_mask(box: Box, width: int, height: int, config: MaskConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mask for ``box`` (bool ``height`` x ``width``) and its record ``{"kind", "extended_box"}``.
+
+    ``kind`` is ``"bezier"`` with probability ``bezier_probability``, else ``"box"``
+    (the extended box filled).
+    """
+    ext = extended_box(box, width, height, config.extend_fraction, rng)
+    if rng.random() < config.bezier_probability:
+        kind, mask = "bezier", bezier_mask(ext, width, height, config, rng, box=box)
+    else:
+        kind, mask = "box", np.zeros((height, width), dtype=bool)
+        mask[ext[1]:ext[3], ext[0]:ext[2]] = True
+    return mask, {"kind": kind, "extended_box": list(ext)}
+
+
+# --------------------------------------------------------------------------- square crops
+
+
+@dataclasses.dataclass(frozen=True)
+class CropConfig:
+    """The square training crop: ``size`` pixels a side after resizing.
+
+    The square's side is the box's longer side plus a random share, up to
+    ``keep_fraction``, of the room the image leaves beyond it, so objects appear at
+    varied scales; 0 crops tight around the box.
+    """
+
+    keep_fraction: float = 0.6
+    size: int = 512
+
+    def __post_init__(self) -> None:
+        _check_units(self, ("keep_fraction",))
+        _check_size("size", self.size)
+
+
+def _place(start: int, end: int, limit: int, side: int, rng: np.random.Generator) -> int:
+    """Where a window of ``side`` pixels in ``[0, limit)`` starts: anywhere it holds ``[start, end)``,
+    else centred on it (then it holds as much of it as any window can)."""
+    if end - start <= side:
+        return int(rng.integers(max(0, end - side), min(start, limit - side), endpoint=True))
+    return min(max(round((start + end - side) / 2), 0), limit - side)
+
+
+def square_crop(box: Box, width: int, height: int, config: CropConfig, rng: np.random.Generator) -> PixelBox:
+    """A square pixel box inside the image holding ``box``, at a random scale and place (:class:`CropConfig`).
+
+    The image's shorter side bounds the square; a box longer than that is cut, the
+    square centred on it along the long side.
+    """
+    x0, y0, x1, y1 = pixel_box(box, width, height)
+    largest = min(width, height)
+    needed = max(x1 - x0, y1 - y0)
+    side = largest
+    if needed < largest:
+        side = needed + round(rng.uniform(0.0, config.keep_fraction) * (largest - needed))
+    left = _place(x0, x1, width, side, rng)
+    top = _place(y0, y1, height, side, rng)
+    return left, top, left + side, top + side
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` as ``size`` x ``size``: area averaging to shrink; bilinear to enlarge, where
+    OpenCV's area interpolation repeats pixels in blocks."""
+    shrinking = image.shape[0] >= size and image.shape[1] >= size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def crop_and_resize(rgb: np.ndarray, mask: np.ndarray, crop_box: PixelBox, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``crop_box`` window of the image and of its mask, each ``size`` x ``size``.
+
+    The mask is resized by nearest neighbour (exact: pixel centres map to pixel centres),
+    so it stays binary and aligned with the image.
+    """
+    _check_rgb(rgb)
+    height, width = rgb.shape[:2]
+    if mask.shape != (height, width):
+        raise ValueError(f"mask is {mask.shape}, image is {(height, width)}")
+    _check_pixel_box("crop_box", crop_box, width, height)
+    _check_size("size", size)
+    x0, y0, x1, y1 = crop_box
+    image = _resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), size)
+    window = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    return image, cv2.resize(window, (size, size), interpolation=cv2.INTER_NEAREST_EXACT) > 0
+
+
+# --------------------------------------------------------------------------- references
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    """The reference crop: the box, padded by ``pad_fraction`` of its width and height on each
+    side, resized to ``size`` x ``size`` and augmented (``*_p``: each transform's probability).
+
+    Paint-by-Example augments the reference strongly so the model learns to paint the
+    object, not to paste it back: flips, rotation up to ``rotate_limit_deg``, blur and
+    an elastic warp; colour jitter (mild in hue) on top.
+    """
+
+    size: int = 224
+    pad_fraction: float = 0.0
+    flip_p: float = 0.5
+    rotate_limit_deg: float = 20
+    blur_p: float = 0.3
+    elastic_p: float = 0.3
+    color_jitter_p: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_size("size", self.size)
+        _check_units(self, ("pad_fraction", "flip_p", "blur_p", "elastic_p", "color_jitter_p"))
+        if not (is_number(self.rotate_limit_deg) and 0 <= self.rotate_limit_deg <= 180):
+            raise ValueError(f"rotate_limit_deg must be a number in [0, 180], got {self.rotate_limit_deg!r}")
+
+    def augmentations(self) -> A.Compose:
+        """The augmentation pipeline, unseeded (:func:`reference_crop` seeds each transform)."""
+        return A.Compose(
+            [
+                A.HorizontalFlip(p=self.flip_p),
+                # Reflected borders, not black corners, as in the paper's albumentations 0.4.
+                A.Rotate(limit=self.rotate_limit_deg, border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+                A.Blur(p=self.blur_p),
+                A.ElasticTransform(alpha=_ELASTIC_ALPHA * self.size, sigma=_ELASTIC_SIGMA * self.size,
+                                   border_mode=cv2.BORDER_REFLECT_101, p=self.elastic_p),
+                A.ColorJitter(hue=_HUE_SHIFT, p=self.color_jitter_p),
+            ],
+            save_applied_params=True,
+        )
+
+
+#: What :func:`_plain` gives for a value a record leaves out.
+_OMITTED = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types, or :data:`_OMITTED` where it is too large or has no plain form."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= _MAX_RECORDED_ARRAY else _OMITTED
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return _OMITTED if any(item is _OMITTED for item in items) else items
+    return _OMITTED
+
+
+def _applied_record(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One applied transform: its sampled params, and the names of those left out (large arrays)."""
+    plain = {str(key): _plain(value) for key, value in params.items()}
+    record: dict[str, Any] = {"name": name, "params": {k: v for k, v in plain.items() if v is not _OMITTED}}
+    omitted = sorted(k for k, v in plain.items() if v is _OMITTED)
+    if omitted:
+        record["omitted"] = omitted
+    return record
+
+
+def reference_crop(rgb: np.ndarray, box: Box, config: ReferenceConfig, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The augmented reference of ``box`` (``size`` x ``size`` x 3 uint8) and a JSON-ready record of it.
+
+    The record holds ``seed``, the pixel ``crop`` taken, the albumentations version and,
+    per transform applied, its name and sampled params (the elastic displacement maps
+    are named under ``omitted``, not stored). ``A.Compose(seed=...)`` would seed every
+    transform alike, so their first coin flips would agree (blur, elastic and colour
+    jitter would fire all together or not at all); each transform gets its own stream
+    of ``seed`` instead. The pipeline is built per call, so threads share no state. Same
+    seed, same pixels, in any process (with the same albumentations and OpenCV).
+    """
+    _check_rgb(rgb)
+    _check_seed(seed)
+    height, width = rgb.shape[:2]
+    pad_x, pad_y = config.pad_fraction * box.width, config.pad_fraction * box.height
+    crop = pixel_box(Box(box.x0 - pad_x, box.y0 - pad_y, box.x1 + pad_x, box.y1 + pad_y), width, height)
+    x0, y0, x1, y1 = crop
+    image = _resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), config.size)
+    pipeline = config.augmentations()
+    for index, transform in enumerate(pipeline.transforms):
+        transform_seed = np.random.SeedSequence([int(seed), _REFERENCE_STREAM, index]).generate_state(1)[0]
+        transform.set_random_seed(int(transform_seed))
+    result = pipeline(image=image)
+    record = {
+        "seed": int(seed),
+        "crop": list(crop),
+        "albumentations": A.__version__,
+        "applied": [_applied_record(name, params) for name, params in result["applied_transforms"]],
+    }
+    return result["image"], record
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class PbeConfig:
+    """Everything :func:`make_pair` needs; box filtering (:func:`check_box`) comes first, in the job."""
+
+    boxes: BoxFilterConfig = dataclasses.field(default_factory=BoxFilterConfig)
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+    crop: CropConfig = dataclasses.field(default_factory=CropConfig)
+    reference: ReferenceConfig = dataclasses.field(default_factory=ReferenceConfig)
+
+    def __post_init__(self) -> None:
+        expected = {"boxes": BoxFilterConfig, "masks": MaskConfig, "crop": CropConfig, "reference": ReferenceConfig}
+        for name, kind in expected.items():
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PbePair:
+    """One training pair: ``target`` (the square crop, uint8), its ``mask`` (bool), the
+    augmented ``reference`` (uint8) and the ``record`` to rebuild them."""
+
+    target: np.ndarray
+    mask: np.ndarray
+    reference: np.ndarray
+    record: dict[str, Any]
+
+
+def make_pair(rgb: np.ndarray, box: Box, config: PbeConfig, seed: int) -> PbePair:
+    """The Paint-by-Example pair of one box of an RGB image, a function of (pixels, box, config, seed).
+
+    The crop holds the extended box, so the whole mask is in the target unless the
+    extended box is longer than the image's shorter side. The record is
+    ``{"crop_box", "mask", "reference", "seed"}``: the pixel crop in the image, the
+    :func:`object_mask` and :func:`reference_crop` records, and ``seed``.
+    """
+    _check_rgb(rgb)
+    _check_seed(seed)
+    height, width = rgb.shape[:2]
+    mask_rng = np.random.default_rng([int(seed), _MASK_STREAM])
+    full_mask, mask_record = object_mask(box, width, height, config.masks, mask_rng)
+    crop_box = square_crop(Box(*mask_record["extended_box"]), width, height, config.crop,
+                           np.random.default_rng([int(seed), _CROP_STREAM]))
+    target, mask = crop_and_resize(rgb, full_mask, crop_box, config.crop.size)
+    reference, reference_record = reference_crop(rgb, box, config.reference, seed)
+    record = {"crop_box": list(crop_box), "mask": mask_record, "reference": reference_record, "seed": int(seed)}
+    return PbePair(target=target, mask=mask, reference=reference, record=record)

@@ -92,3 +92,46 @@ def test_the_default_run_takes_boxes_from_the_detector(tmp_path):
     assert stats["boxes_ledger"]["written"] >= 10
     origins = {json.loads(s[Field.JSON])["box"]["origin"] for s in samples(tmp_path / "default").values()}
     assert origins == {"nanodet-coco80"} or all(origin.startswith("nanodet") for origin in origins)
+
+
+def write_coco(folder: pathlib.Path, images: dict[str, list[tuple[str, list[int]]]]) -> pathlib.Path:
+    """Synthetic photos (noise on a gradient, a bright rectangle per box) and their COCO file."""
+    rng = np.random.default_rng(0)
+    categories = {"blob": 1, "ball": 2}
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in categories.items()]}
+    for image_id, (name, boxes) in enumerate(images.items(), start=1):
+        pixels = np.clip(rng.normal(100, 20, (300, 400, 3)) + np.linspace(0, 80, 400)[None, :, None], 0, 255)
+        for _, (x, y, w, h) in boxes:
+            pixels[y:y + h, x:x + w] = rng.uniform(150, 255, 3)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / name, quality=92)
+        coco["images"].append({"id": image_id, "file_name": name, "width": 400, "height": 300})
+        for label, bbox in boxes:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": categories[label], "bbox": bbox, "iscrowd": 0})
+    path = folder / "coco.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_the_benchmark_pairs_each_image_with_another_image_of_its_class(tmp_path):
+    images = {f"a{i}.jpg": [("blob", [100 + 10 * i, 80, 120, 90])] for i in range(3)}
+    images.update({
+        "b.jpg": [("ball", [150, 100, 100, 100])],  # the only ball: no other image to take a reference from
+        "c.jpg": [("blob", [20, 20, 100, 100]), ("blob", [250, 150, 120, 120])],  # two objects
+        "d.jpg": [("blob", [20, 10, 350, 270])],  # 79 % of the image: its mask covers more than half
+        "e.jpg": [("blob", [10, 10, 20, 20])],  # too small to qualify
+    })
+    coco = write_coco(tmp_path, images)
+    stats = pbe.run_benchmark([f"--annotations={coco}", "--boxes=annotations", f"--output={tmp_path / 'bench'}"])
+    assert stats["ledger"]["closed"] and stats["ledger"]["written"] == 3
+    assert stats["ledger"]["rejected"] == {"no_reference_image": 1, "multiple_objects": 1, "mask_too_large": 1,
+                                           "no_suitable_box": 1}
+    written = {key: json.loads(s[Field.JSON]) for key, s in samples(tmp_path / "bench").items()}
+    assert {pathlib.Path(meta["source"]["uri"]).name for meta in written.values()} == {"a0.jpg", "a1.jpg", "a2.jpg"}
+    references = {key: meta["reference_key"] for key, meta in written.items()}
+    assert sorted(references.values()) == sorted(references)  # every object is someone's reference...
+    for key, reference in references.items():
+        assert reference.split("_o")[0] != key.split("_o")[0]  # ...never its own image's
+        assert written[key]["mask"]["kind"] == "box"
+        # Benchmark references are plain crops by default: only a rotation by 0 degrees is applied.
+        assert {t["name"] for t in written[key]["reference"]["applied"]} <= {"Rotate"}

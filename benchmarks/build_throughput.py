@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import pathlib
 import sys
 import tempfile
-import time
 
 import numpy as np
 import webdataset
@@ -28,13 +26,13 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # for tests.candidate_sets
 
+from _common import quiet_logging, timed  # noqa: E402
+
 from jobs import build  # noqa: E402
 from tests.candidate_sets import write_candidate_set  # noqa: E402
 from transforms.io.decode import decode_rgb, encode_jpeg  # noqa: E402
 from transforms.repaste import repaste  # noqa: E402
 from transforms.thresholds import Thresholds  # noqa: E402
-
-LOG = logging.getLogger("benchmark")
 
 
 def baseline(candidates: pathlib.Path, output: pathlib.Path) -> int:
@@ -58,13 +56,6 @@ def baseline(candidates: pathlib.Path, output: pathlib.Path) -> int:
     return written
 
 
-def timed(label: str, function, *args, **kwargs):
-    started = time.perf_counter()
-    result = function(*args, **kwargs)
-    elapsed = time.perf_counter() - started
-    LOG.info("%s: %.2f s", label, elapsed)
-    return elapsed, result
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,9 +64,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=4, help="Removal candidates per object.")
     parser.add_argument("--local_workers", type=int, default=1)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for quiet in ("apache_beam", "transforms", "pipeline", "jobs"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         made_s, _ = timed("synthetic candidate set", write_candidate_set, root / "candidates", args.objects,

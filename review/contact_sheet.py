@@ -3,7 +3,8 @@
 Candidate samples: one row per object, the source with the removal mask tinted red and
 the detection box, the RGBA cut-out on a checkerboard, then every removal candidate
 captioned with its scores. Self-reference (Paint-by-Example) samples: the reference, the
-target with its mask tinted, and the target, two pairs per row. Reads the shards with
+target with its mask tinted, and the target, two pairs per row. Frame pairs (MimicBrush):
+the source with its grid mask tinted and the reference. Reads the shards with
 ``webdataset`` only, so it works on any shards of these kinds.
 """
 from __future__ import annotations
@@ -113,25 +114,45 @@ def _pbe_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
             (_open(sample[Field.SRC]).convert("RGB"), meta["key"][-10:])]
 
 
-def pbe_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
-              per_row: int = 2) -> Image.Image:
-    """A sheet of up to ``limit`` self-reference samples: reference | target with mask | target."""
-    pairs = [_pbe_tiles(sample) for sample in _samples(shards, keys, limit)]
+def _mimic_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
+    meta = json.loads(sample[Field.JSON])
+    frames = meta.get("frames")
+    where = (f"f{frames['source']['index']}->{frames['reference']['index']} ({frames['gap_s']:.1f}s)" if frames
+             else "augmented copy")
+    return [(_tinted(sample), f"{meta['branch']} ssim {meta['ssim']:.2f} n{meta['grid']['cells']}"),
+            (_open(sample[Field.REF]).convert("RGB"), f"{where} {meta['matches']['inliers']} matches")]
+
+
+def _tile_sheet(pairs: Sequence[list[tuple[Image.Image, str]]], side: int, per_row: int) -> Image.Image:
+    """Pairs of tiles, ``per_row`` pairs to a row, captioned."""
+    width = len(pairs[0])
     rows = []
     for start in range(0, len(pairs), per_row):
         tiles = [tile for pair in pairs[start:start + per_row] for tile in pair]
-        row = Image.new("RGB", (side * 3 * per_row + 8 * (per_row - 1), side + CAPTION_PX), BACKGROUND)
+        row = Image.new("RGB", (side * width * per_row + 8 * (per_row - 1), side + CAPTION_PX), BACKGROUND)
         draw = ImageDraw.Draw(row)
         for column, (image, caption) in enumerate(tiles):
-            x = column * side + (column // 3) * 8
+            x = column * side + (column // width) * 8
             row.paste(_thumbnail(image, side), (x, 0))
             draw.text((x + 3, side + 1), caption, fill=TEXT)
         rows.append(row)
     return _stack(rows)
 
 
+def pbe_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+              per_row: int = 2) -> Image.Image:
+    """A sheet of up to ``limit`` self-reference samples: reference | target with mask | target."""
+    return _tile_sheet([_pbe_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
+
+
+def mimic_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+                per_row: int = 3) -> Image.Image:
+    """A sheet of up to ``limit`` frame pairs: the source with its grid mask tinted | the reference."""
+    return _tile_sheet([_mimic_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
+
+
 #: Sheet of each sample kind (the ``kind`` of its json).
-SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet}
+SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet, "mimic": mimic_sheet}
 
 
 def sample_kind(shards: Sequence[str]) -> str:

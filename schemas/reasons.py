@@ -71,6 +71,18 @@ class Reason(str, enum.Enum):
     MULTIPLE_OBJECTS = "multiple_objects"
     MASK_TOO_LARGE = "mask_too_large"
     NO_REFERENCE_IMAGE = "no_reference_image"
+    # Video frame pairs (MimicBrush): videos
+    NOT_A_VIDEO = "not_a_video"
+    NO_VIDEO_STREAM = "no_video_stream"
+    EMPTY_VIDEO = "empty_video"
+    CORRUPT_VIDEO = "corrupt_video"
+    VIDEO_TOO_SHORT = "video_too_short"
+    NO_FRAME_PAIR = "no_frame_pair"
+    # Video frame pairs (MimicBrush), pairs
+    FRAMES_TOO_SIMILAR = "frames_too_similar"
+    FRAMES_UNRELATED = "frames_unrelated"
+    TOO_FEW_MATCHES = "too_few_matches"
+    OVER_MIX_RATIO = "over_mix_ratio"
 
     def __str__(self) -> str:
         return self.value

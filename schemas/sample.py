@@ -423,3 +423,40 @@ def pbe_metadata_row(source: SourceImage, key: str, box: LabelledBox, record: Ma
         "seed": record["seed"],
         "reference_key": reference_key or key,
     }
+
+
+# --------------------------------------------------------------------------- frame pairs (MimicBrush)
+
+#: Per-pair metadata of frame-pair shards.
+MIMIC_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("branch", pa.string()),
+        pa.field("source_frame", pa.int32()),
+        pa.field("reference_frame", pa.int32()),
+        pa.field("gap_s", pa.float64()),
+        pa.field("ssim", pa.float64()),
+        pa.field("inliers", pa.int32()),
+        pa.field("grid_cells", pa.int32()),
+        pa.field("masked_cells", pa.int32()),
+        pa.field("seed", pa.int64()),
+    ]
+)
+
+
+def mimic_fields(key: str, source_jpeg: bytes, reference_jpeg: bytes, mask_png: bytes,
+                 meta: Mapping[str, Any]) -> dict[str, bytes]:
+    """The members of a frame-pair sample: source (to be masked), reference, mask, json.
+
+    ``meta`` holds the branch-specific facts (video and frame times, or the image and its
+    augmentation), SSIM, matches, the grid record and the seed (docs/FORMAT.md).
+    """
+    return {
+        Field.SRC: source_jpeg,
+        Field.REF: reference_jpeg,
+        Field.MASK: mask_png,
+        Field.JSON: _json_bytes({"format_version": FORMAT_VERSION, "kind": "mimic", "key": key, **meta}),
+    }

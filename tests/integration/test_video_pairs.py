@@ -1,0 +1,123 @@
+"""``counterfactory video-pairs`` end to end on synthetic videos (and a few bundled photos).
+
+The videos are written here with PyAV: two shots of a textured scene panning slowly (so
+pairs fall in the SSIM band and SIFT finds matches), the same video cut in half, a still
+shot (every pair is a duplicate), an empty file, and bytes that are no video at all.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import av
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset
+
+from jobs import video
+from pipeline.finalize import check_ledgers
+from schemas.sample import Field
+
+FPS = 10
+SHOT_FRAMES = 30
+SIZE = (160, 224)  # height, width
+
+
+def scene(seed: int) -> np.ndarray:
+    """A large textured picture to pan over: blurred noise plus shapes (SIFT needs corners)."""
+    rng = np.random.default_rng(seed)
+    picture = cv2.GaussianBlur(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8), (0, 0), 3)
+    for _ in range(60):
+        x, y = int(rng.integers(0, 560)), int(rng.integers(0, 360))
+        cv2.rectangle(picture, (x, y), (x + int(rng.integers(8, 40)), y + int(rng.integers(8, 40))),
+                      tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
+    return picture
+
+
+def pan(picture: np.ndarray, frames: int, step_px: int) -> list[np.ndarray]:
+    height, width = SIZE
+    return [np.ascontiguousarray(picture[20:20 + height, 10 + i * step_px:10 + i * step_px + width]) for i in range(frames)]
+
+
+def write_video(path: pathlib.Path, frames: list[np.ndarray]) -> pathlib.Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        stream.options = {"qscale": "2"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("videos")
+    write_video(folder / "two_shots.mp4", pan(scene(1), SHOT_FRAMES, 3) + pan(scene(2), SHOT_FRAMES, 3))
+    write_video(folder / "still.mp4", pan(scene(3), 1, 0) * 20)
+    (folder / "empty.mp4").write_bytes(b"")
+    whole = (folder / "two_shots.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    (folder / "not_a_video.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    return folder
+
+
+def samples(folder: pathlib.Path) -> dict[str, dict]:
+    return {s["__key__"]: s for s in webdataset.WebDataset(sorted(map(str, folder.glob("*.tar"))), shardshuffle=False)}
+
+
+@pytest.fixture(scope="module")
+def video_run(videos, tmp_path_factory) -> pathlib.Path:
+    output = tmp_path_factory.mktemp("pairs") / "run"
+    video.run([f"--videos={videos}/*.mp4", "--skip_images", f"--output={output}",
+               "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}", "--decode={short_side: 160}"])
+    return output
+
+
+def test_every_video_ends_where_it_should(video_run):
+    stats = check_ledgers(str(video_run))
+    reasons = {pathlib.Path(row["uri"]).name: row["reason"]
+               for row in pq.read_table(video_run / "rejected.parquet").to_pylist() if row["stage"] == "video_pairs"
+               and not row["key"].count("_f")}
+    assert reasons["not_a_video.mp4"] == "not_a_video"
+    assert reasons["empty.mp4"] == "empty_file"
+    assert reasons["still.mp4"] == "no_frame_pair"
+    # The truncated copy is written from the frames before the damage, or rejected with a reason (an MP4
+    # written without faststart keeps its index at the end, so half of it is no container at all); never a crash.
+    assert reasons.get("truncated.mp4", "written") in ("written", "not_a_video", "corrupt_video", "no_frame_pair",
+                                                       "video_too_short")
+    assert stats["ledger"]["inputs"] == 5 and stats["ledger"]["dead_letters_total"] == 0
+    assert stats["ledger"]["written"] == 1 + (reasons.get("truncated.mp4") is None)
+    assert stats["pairs_ledger"]["rejected"].get("frames_too_similar", 0) >= 1
+    assert stats["counts"]["ssim_histogram"] and stats["counts"]["matches_histogram"]
+
+
+def test_no_pair_crosses_the_cut_and_masks_are_partial_grids(video_run):
+    written = samples(video_run)
+    assert 1 <= len(written) <= 8
+    for key, sample in written.items():
+        meta = json.loads(sample[Field.JSON])
+        first, second = meta["frames"]["source"]["index"], meta["frames"]["reference"]["index"]
+        assert (first < SHOT_FRAMES) == (second < SHOT_FRAMES), key
+        assert 0.3 - 1e-6 <= meta["frames"]["gap_s"] <= 2.0 + 1e-6
+        assert meta["matches"]["inliers"] >= 8 and meta["branch"] == "video"
+        mask = cv2.imdecode(np.frombuffer(sample[Field.MASK], np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+        assert 0 < mask.mean() < 1 and 3 <= meta["grid"]["cells"] <= 10
+    rows = pq.read_table(next(video_run.glob("*.parquet"))).to_pylist()
+    assert {row["key"] for row in rows} == set(written)
+
+
+def test_image_pairs_are_capped_by_the_mix_ratio(videos, samples_dir, tmp_path):
+    images = samples_dir / "images"
+    stats = video.run([f"--videos={videos}/two_shots.mp4", f"--input={images}", f"--output={tmp_path / 'mixed'}",
+                       "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 7}", "--decode={short_side: 160}"])
+    written = [json.loads(s[Field.JSON]) for s in samples(tmp_path / "mixed").values()]
+    video_pairs = sum(meta["branch"] == "video" for meta in written)
+    image_pairs = sum(meta["branch"] == "image" for meta in written)
+    assert video_pairs >= 3 and image_pairs == int(video_pairs * 0.3 / 0.7)
+    assert stats["pairs_ledger"]["closed"] and stats["pairs_ledger"]["rejected"]["over_mix_ratio"] >= 1
+    for meta in written:
+        if meta["branch"] == "image":
+            assert meta["augmentation"]["seed"] == meta["seed"]

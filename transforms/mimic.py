@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from typing import Any, Optional
 
 import cv2
@@ -34,12 +33,8 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from schemas import Reason
+from transforms.augment import HUE_SHIFT, A, augment
 from transforms.checks import is_int, is_integral, is_number, is_unit
-
-# Importing albumentations asks PyPI for a newer release (a request per worker process,
-# stalling where workers have no network) unless this is set; a caller's own setting wins.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +51,7 @@ _RANSAC_CONFIDENCE = 0.999
 #: The albumentations transforms of :func:`static_reference` draw from ``SeedSequence([seed, this, index])``.
 _STATIC_STREAM = 1
 
-#: Colour jitter keeps the hue close (albumentations' default of +-0.5 turns red into
-#: blue): the reference should show the colours the model is asked to imitate.
-_HUE_SHIFT = 0.05
 
-#: Params arrays larger than this are left out of records (3x3 warp matrices are kept).
-_MAX_RECORDED_ARRAY = 16
 
 
 def _check_rgb(name: str, rgb: object) -> None:
@@ -422,64 +412,20 @@ class StaticAugmentConfig:
                 A.Affine(rotate=(-self.rotate_limit_deg, self.rotate_limit_deg), scale=self.scale_range,
                          keep_ratio=True, p=1.0, **black),
                 A.Perspective(scale=self.perspective_scale, keep_size=True, p=self.perspective_p, **black),
-                A.ColorJitter(hue=_HUE_SHIFT, p=self.color_jitter_p),
+                A.ColorJitter(hue=HUE_SHIFT, p=self.color_jitter_p),
             ],
             save_applied_params=True,
         )
-
-
-#: What :func:`_plain` gives for a value a record leaves out.
-_OMITTED = object()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON types, or :data:`_OMITTED` where it is too large or has no plain form."""
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= _MAX_RECORDED_ARRAY else _OMITTED
-    if isinstance(value, (list, tuple)):
-        items = [_plain(item) for item in value]
-        return _OMITTED if any(item is _OMITTED for item in items) else items
-    if isinstance(value, dict):  # Affine's scale: {"x": ..., "y": ...}
-        items = {str(key): _plain(item) for key, item in value.items()}
-        return _OMITTED if any(item is _OMITTED for item in items.values()) else items
-    return _OMITTED
-
-
-def _applied_record(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One applied transform: its sampled params, and the names of those left out."""
-    plain = {str(key): _plain(value) for key, value in params.items()}
-    record: dict[str, Any] = {"name": name, "params": {k: v for k, v in plain.items() if v is not _OMITTED}}
-    omitted = sorted(k for k, v in plain.items() if v is _OMITTED)
-    if omitted:
-        record["omitted"] = omitted
-    return record
 
 
 def static_reference(rgb: np.ndarray, config: StaticAugmentConfig, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """A strongly augmented copy of ``rgb``, the same size, as the reference of a single-image pair; and its record.
 
     The record is ``{"seed", "albumentations", "applied"}``: per transform applied, its
-    name and sampled params (including the 3x3 warp matrices). Each transform draws from
-    its own stream of ``seed``, so their coin flips are independent (``A.Compose(seed=...)``
-    would seed them alike) and changing one transform's settings leaves the others'
-    draws as they were. The pipeline is built per call; same seed, same pixels (with the
-    same albumentations and OpenCV).
+    name and sampled params (including the 3x3 warp matrices); seeding as
+    :func:`transforms.augment.augment`.
     """
     _check_rgb("rgb", rgb)
     if not (is_integral(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    pipeline = config.augmentations()
-    for index, transform in enumerate(pipeline.transforms):
-        transform_seed = np.random.SeedSequence([int(seed), _STATIC_STREAM, index]).generate_state(1)[0]
-        transform.set_random_seed(int(transform_seed))
-    result = pipeline(image=rgb)
-    record = {
-        "seed": int(seed),
-        "albumentations": A.__version__,
-        "applied": [_applied_record(name, params) for name, params in result["applied_transforms"]],
-    }
-    return result["image"], record
+    return augment(config.augmentations(), rgb, seed, _STATIC_STREAM)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from typing import Any, Callable, Optional
 
 import cv2
@@ -34,12 +33,8 @@ import numpy as np
 from scipy.special import comb
 
 from schemas import Box, Reason
+from transforms.augment import HUE_SHIFT, A, augment
 from transforms.checks import is_int, is_integral, is_number, is_unit
-
-# Importing albumentations asks PyPI for a newer release (a request per worker process,
-# stalling where workers have no network) unless this is set; a caller's own setting wins.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +52,6 @@ MIN_SIZE = 16
 #: so control offsets up to 4/3 of the margin let the curve reach, never pass, ext_box.
 _CUBIC_REACH = 4.0 / 3.0
 
-#: Colour jitter keeps the hue close: an object's colour is part of what the reference
-#: shows (albumentations' default of +-0.5 turns a red car blue).
-_HUE_SHIFT = 0.05
 
 #: Elastic warp strength and smoothness as shares of the reference side: visible bending
 #: without tearing. (albumentations 2 dropped the affine part that made the old default
@@ -67,8 +59,6 @@ _HUE_SHIFT = 0.05
 _ELASTIC_ALPHA = 0.25
 _ELASTIC_SIGMA = 0.04
 
-#: Params arrays larger than this (elastic displacement maps) are left out of records.
-_MAX_RECORDED_ARRAY = 16
 
 
 def _check_size(name: str, value: object) -> None:
@@ -431,38 +421,10 @@ class ReferenceConfig:
                 A.Blur(p=self.blur_p),
                 A.ElasticTransform(alpha=_ELASTIC_ALPHA * self.size, sigma=_ELASTIC_SIGMA * self.size,
                                    border_mode=cv2.BORDER_REFLECT_101, p=self.elastic_p),
-                A.ColorJitter(hue=_HUE_SHIFT, p=self.color_jitter_p),
+                A.ColorJitter(hue=HUE_SHIFT, p=self.color_jitter_p),
             ],
             save_applied_params=True,
         )
-
-
-#: What :func:`_plain` gives for a value a record leaves out.
-_OMITTED = object()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON types, or :data:`_OMITTED` where it is too large or has no plain form."""
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= _MAX_RECORDED_ARRAY else _OMITTED
-    if isinstance(value, (list, tuple)):
-        items = [_plain(item) for item in value]
-        return _OMITTED if any(item is _OMITTED for item in items) else items
-    return _OMITTED
-
-
-def _applied_record(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One applied transform: its sampled params, and the names of those left out (large arrays)."""
-    plain = {str(key): _plain(value) for key, value in params.items()}
-    record: dict[str, Any] = {"name": name, "params": {k: v for k, v in plain.items() if v is not _OMITTED}}
-    omitted = sorted(k for k, v in plain.items() if v is _OMITTED)
-    if omitted:
-        record["omitted"] = omitted
-    return record
 
 
 def reference_crop(rgb: np.ndarray, box: Box, config: ReferenceConfig, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -470,11 +432,7 @@ def reference_crop(rgb: np.ndarray, box: Box, config: ReferenceConfig, seed: int
 
     The record holds ``seed``, the pixel ``crop`` taken, the albumentations version and,
     per transform applied, its name and sampled params (the elastic displacement maps
-    are named under ``omitted``, not stored). ``A.Compose(seed=...)`` would seed every
-    transform alike, so their first coin flips would agree (blur, elastic and colour
-    jitter would fire all together or not at all); each transform gets its own stream
-    of ``seed`` instead. The pipeline is built per call, so threads share no state. Same
-    seed, same pixels, in any process (with the same albumentations and OpenCV).
+    are named under ``omitted``, not stored); seeding as :func:`transforms.augment.augment`.
     """
     _check_rgb(rgb)
     _check_seed(seed)
@@ -483,18 +441,8 @@ def reference_crop(rgb: np.ndarray, box: Box, config: ReferenceConfig, seed: int
     crop = pixel_box(Box(box.x0 - pad_x, box.y0 - pad_y, box.x1 + pad_x, box.y1 + pad_y), width, height)
     x0, y0, x1, y1 = crop
     image = _resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), config.size)
-    pipeline = config.augmentations()
-    for index, transform in enumerate(pipeline.transforms):
-        transform_seed = np.random.SeedSequence([int(seed), _REFERENCE_STREAM, index]).generate_state(1)[0]
-        transform.set_random_seed(int(transform_seed))
-    result = pipeline(image=image)
-    record = {
-        "seed": int(seed),
-        "crop": list(crop),
-        "albumentations": A.__version__,
-        "applied": [_applied_record(name, params) for name, params in result["applied_transforms"]],
-    }
-    return result["image"], record
+    augmented, record = augment(config.augmentations(), image, seed, _REFERENCE_STREAM)
+    return augmented, {**record, "crop": list(crop)}
 
 
 # --------------------------------------------------------------------------- pairs

@@ -35,6 +35,7 @@ from pipeline.sources import flatten
 from pipeline.stage import StageDoFn, apply_stage, apply_tagged_stage
 from review.contact_sheet import candidate_thumbnail
 from schemas import Rejection
+from schemas.keys import object_of
 from schemas.reasons import Reason
 from schemas.sample import (
     SCORE_NAMES,
@@ -44,6 +45,7 @@ from schemas.sample import (
     candidate_from_sample,
     pair_fields,
     pair_metadata_row,
+    removed_field,
 )
 from transforms.io.decode import decode_rgb, encode_jpeg
 from transforms.io.files import read_bytes
@@ -309,12 +311,12 @@ def _thumbnails(shard_and_points: tuple[str, Iterable[NearThreshold]]) -> Iterat
     """Pictures of the near-threshold candidates of one shard, reading only their members."""
     shard, near = shard_and_points
     near = list(near)
-    object_keys = {point.key.rpartition("_c")[0] for _, _, _, point in near}
+    object_keys = {object_of(point.key) for *_, point in near}
     wanted = [f"{key}.{field}" for key in object_keys for field in (Field.SRC, Field.MASK, Field.JSON)]
-    wanted += [f"{point.key.rpartition('_c')[0]}.removed_{point.candidate_index:02d}.png" for *_, point in near]
+    wanted += [f"{object_of(point.key)}.{removed_field(point.candidate_index)}" for *_, point in near]
     members = read_members(shard, wanted)
     for score, side, _, point in near:
-        object_key = point.key.rpartition("_c")[0]
+        object_key = object_of(point.key)
         sample = {name.partition(".")[2]: data for name, data in members.items() if name.partition(".")[0] == object_key}
         try:
             jpeg = candidate_thumbnail(sample, point.candidate_index)

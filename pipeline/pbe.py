@@ -17,7 +17,6 @@ letter for the image and none of its boxes half-counted.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -31,6 +30,7 @@ from pipeline.ledger import INPUTS, REJECTED, WRITTEN, Tally, count_as, count_de
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from pipeline.stage import StageDoFn, apply_stage, apply_tagged_stage
 from schemas import Reason, Rejection, SourceImage, object_key
+from schemas.keys import derived_seed
 from schemas.sample import LabelledBox, pbe_fields, pbe_metadata_row
 from transforms.checks import is_integral
 from transforms.io.decode import decode_rgb, encode_jpeg
@@ -77,8 +77,7 @@ class PbeJobConfig:
 
 def box_seed(base_seed: int, key: str) -> int:
     """The seed of one box's pair: the same for the same image, box and base seed on any worker."""
-    digest = hashlib.blake2b(f"{base_seed}:{key}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return derived_seed(base_seed, key)
 
 
 def annotation_boxes(source: SourceImage) -> tuple[LabelledBox, ...]:

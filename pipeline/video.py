@@ -29,7 +29,7 @@ from pipeline.ledger import INPUTS, REJECTED, WRITTEN, Tally, count_as, count_de
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from pipeline.stage import StageDoFn, apply_tagged_stage
 from schemas import Reason, Rejection, SourceImage
-from schemas.keys import SOURCE_KEY_HEX_DIGITS
+from schemas.keys import SOURCE_KEY_HEX_DIGITS, derived_seed
 from schemas.sample import mimic_fields
 from transforms.checks import is_integral, is_unit
 from transforms.io.decode import decode_rgb, encode_jpeg
@@ -155,7 +155,7 @@ def _encode(key: str, source: np.ndarray, reference: np.ndarray, matches: Any, r
             quality: int, meta: dict[str, Any]) -> EncodedSample:
     mask, grid = grid_mask(source.shape[0], source.shape[1], matches.source_points, rules.grid,
                            np.random.default_rng([seed, 7]))
-    meta = {**meta, "matches": {"inliers": len(matches.source_points), "candidates": matches.candidates},
+    meta = {**meta, "matches": {"inliers": matches.inliers, "candidates": matches.candidates},
             "grid": grid, "seed": seed}
     fields = mimic_fields(key, encode_jpeg(source, quality), encode_jpeg(reference, quality), encode_mask_png(mask),
                           meta)
@@ -163,7 +163,7 @@ def _encode(key: str, source: np.ndarray, reference: np.ndarray, matches: Any, r
     row = {
         "key": key, "source_key": meta["source_key"], "uri": meta["uri"], "branch": meta["branch"],
         "source_frame": frames.get("source", {}).get("index"), "reference_frame": frames.get("reference", {}).get("index"),
-        "gap_s": frames.get("gap_s"), "ssim": meta["ssim"], "inliers": len(matches.source_points),
+        "gap_s": frames.get("gap_s"), "ssim": meta["ssim"], "inliers": matches.inliers,
         "grid_cells": grid["cells"], "masked_cells": len(grid["masked"]), "seed": seed,
     }
     return EncodedSample(key=key, fields=fields, metadata=row)
@@ -246,8 +246,8 @@ def reduce_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
 
 
 def image_seed(base_seed: int, key: str) -> int:
-    digest = hashlib.blake2b(f"{base_seed}:image:{key}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 2
+    """The seed of an image's static pair (62 bits, as numpy's ``SeedSequence`` entropy needs no more)."""
+    return derived_seed(base_seed, "image", key, bits=62)
 
 
 class _ImagePairFn(StageDoFn):

@@ -38,6 +38,20 @@ def source_of(obj: str) -> str:
     return source
 
 
+def object_of(candidate: str) -> str:
+    """The object key of a candidate key (inverse of :func:`candidate_key`)."""
+    obj, separator, _ = candidate.rpartition("_c")
+    if not separator:
+        raise ValueError(f"{candidate!r} is not a candidate key")
+    return obj
+
+
+def derived_seed(*parts: object, bits: int = 63) -> int:
+    """A ``bits``-bit seed from ``parts`` (a base seed, a kind, a key): the same on every machine and run."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - bits)
+
+
 def candidate_key(obj: str, candidate_index: int) -> str:
     """The key of removal candidate ``candidate_index`` of an object."""
     if candidate_index < 0:

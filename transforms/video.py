@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import io
 import logging
 import math
@@ -30,6 +29,7 @@ import numpy as np
 from av.stream import Disposition
 
 from schemas import Reason
+from schemas.keys import derived_seed
 from transforms.checks import is_int, is_integral, is_number
 
 logger = logging.getLogger(__name__)
@@ -445,5 +445,4 @@ def sample_pairs(frames: Sequence[Frame], shots: Sequence[tuple[int, int]], conf
 
 def video_seed(base_seed: int, video_key: str) -> int:
     """The pair-sampling seed of one video: the same for the same key and base seed on any machine."""
-    digest = hashlib.blake2b(f"{base_seed}:video:{video_key}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return derived_seed(base_seed, "video", video_key)

@@ -28,6 +28,7 @@ from transforms.checks import check_device, is_int, is_number
 from transforms.io.decode import decode_rgb
 from transforms.models import nanodet
 from transforms.models.catalog import ModelSpec, ResolvedModel, cache_root, load_catalog, resolve_model
+from transforms.models.cpu import cpu_map
 
 LOG = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ class _DetectorHandler(ModelHandler[SourceImage, PredictionResult, LoadedDetecto
 
     def run_inference(self, batch: Sequence[SourceImage], model: LoadedDetector,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        images = [decode_rgb(source.jpeg) for source in batch]
+        # Decoding on the CPU pool: inline, it was a third of a YOLOv8x batch's time on an H100.
+        images = cpu_map(decode_rgb, [source.jpeg for source in batch])
         raw = model.detect(images)
         name, labels = model.name(), model.labels()
         model_id = f"{name}@sha256:{model.sha256()}"

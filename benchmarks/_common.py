@@ -1,9 +1,12 @@
-"""What the benchmark scripts share: quiet library logging and a timer that logs."""
+"""What the benchmark scripts share: quiet library logging, timers that log or synchronise the device."""
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger("benchmark")
 
@@ -23,3 +26,23 @@ def timed(label: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -
     elapsed = time.perf_counter() - started
     LOG.info("%s: %.2f s", label, elapsed)
     return elapsed, result
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock reads the device's time."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timed_calls(call: Callable[[int], object], calls: int, device: torch.device, warmup: int = 1) -> float:
+    """Seconds for ``call(0..calls-1)`` after ``warmup`` untimed calls (negative indices), device synchronised."""
+    for index in range(warmup):
+        call(-1 - index)
+    synchronize(device)
+    started = time.perf_counter()
+    for index in range(calls):
+        call(index)
+    synchronize(device)
+    return time.perf_counter() - started

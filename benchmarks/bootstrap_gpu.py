@@ -31,9 +31,9 @@ from pathlib import Path
 import apache_beam as beam
 import cv2
 import torch
-from _common import quiet_logging
+from _common import quiet_logging, timed_calls
 from apache_beam.metrics.metric import MetricsFilter
-from removal_gpu import make_requests, timed_calls
+from removal_gpu import make_requests
 
 from jobs.bootstrap import BootstrapOptions, bootstrap_config
 from jobs.common import DetectorOptions, InputOptions, parse_job_options

@@ -38,11 +38,11 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from _common import quiet_logging
+from _common import quiet_logging, timed_calls
 from PIL import Image
 
 from schemas import Box, Detection, SourceImage, content_sha256, source_key
@@ -100,21 +100,6 @@ def make_requests(sources: Sequence[SourceImage], boxes: int, seed: int = 0) -> 
     return requests
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_calls(call: Callable[[int], object], calls: int, device: torch.device, warmup: int = 1) -> float:
-    """Seconds for ``calls`` calls after ``warmup`` untimed ones, with the device synchronised around them."""
-    for index in range(warmup):
-        call(-1 - index)
-    synchronize(device)
-    started = time.perf_counter()
-    for index in range(calls):
-        call(index)
-    synchronize(device)
-    return time.perf_counter() - started
 
 
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -64,3 +64,15 @@ def test_more_processes_than_gpus_share_with_a_warning(tmp_path, caplog):
 def test_no_visible_gpu_is_an_error():
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
         gpus.claim_device("cuda", gpu_count=0)
+
+
+def test_a_config_gets_the_claimed_gpu_and_keeps_everything_else():
+    from transforms.models.detection import DetectorConfig
+
+    cpu = DetectorConfig(model="m", device="cpu")
+    assert gpus.on_claimed_device(cpu) is cpu
+    pinned = DetectorConfig(model="m", device="cuda:1")
+    assert gpus.on_claimed_device(pinned) is pinned
+    gpus.claim_device("cuda", gpu_count=2)  # this process holds cuda:0 from here on
+    claimed = gpus.on_claimed_device(DetectorConfig(model="m", device="cuda", max_batch_size=3))
+    assert (claimed.device, claimed.max_batch_size) == ("cuda:0", 3)

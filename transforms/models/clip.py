@@ -50,6 +50,7 @@ from schemas import Box, ObjectCandidates
 from transforms.checks import check_batch_sizes, check_device, is_int, is_number
 from transforms.io.decode import decode_rgb
 from transforms.models.catalog import ResolvedModel, resolve_model
+from transforms.models.gpus import on_claimed_device
 
 if TYPE_CHECKING:
     import torch
@@ -288,7 +289,7 @@ class ClipScorerHandler(ModelHandler[ObjectCandidates, PredictionResult, OpenCli
         import torch
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        config = self._config
+        config = on_claimed_device(self._config)
         checkpoint, architecture, name, options = _weights(config)
         register_extra_architectures()
         if architecture not in open_clip.list_models():

@@ -29,6 +29,7 @@ from transforms.io.decode import decode_rgb
 from transforms.models import nanodet
 from transforms.models.catalog import ModelSpec, ResolvedModel, cache_root, load_catalog, resolve_model
 from transforms.models.cpu import cpu_map
+from transforms.models.gpus import on_claimed_device
 
 LOG = logging.getLogger(__name__)
 
@@ -137,18 +138,19 @@ class _DetectorHandler(ModelHandler[SourceImage, PredictionResult, LoadedDetecto
         self.config = config
 
     def load_model(self) -> LoadedDetector:
-        resolved = resolve_model(self.config.model, self.config.cache_dir)
+        config = on_claimed_device(self.config)
+        resolved = resolve_model(config.model, config.cache_dir)
         spec = resolved.spec
         if spec is not None and (spec.task != "detection" or spec.format != self.format):
             raise ValueError(f"{self.config.model!r} is a {spec.task} model in format {spec.format!r}; "
                              f"{type(self).__name__} loads detection models in format {self.format!r}")
         name = spec.id if spec is not None else Path(resolved.path).name
-        detector = self._load(resolved, name)
-        LOG.info("detector %s loaded on %s (sha256 %s)", name, self.config.device, resolved.sha256)
+        detector = self._load(resolved, name, config)
+        LOG.info("detector %s loaded on %s (sha256 %s)", name, config.device, resolved.sha256)
         return detector
 
     @abc.abstractmethod
-    def _load(self, resolved: ResolvedModel, name: str) -> LoadedDetector:
+    def _load(self, resolved: ResolvedModel, name: str, config: DetectorConfig) -> LoadedDetector:
         """Build the model from resolved local files."""
 
     def run_inference(self, batch: Sequence[SourceImage], model: LoadedDetector,
@@ -231,13 +233,13 @@ class UltralyticsDetectorHandler(_DetectorHandler):
 
     format = "ultralytics"
 
-    def _load(self, resolved: ResolvedModel, name: str) -> LoadedDetector:
+    def _load(self, resolved: ResolvedModel, name: str, config: DetectorConfig) -> LoadedDetector:
         _ultralytics_offline()
         from ultralytics import YOLO  # worker-side: the pipeline builder never imports torch
 
         spec = resolved.spec
-        image_size = self.config.image_size or (spec.param("imgsz", 640) if spec is not None else 640)
-        return _UltralyticsDetector(YOLO(resolved.path, task="detect"), name, resolved.sha256, self.config,
+        image_size = config.image_size or (spec.param("imgsz", 640) if spec is not None else 640)
+        return _UltralyticsDetector(YOLO(resolved.path, task="detect"), name, resolved.sha256, config,
                                     image_size)
 
 
@@ -293,22 +295,22 @@ class NanoDetOnnxHandler(_DetectorHandler):
 
     format = "onnx"
 
-    def _load(self, resolved: ResolvedModel, name: str) -> LoadedDetector:
+    def _load(self, resolved: ResolvedModel, name: str, config: DetectorConfig) -> LoadedDetector:
         import onnxruntime
 
         spec: Optional[ModelSpec] = resolved.spec
         params = nanodet.NanoDetParams.from_catalog(dict(spec.params)) if spec is not None else nanodet.NanoDetParams()
-        if self.config.image_size not in (None, params.input_size):
+        if config.image_size not in (None, params.input_size):
             raise ValueError(f"{name} takes {params.input_size}x{params.input_size} inputs; "
-                             f"image_size {self.config.image_size} cannot apply")
+                             f"image_size {config.image_size} cannot apply")
         labels = spec.labels if spec is not None else ()
         if not labels:
             LOG.warning("%s has no labels in the catalog; detections are labelled by class id", name)
-        session = onnxruntime.InferenceSession(resolved.path, providers=_onnx_providers(self.config.device))
-        if self.config.on_gpu and "CUDAExecutionProvider" not in session.get_providers():
-            raise RuntimeError(f"device {self.config.device} asked for, but onnxruntime has no CUDA provider here "
+        session = onnxruntime.InferenceSession(resolved.path, providers=_onnx_providers(config.device))
+        if config.on_gpu and "CUDAExecutionProvider" not in session.get_providers():
+            raise RuntimeError(f"device {config.device} asked for, but onnxruntime has no CUDA provider here "
                                f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu")
-        return _NanoDetDetector(session, params, name, resolved.sha256, labels, self.config)
+        return _NanoDetDetector(session, params, name, resolved.sha256, labels, config)
 
 
 #: Model format (the catalog's ``format``) -> the handler that loads it.

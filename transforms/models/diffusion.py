@@ -58,7 +58,7 @@ from transforms.io.decode import decode_rgb
 from transforms.masks import dilate
 from transforms.models.catalog import cache_root, resolve_model
 from transforms.models.cpu import cpu_pool
-from transforms.models.gpus import claim_device
+from transforms.models.gpus import on_claimed_device
 from transforms.models.removal import (
     RemovalHandler,
     RemovalRequest,
@@ -611,7 +611,7 @@ class DiffusionRemovalHandler(RemovalHandler):
         return {"min_batch_size": 1, "max_batch_size": config.max_batch_size, "large_model": config.on_gpu}
 
     def load_model(self) -> DiffusionRemover:
-        config = dataclasses.replace(self.config, device=claim_device(self.config.device))
+        config = on_claimed_device(self.config)
         resolved = resolve_model(config.model)
         spec = resolved.spec
         if spec is not None and (spec.task, spec.format) != ("inpainting", "diffusers"):

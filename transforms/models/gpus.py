@@ -14,15 +14,18 @@ of its process id modulo the count, with a warning: slower, never a failed job.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 LOG = logging.getLogger(__name__)
+
+Config = TypeVar("Config")
 
 #: Where the per-GPU lock files live; every process of a host must see the same folder.
 LOCK_DIR_ENV = "COUNTERFACTORY_GPU_LOCKS"
@@ -44,6 +47,9 @@ def claim_device(device: str, gpu_count: int | None = None) -> str:
     """
     if device != "cuda":
         return device
+    with _lock:
+        if _claimed:
+            return f"cuda:{_claimed[0][0]}"
     if gpu_count is None:
         import torch
 
@@ -72,3 +78,9 @@ def claim_device(device: str, gpu_count: int | None = None) -> str:
     LOG.warning("all %d GPUs are claimed by other processes; process %d shares cuda:%d (more model-loading "
                 "processes than GPUs: see docs/running-on-clusters.md)", gpu_count, os.getpid(), shared)
     return f"cuda:{shared}"
+
+
+def on_claimed_device(config: Config) -> Config:
+    """A model config (a frozen dataclass with ``device``) with ``cuda`` replaced by this process's GPU."""
+    device = claim_device(config.device)
+    return config if device == config.device else dataclasses.replace(config, device=device)

@@ -37,6 +37,7 @@ from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models.catalog import ResolvedModel, resolve_model
 from transforms.models.cpu import cpu_map, cpu_pool
+from transforms.models.gpus import on_claimed_device
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -319,7 +320,7 @@ class SegmentAnythingHandler(_BoxSegmentationHandler):
     ARCHITECTURES = SAM_ARCHITECTURES
 
     def load_model(self) -> _TorchSamSegmenter:
-        config = self._config
+        config = on_claimed_device(self._config)
         if config.model is None:
             checkpoint, architecture, name = None, config.architecture, f"sam-{config.architecture}@random"
         else:
@@ -454,7 +455,7 @@ class SamOnnxHandler(_BoxSegmentationHandler):
     """
 
     def load_model(self) -> _OnnxSamSegmenter:
-        config = self._config
+        config = on_claimed_device(self._config)
         resolved = resolve_model(config.model)
         missing = {"encoder", "decoder"} - set(resolved.files)
         if missing:

@@ -68,9 +68,11 @@ VARIANTS = {
     "plain": {"channels_last": False, "fuse_qkv": False},
     "qkv": {"channels_last": False},
     "fast": {},
+    "cudnn_attention": {"attention": "cudnn"},
     "inductor": {"compile": "inductor"},
     "tuned": {"compile": "tuned"},
     "cudagraphs": {"compile": "cudagraphs"},
+    "cudagraphs_cudnn": {"compile": "cudagraphs", "attention": "cudnn"},
 }
 #: Kernel name patterns -> kind, first match wins (cuDNN, cuBLAS/CUTLASS, flash/cuDNN attention, inductor's Triton).
 KERNEL_KINDS = (

@@ -132,6 +132,7 @@ def _digests(candidates):
         ({"channels_last": 1}, "channels_last must be true or false"),
         ({"fuse_qkv": "no"}, "fuse_qkv must be true or false"),
         ({"compile_cache_dir": 3}, "compile_cache_dir must be a folder path"),
+        ({"attention": "fast"}, "attention must be one of"),
     ],
 )
 def test_config_is_validated(options, message):
@@ -159,6 +160,19 @@ def test_speed_settings_are_recorded_where_they_apply():
     assert compiled.compiled and compiled.execution == "fused_qkv+compile-cudagraphs"
     assert DiffusionRemovalConfig(device="cpu", compile="inductor").execution == "compile-inductor"
     assert not DiffusionRemovalConfig(device="cpu").compiled
+    assert DiffusionRemovalConfig(attention="cudnn").execution == "fused_qkv+attention-cudnn+eager"
+
+
+def test_a_pinned_attention_backend_computes_the_same_candidates(tiny_pipeline_dir, cup):
+    # MATH is the one backend every device has; the pin must reach every model call and change nothing else.
+    configs = [DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **FAST, attention=a) for a in ("auto", "math")]
+    outputs = [DiffusionRemovalHandler(c).load_model()([c.request(*cup)])[0] for c in configs]
+    for auto, math_ in zip(*outputs):
+        difference = np.abs(decode_rgb(auto.removed_png).astype(int) - decode_rgb(math_.removed_png).astype(int))
+        assert difference.max() <= 2
+    cudnn = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **FAST, attention="cudnn")
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):  # the pin is real: no CPU cuDNN attention
+        DiffusionRemovalHandler(cudnn).load_model()([cudnn.request(*cup)])
 
 
 def test_importing_the_module_loads_no_model_library():

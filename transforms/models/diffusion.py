@@ -101,6 +101,16 @@ COMPILE_MODES: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({
     "cudagraphs": MappingProxyType({"triton.cudagraphs": True}),
     "tuned": _TUNED_INDUCTOR,
 })
+#: ``attention`` name -> the ``torch.nn.attention.SDPBackend`` that scaled-dot-product attention
+#: must use (``None``: PyTorch picks). SD-1.5's head dims (40, 80, 160) are awkward for flash
+#: attention; cuDNN's attention is the candidate on Hopper.
+ATTENTION_BACKENDS: Mapping[str, str | None] = MappingProxyType({
+    "auto": None,
+    "flash": "FLASH_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+})
 
 
 def _unmasked(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -156,7 +166,8 @@ class DiffusionRemovalConfig:
     tensors was slower on an H100: 5.2 against 6.3 images/s); ``compile`` (:data:`COMPILE_MODES`) compiles the UNet
     and VAE at load time for batches of exactly ``max_model_batch`` rows, caching the
     compiled artefacts in ``compile_cache_dir`` (default: ``torch-compile`` in the model
-    cache), so size ``max_batch_size`` x ``num_candidates`` as a multiple of it.
+    cache), so size ``max_batch_size`` x ``num_candidates`` as a multiple of it. ``attention``
+    (:data:`ATTENTION_BACKENDS`) pins the scaled-dot-product attention kernel.
     """
 
     model: str = "sd15-inpainting"
@@ -181,6 +192,7 @@ class DiffusionRemovalConfig:
     compile_cache_dir: str | None = None
     channels_last: bool = True
     fuse_qkv: bool = True
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -192,7 +204,8 @@ class DiffusionRemovalConfig:
         check_device(self.device)
         for name, value, known in (("dtype", self.dtype, DTYPES), ("scheduler", self.scheduler, SCHEDULERS),
                                    ("conditioning", self.conditioning, CONDITIONINGS),
-                                   ("compile", self.compile, COMPILE_MODES)):
+                                   ("compile", self.compile, COMPILE_MODES),
+                                   ("attention", self.attention, ATTENTION_BACKENDS)):
             if value not in known:
                 raise ValueError(f"{name} must be one of {sorted(known)}, got {value!r}")
         _check_type("prompt", self.prompt, str, "a string")
@@ -226,6 +239,8 @@ class DiffusionRemovalConfig:
         """The speed settings in force, which change pixels within rounding: recorded beside ``dtype``."""
         settings = [name for name, on in (("channels_last", self.channels_last and self.compiled),
                                           ("fused_qkv", self.fuse_qkv)) if on and self.on_gpu]
+        if self.attention != "auto":
+            settings.append(f"attention-{self.attention}")
         return "+".join([*settings, f"compile-{self.compile}" if self.compiled else "eager"])
 
     @property
@@ -392,14 +407,16 @@ class DiffusionRemover:
 
         options = COMPILE_MODES[config.compile]
         if options is None:
-            return _Models(predict, encode, decode, cuda_graphs=False)
+            return _with_attention(_Models(predict, encode, decode, cuda_graphs=False), config.attention)
         cache = Path(config.compile_cache_dir or cache_root() / "torch-compile").expanduser()
         cache.mkdir(parents=True, exist_ok=True)
         # Inductor reads its cache folder when it compiles: the first worker fills it, later ones load from it.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
         compiled = functools.partial(torch.compile, fullgraph=True, dynamic=False, options=dict(options))
         cuda_graphs = bool(options.get("triton.cudagraphs")) and config.on_gpu
-        return _Models(compiled(predict), compiled(encode), compiled(decode), cuda_graphs)
+        # The backend is chosen when a model is traced: the warm-up runs under the same context as every call.
+        return _with_attention(_Models(compiled(predict), compiled(encode), compiled(decode), cuda_graphs),
+                               config.attention)
 
     def _warm_up(self) -> None:
         """Compile every model call at its one shape by running a batch of random inputs."""
@@ -556,6 +573,25 @@ class DiffusionRemover:
         self._models.step()
         images = self._models.decode(latents).float()
         return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _with_attention(models: _Models, attention: str) -> _Models:
+    """``models`` whose calls run with only the ``attention`` backend allowed (as they are for ``auto``)."""
+    backend = ATTENTION_BACKENDS[attention]
+    if backend is None:
+        return models
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def pinned(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        @functools.wraps(function)
+        def call(*args: torch.Tensor) -> torch.Tensor:
+            with sdpa_kernel([getattr(SDPBackend, backend)]):
+                return function(*args)
+
+        return call
+
+    return dataclasses.replace(models, predict=pinned(models.predict), encode=pinned(models.encode),
+                               decode=pinned(models.decode))
 
 
 @dataclasses.dataclass(frozen=True)

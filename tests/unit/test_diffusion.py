@@ -133,6 +133,7 @@ def _digests(candidates):
         ({"fuse_qkv": "no"}, "fuse_qkv must be true or false"),
         ({"compile_cache_dir": 3}, "compile_cache_dir must be a folder path"),
         ({"attention": "fast"}, "attention must be one of"),
+        ({"share_across_processes": "no"}, "share_across_processes must be true or false"),
     ],
 )
 def test_config_is_validated(options, message):
@@ -191,6 +192,8 @@ def test_registry_batching_and_sharing():
     assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
     assert handler.share_model_across_processes()  # one copy of the weights per GPU
     assert not removal_handler("diffusers", {"device": "cpu"}).share_model_across_processes()
+    # Several GPUs on a host, one process each: every process keeps its own copy on its own GPU.
+    assert not removal_handler("diffusers", {"share_across_processes": False}).share_model_across_processes()
 
 
 def test_a_batch_gives_k_candidates_per_object(remover, fast_config, cup, cat, tiny_pipeline_dir):

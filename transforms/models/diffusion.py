@@ -168,6 +168,11 @@ class DiffusionRemovalConfig:
     compiled artefacts in ``compile_cache_dir`` (default: ``torch-compile`` in the model
     cache), so size ``max_batch_size`` x ``num_candidates`` as a multiple of it. ``attention``
     (:data:`ATTENTION_BACKENDS`) pins the scaled-dot-product attention kernel.
+
+    ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
+    share (Beam's ``large_model``), so one GPU is never oversubscribed by several copies.
+    Turn it off on a host with several GPUs and one SDK process per GPU: each process then
+    loads its own copy on the GPU it claims.
     """
 
     model: str = "sd15-inpainting"
@@ -193,6 +198,7 @@ class DiffusionRemovalConfig:
     channels_last: bool = True
     fuse_qkv: bool = True
     attention: str = "auto"
+    share_across_processes: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -216,7 +222,7 @@ class DiffusionRemovalConfig:
         if guidance > 1 and self.prompt == self.negative_prompt:
             raise ValueError(f"guidance_scale {guidance} with prompt == negative_prompt only doubles the cost: "
                              "set guidance_scale 1 or give the prompts different texts")
-        for name in ("blend_latents", "channels_last", "fuse_qkv"):
+        for name in ("blend_latents", "channels_last", "fuse_qkv", "share_across_processes"):
             _check_type(name, getattr(self, name), bool, "true or false")
         _check_type("compile_cache_dir", self.compile_cache_dir, (str, type(None)), "a folder path")
         for name, minimum in (("num_inference_steps", 1), ("mask_dilation_px", 0), ("feather_px", 0),
@@ -634,9 +640,10 @@ def _load_pipeline(path: Path, config: DiffusionRemovalConfig) -> StableDiffusio
 class DiffusionRemovalHandler(RemovalHandler):
     """A diffusers inpainting pipeline: K candidates per object from one batched denoising loop.
 
-    On a GPU the model is shared by the worker's processes (``large_model``): one copy of
-    the weights per loading process, on a GPU of its own (:func:`~transforms.models.gpus.claim_device`),
-    and batches from all processes land on it.
+    On a GPU the model is shared by the worker's processes (``large_model``) unless
+    ``share_across_processes`` is off: one copy per host, on the GPU its loading process
+    claims (:func:`~transforms.models.gpus.claim_device`), and batches from all processes
+    land on it.
     """
 
     kind = "diffusers"
@@ -644,7 +651,8 @@ class DiffusionRemovalHandler(RemovalHandler):
 
     @classmethod
     def model_handler_kwargs(cls, config: DiffusionRemovalConfig) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": config.max_batch_size, "large_model": config.on_gpu}
+        return {"min_batch_size": 1, "max_batch_size": config.max_batch_size,
+                "large_model": config.on_gpu and config.share_across_processes}
 
     def load_model(self) -> DiffusionRemover:
         config = on_claimed_device(self.config)

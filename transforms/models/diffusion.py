@@ -21,10 +21,10 @@ everywhere else, so pixels farther than dilation + feather from the object are b
 mask to the noised source at every step, which keeps what the model paints near the seam
 consistent with what is composited there.
 
-Speed on a GPU (``docs/benchmarks.md`` has the figures): the UNet and VAE run in bf16,
-channels-last, with fused QKV projections, cuDNN's autotuned convolutions and PyTorch's
-scaled-dot-product attention; classifier-free guidance is one UNet batch of both halves;
-prompts are encoded once. ``compile`` adds ``torch.compile`` (and CUDA graphs), compiled
+Speed on a GPU (``docs/benchmarks.md`` has the figures): the UNet and VAE run in bf16
+with fused QKV projections, cuDNN's autotuned convolutions and PyTorch's scaled-dot-product
+attention; classifier-free guidance is one UNet batch of both halves; prompts are encoded
+once. ``compile`` adds ``torch.compile`` on channels-last models (and CUDA graphs), compiled
 once per worker at load time on a fixed model batch (short chunks are padded), with
 inductor's artefacts kept in ``compile_cache_dir`` so that the next worker starts warm.
 All GPU work runs on the remover's one GPU thread: calls from many threads queue there,
@@ -163,11 +163,12 @@ class DiffusionRemovalConfig:
 
     GPU speed settings (they change results only within bf16 rounding): ``fuse_qkv`` applies
     on CUDA, ``channels_last`` to compiled models on CUDA (eager GroupNorm on channels-last
-    tensors was slower on an H100: 5.2 against 6.3 images/s); ``compile`` (:data:`COMPILE_MODES`) compiles the UNet
-    and VAE at load time for batches of exactly ``max_model_batch`` rows, caching the
-    compiled artefacts in ``compile_cache_dir`` (default: ``torch-compile`` in the model
-    cache), so size ``max_batch_size`` x ``num_candidates`` as a multiple of it. ``attention``
-    (:data:`ATTENTION_BACKENDS`) pins the scaled-dot-product attention kernel.
+    tensors was slower on an H100: 5.2 against 6.3 images/s). ``compile``
+    (:data:`COMPILE_MODES`) compiles the UNet and VAE at load time for batches of exactly
+    ``max_model_batch`` rows, caching the compiled artefacts in ``compile_cache_dir``
+    (default: ``torch-compile`` in the model cache), so size ``max_batch_size`` x
+    ``num_candidates`` as a multiple of it. ``attention`` (:data:`ATTENTION_BACKENDS`) pins
+    the scaled-dot-product attention kernel.
 
     ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
     share (Beam's ``large_model``), so one GPU is never oversubscribed by several copies.

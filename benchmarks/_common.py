@@ -1,9 +1,15 @@
 """What the benchmark scripts share: quiet library logging, timers that log or synchronise the device."""
 from __future__ import annotations
 
+import io
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from schemas import SourceImage, content_sha256, source_key
 
 if TYPE_CHECKING:
     import torch
@@ -46,3 +52,14 @@ def timed_calls(call: Callable[[int], object], calls: int, device: torch.device,
         call(index)
     synchronize(device)
     return time.perf_counter() - started
+
+
+def synthetic_source(rgb: np.ndarray) -> SourceImage:
+    """A JPEG (quality 90) ``SourceImage`` of a synthetic ``HxWx3`` uint8 picture, keyed by its content."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    digest = content_sha256(jpeg)
+    key = source_key(digest)
+    height, width = rgb.shape[:2]
+    return SourceImage(key=key, sha256=digest, uri=f"synthetic:{key}", width=width, height=height, jpeg=jpeg)

@@ -31,7 +31,6 @@ count times images/s over the GPU's dense bf16 peak (looked up by device name, o
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import tempfile
@@ -42,10 +41,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from _common import quiet_logging, timed_calls
-from PIL import Image
+from _common import quiet_logging, synthetic_source, timed_calls
 
-from schemas import Box, Detection, SourceImage, content_sha256, source_key
+from schemas import Box, Detection, SourceImage
 from transforms.io.decode import decode_rgb
 from transforms.masks import encode_mask_png
 from transforms.models.detection import DetectorConfig, UltralyticsDetectorHandler
@@ -74,14 +72,7 @@ def make_sources(count: int, width: int, height: int, seed: int = 0) -> list[Sou
             cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
             blob = ((xx - cx * width / max(width, height)) ** 2 + (yy - cy * height / max(width, height)) ** 2) < r * r
             rgb[blob] = rng.uniform(0, 255, size=3)
-        rgb = np.clip(rgb + rng.normal(0, 10, size=rgb.shape), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
-        jpeg = buffer.getvalue()
-        digest = content_sha256(jpeg)
-        key = source_key(digest)
-        sources.append(SourceImage(key=key, sha256=digest, uri=f"synthetic:{key}", width=width, height=height,
-                                   jpeg=jpeg))
+        sources.append(synthetic_source(np.clip(rgb + rng.normal(0, 10, size=rgb.shape), 0, 255).astype(np.uint8)))
     return sources
 
 

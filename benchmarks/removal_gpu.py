@@ -45,10 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import torch
-from _common import quiet_logging, synchronize, timed_calls
+from _common import quiet_logging, synchronize, synthetic_source, timed_calls
 from PIL import Image
 
-from schemas import Box, Detection, ObjectMask, SourceImage, content_sha256, object_key, source_key
+from schemas import Box, Detection, ObjectMask, object_key
 from transforms.io.decode import decode_rgb
 from transforms.masks import encode_mask_png
 from transforms.models.diffusion import (
@@ -93,20 +93,14 @@ def make_requests(config: DiffusionRemovalConfig, count: int, side: int) -> list
     for _ in range(count):
         phase = rng.uniform(0, 6.28, size=3)
         base = np.stack([np.sin(xx * 6 + yy * 3 + p) for p in phase], axis=-1) * 90 + 128
-        rgb = np.clip(base + rng.normal(0, 12, size=base.shape), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
-        jpeg = buffer.getvalue()
-        key = source_key(content_sha256(jpeg))
-        source = SourceImage(key=key, sha256=content_sha256(jpeg), uri=f"synthetic:{key}", width=side, height=side,
-                             jpeg=jpeg)
+        source = synthetic_source(np.clip(base + rng.normal(0, 12, size=base.shape), 0, 255).astype(np.uint8))
         axes = rng.uniform(0.13, 0.25, size=2) * side
         center = rng.uniform(0.3, 0.7, size=2) * side
         mask = np.zeros((side, side), np.uint8)
         cv2.ellipse(mask, tuple(int(c) for c in center), tuple(int(a) for a in axes), 0, 0, 360, 255, -1)
         box = Box(*(center - axes), *(center + axes))
         detection = Detection(label="object", class_id=0, score=1.0, box=box, detector="synthetic")
-        obj = ObjectMask(object_key(key, 0), key, 0, detection, encode_mask_png(mask > 0), 1.0, "synthetic")
+        obj = ObjectMask(object_key(source.key, 0), source.key, 0, detection, encode_mask_png(mask > 0), 1.0, "synthetic")
         requests.append(config.request(source, obj))
     return requests
 

@@ -20,11 +20,10 @@ HOLDER = textwrap.dedent("""
 @pytest.fixture(autouse=True)
 def fresh_claims(tmp_path, monkeypatch):
     monkeypatch.setenv(gpus.LOCK_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(gpus, "_claimed", [])
+    monkeypatch.setattr(gpus, "_claimed", None)
     yield
-    for _, handle in gpus._claimed:
-        if handle is not None:
-            handle.close()
+    if gpus._claimed is not None and gpus._claimed[1] is not None:
+        gpus._claimed[1].close()
 
 
 def _holder(tmp_path):
@@ -35,7 +34,7 @@ def _holder(tmp_path):
 
 def test_other_devices_are_left_alone():
     assert [gpus.claim_device(d, gpu_count=2) for d in ("cpu", "cuda:1", "cuda:0")] == ["cpu", "cuda:1", "cuda:0"]
-    assert gpus._claimed == []
+    assert gpus._claimed is None
 
 
 def test_every_load_of_a_process_lands_on_its_gpu():

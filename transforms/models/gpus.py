@@ -30,8 +30,8 @@ Config = TypeVar("Config")
 #: Where the per-GPU lock files live; every process of a host must see the same folder.
 LOCK_DIR_ENV = "COUNTERFACTORY_GPU_LOCKS"
 
-#: The GPU this process claimed (index, held lock file), once it has.
-_claimed: list[tuple[int, IO[bytes] | None]] = []
+#: The GPU this process claimed (index, held lock file or None when sharing), once it has.
+_claimed: tuple[int, IO[bytes] | None] | None = None
 _lock = threading.Lock()
 
 
@@ -45,11 +45,17 @@ def claim_device(device: str, gpu_count: int | None = None) -> str:
     ``gpu_count`` defaults to ``torch.cuda.device_count()`` (GPUs visible to this process,
     so ``CUDA_VISIBLE_DEVICES`` narrows the choice as usual).
     """
+    global _claimed
     if device != "cuda":
         return device
     with _lock:
-        if _claimed:
-            return f"cuda:{_claimed[0][0]}"
+        if _claimed is None:
+            _claimed = _claim(gpu_count)
+        return f"cuda:{_claimed[0]}"
+
+
+def _claim(gpu_count: int | None) -> tuple[int, IO[bytes] | None]:
+    """The lowest GPU whose lock this process can take, else a shared one by process id."""
     if gpu_count is None:
         import torch
 
@@ -60,24 +66,19 @@ def claim_device(device: str, gpu_count: int | None = None) -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "-") or "none"
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    with _lock:
-        if _claimed:
-            return f"cuda:{_claimed[0][0]}"
-        for index in range(gpu_count):
-            handle = open(folder / f"visible-{visible}.gpu-{index}.lock", "ab")  # noqa: SIM115 - held for the process
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            _claimed.append((index, handle))
-            LOG.info("process %d claimed cuda:%d of %d", os.getpid(), index, gpu_count)
-            return f"cuda:{index}"
-        shared = os.getpid() % gpu_count
-        _claimed.append((shared, None))
+    for index in range(gpu_count):
+        handle = open(folder / f"visible-{visible}.gpu-{index}.lock", "ab")  # noqa: SIM115 - held for the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        LOG.info("process %d claimed cuda:%d of %d", os.getpid(), index, gpu_count)
+        return index, handle
+    shared = os.getpid() % gpu_count
     LOG.warning("all %d GPUs are claimed by other processes; process %d shares cuda:%d (more model-loading "
                 "processes than GPUs: see docs/running-on-clusters.md)", gpu_count, os.getpid(), shared)
-    return f"cuda:{shared}"
+    return shared, None
 
 
 def on_claimed_device(config: Config) -> Config:

@@ -141,7 +141,7 @@ def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollecti
     scored = removed.main | "Score" >> ScoreCandidates(config.quality)
 
     objects = scored.main
-    object_dead = [removed.dead_letters, scored.dead_letters]
+    object_dead = [checked.dead_letters, removed.dead_letters, scored.dead_letters]
     if config.redetect is not None:
         objects = _scored("Redetect", objects, config.redetect, "redetect", object_dead)
     if config.clip is not None:

@@ -32,6 +32,30 @@ from transforms.quality import QualityConfig, score_candidate
 RequestMaker = Callable[[SourceImage, ObjectMask], RemovalRequest]
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskToCheck:
+    """One object's mask with its source: CheckMasks' unit of work, so a failure is that object's alone.
+
+    ``uri`` and ``key`` are what a dead letter records: the image, for its outcome, and the object.
+    """
+
+    source: SourceImage
+    mask: ObjectMask
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
+    @property
+    def key(self) -> str:
+        return self.mask.key
+
+
+def _masks_to_check(result: PredictionResult) -> list[MaskToCheck]:
+    request: SegmentationRequest = result.example
+    return [MaskToCheck(request.source, obj) for obj in result.inference]
+
+
 class _CheckMasksFn(StageDoFn):
     stage = "mask_quality"
 
@@ -40,23 +64,24 @@ class _CheckMasksFn(StageDoFn):
         self._config = config
         self._make_request = make_request
 
-    def process_record(self, result: PredictionResult) -> Iterator[object]:
-        request: SegmentationRequest = result.example
-        source = request.source
-        obj: ObjectMask
-        for obj in result.inference:
-            mask = decode_mask_png(obj.mask_png, source.width, source.height)
-            checked = check_mask(mask, obj.detection.box, obj.predicted_iou, self._config)
-            if isinstance(checked, MaskFailure):
-                yield Rejection(source.uri, self.stage, checked.reason, checked.detail, obj.key)
-                continue
-            if self._config.dilate_px:
-                obj = dataclasses.replace(obj, mask_png=encode_mask_png(checked), object_png=obj.mask_png)
-            yield self._make_request(source, obj)
+    def process_record(self, item: MaskToCheck) -> Iterator[object]:
+        source, obj = item.source, item.mask
+        mask = decode_mask_png(obj.mask_png, source.width, source.height)
+        checked = check_mask(mask, obj.detection.box, obj.predicted_iou, self._config)
+        if isinstance(checked, MaskFailure):
+            yield Rejection(source.uri, self.stage, checked.reason, checked.detail, obj.key)
+            return
+        if self._config.dilate_px:
+            obj = dataclasses.replace(obj, mask_png=encode_mask_png(checked), object_png=obj.mask_png)
+        yield self._make_request(source, obj)
 
 
 class CheckMasks(beam.PTransform):
-    """Segmenter predictions -> one removal request per object whose mask passes every check."""
+    """Segmenter predictions -> one removal request per object whose mask passes every check.
+
+    Each object is checked on its own: a mask that cannot be decoded is that object's dead
+    letter (stage ``mask_quality``), and the image's other objects go on.
+    """
 
     def __init__(self, config: MaskQualityConfig, make_request: RequestMaker) -> None:
         super().__init__()
@@ -64,7 +89,8 @@ class CheckMasks(beam.PTransform):
         self._make_request = make_request
 
     def expand(self, predictions: beam.PCollection) -> StageOutputs:
-        return apply_stage(predictions, "CheckMasks", _CheckMasksFn(self._config, self._make_request))
+        objects = predictions | "Objects" >> beam.FlatMap(_masks_to_check)
+        return apply_stage(objects, "CheckMasks", _CheckMasksFn(self._config, self._make_request))
 
 
 class _ScoreFn(StageDoFn):

@@ -64,11 +64,12 @@ class AnnotationDetector(ModelHandler[SourceImage, PredictionResult, _NoWeights]
 
 
 class BoxSegmenter(ModelHandler[SegmentationRequest, PredictionResult, _NoWeights]):
-    """Fills each box; images named ``empty`` get empty masks."""
+    """Fills each box; images named ``empty`` get empty masks, images named ``corrupt`` masks that are no PNG."""
 
-    def __init__(self, empty: str) -> None:
+    def __init__(self, empty: str, corrupt: str = "") -> None:
         super().__init__()
         self._empty = empty
+        self._corrupt = corrupt
 
     def load_model(self) -> _NoWeights:
         return _NoWeights()
@@ -83,8 +84,9 @@ class BoxSegmenter(ModelHandler[SegmentationRequest, PredictionResult, _NoWeight
                 if not source.uri.endswith(self._empty):
                     box = detection.box.clipped(source.width, source.height)
                     mask[int(box.y0):int(box.y1), int(box.x0):int(box.x1)] = True
-                masks.append(ObjectMask(object_key(source.key, index), source.key, index, detection,
-                                        encode_mask_png(mask), 0.95, "boxes"))
+                png = b"not a png" if self._corrupt and source.uri.endswith(self._corrupt) else encode_mask_png(mask)
+                masks.append(ObjectMask(object_key(source.key, index), source.key, index, detection, png, 0.95,
+                                        "boxes"))
             results.append(PredictionResult(request, tuple(masks), "boxes"))
         return results
 
@@ -107,15 +109,13 @@ class PoisonedRemovalHandler(ClassicalRemovalHandler):
         return _PoisonedRemover(self.config, self.poisoned)
 
 
-@pytest.fixture(scope="module")
-def run(samples_dir, tmp_path_factory):
-    output = tmp_path_factory.mktemp("bootstrap") / "candidates"
+def _bootstrap(samples_dir: pathlib.Path, output: pathlib.Path, segmenter: BoxSegmenter):
     coco = samples_dir / "annotations" / "coco.json"
     config = BootstrapConfig(
         sources=SourcesConfig(annotations=(AnnotationSource(str(coco), str(samples_dir / "images")),)),
         selection=SelectionConfig(max_area_fraction=1.0),
         detector=AnnotationDetector(poisoned="motorcycle.jpg"),
-        segmenter=BoxSegmenter(empty="coffee.jpg"),
+        segmenter=segmenter,
         masks=MaskQualityConfig(dilate_px=4),
         remover=PoisonedRemovalHandler(RemovalConfig(num_candidates=2)),
         quality=QualityConfig(),
@@ -128,6 +128,11 @@ def run(samples_dir, tmp_path_factory):
     result = pipeline.run()
     result.wait_until_finish()
     return output, check_ledgers(str(output)), result
+
+
+@pytest.fixture(scope="module")
+def run(samples_dir, tmp_path_factory):
+    return _bootstrap(samples_dir, tmp_path_factory.mktemp("bootstrap") / "candidates", BoxSegmenter(empty="coffee.jpg"))
 
 
 def _by_file(rows: list[dict]) -> dict[str, list[str]]:
@@ -170,6 +175,18 @@ def test_a_poisoned_record_is_the_only_dead_letter_of_its_batch(run):
     by_stage = {c.key.metric.namespace: c.committed for c in retried}
     # The whole detector batch failed and was retried one by one: the four good images came through.
     assert by_stage["counterfactory.detect"] == BATCH
+
+
+def test_a_mask_that_cannot_be_read_is_its_objects_dead_letter(samples_dir, tmp_path):
+    # chelsea's one kept object gets a mask that is no PNG: that object is a dead letter of the
+    # mask check, the image ends as "all its objects dead", and both ledgers still close.
+    output, stats, _ = _bootstrap(samples_dir, tmp_path / "candidates",
+                                  BoxSegmenter(empty="coffee.jpg", corrupt="chelsea.jpg"))
+    assert stats["objects_ledger"]["dead_letters"] == {"mask_quality": 1, "remove": 1}
+    assert stats["ledger"]["dead_letters"] == {"detect": 1, "objects": 2} and stats["ledger"]["written"] == 0
+    dead = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+    [mask_dead] = [d for d in dead if d["stage"] == "mask_quality"]
+    assert pathlib.Path(mask_dead["uri"]).name == "chelsea.jpg" and mask_dead["key"].endswith("_o000")
 
 
 def test_candidate_sample_holds_source_mask_cutout_and_every_candidate(run):

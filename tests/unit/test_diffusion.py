@@ -3,6 +3,9 @@ import hashlib
 import pathlib
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import cv2
@@ -22,6 +25,7 @@ from transforms.models.diffusion import (
     DiffusionRemover,
     build_random_inpainting_pipeline,
 )
+from transforms.models.gpus import gpu_thread
 from transforms.models.removal import (
     REMOVAL_HANDLERS,
     RemovalRequest,
@@ -171,9 +175,12 @@ def test_a_pinned_attention_backend_computes_the_same_candidates(tiny_pipeline_d
     for auto, math_ in zip(*outputs):
         difference = np.abs(decode_rgb(auto.removed_png).astype(int) - decode_rgb(math_.removed_png).astype(int))
         assert difference.max() <= 2
+    efficient = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **FAST, attention="efficient")
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):  # the pin is real: no CPU efficient kernel
+        DiffusionRemovalHandler(efficient).load_model()([efficient.request(*cup)])
+    # cuDNN first falls back to a fused kernel the device has (flash on the CPU) instead of failing.
     cudnn = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **FAST, attention="cudnn")
-    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):  # the pin is real: no CPU cuDNN attention
-        DiffusionRemovalHandler(cudnn).load_model()([cudnn.request(*cup)])
+    assert len(DiffusionRemovalHandler(cudnn).load_model()([cudnn.request(*cup)])[0]) == FAST["num_candidates"]
 
 
 def test_importing_the_module_loads_no_model_library():
@@ -225,6 +232,40 @@ def test_a_candidate_is_the_same_alone_or_in_any_batch(remover, fast_config, cup
     assert _digests(alone) == _digests(batched)
     [reseeded] = remover([RemovalRequest(coffee, cup_mask, 2, seed=1)])
     assert {c.removed_png for c in reseeded}.isdisjoint(c.removed_png for c in alone)
+
+
+def test_calls_waiting_for_the_gpu_share_model_batches(remover, fast_config, cup, cat, monkeypatch):
+    # Beam's threads call one remover with a few objects each: while the GPU thread is busy their
+    # rows queue, and the next model batch takes rows from all of them.
+    alone = [_digests(remover([fast_config.request(*obj)])[0]) for obj in (cup, cat)]
+    chunks, generate = [], remover._generate
+    monkeypatch.setattr(remover, "_generate", lambda chunk: chunks.append(chunk) or generate(chunk))
+    gate = threading.Event()
+    gpu_thread().submit(gate.wait)  # the GPU is busy with another model's work
+    with ThreadPoolExecutor(2) as callers:
+        calls = [callers.submit(remover, [fast_config.request(*obj)]) for obj in (cup, cat)]
+        deadline = time.monotonic() + 30
+        while len(remover._pending) < 4 and time.monotonic() < deadline:  # 2 objects x 2 candidates queued
+            time.sleep(0.01)
+        gate.set()
+        together = [_digests(call.result()[0]) for call in calls]
+    assert [len(chunk) for chunk in chunks] == [3, 1]  # max_model_batch 3: one batch holds both callers' rows
+    assert len({row.request.mask.key for row in chunks[0]}) == 2
+    assert together == alone
+
+
+def test_a_failed_model_batch_fails_its_callers_and_the_next_batch_runs(remover, fast_config, cup, monkeypatch):
+    generate, failures = remover._generate, [RuntimeError("CUDA out of memory")]
+
+    def once_out_of_memory(chunk):
+        if failures:
+            raise failures.pop()
+        return generate(chunk)
+
+    monkeypatch.setattr(remover, "_generate", once_out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        remover([fast_config.request(*cup)])
+    assert len(remover([fast_config.request(*cup)])[0]) == FAST["num_candidates"]
 
 
 def test_pixels_beyond_dilation_and_feather_are_the_source(remover, fast_config, cup, cat):
@@ -353,8 +394,6 @@ def test_sd15_shaped_pipeline_runs_on_cuda(cup):
 @pytest.mark.parametrize("mode", ["inductor", "cudagraphs"])
 def test_compiled_remover_on_cuda(tiny_pipeline_dir, cup, cat, mode, tmp_path):
     """The compiled path: same candidates as eager within bf16 rounding, padded short chunks, calls from threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
     options = {**FAST, "device": "cuda", "max_model_batch": 4, "guidance_scale": 3.0, "prompt": "background",
                "compile_cache_dir": str(tmp_path / "cache")}
     eager = DiffusionRemovalHandler(DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **options)).load_model()

@@ -36,6 +36,7 @@ module to configure a stage on machines without them.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -44,13 +45,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
 from transforms.checks import check_device, is_integral, is_number
@@ -58,8 +60,9 @@ from transforms.io.decode import decode_rgb
 from transforms.masks import dilate
 from transforms.models.catalog import cache_root, resolve_model
 from transforms.models.cpu import cpu_pool
-from transforms.models.gpus import on_claimed_device
+from transforms.models.gpus import gpu_thread, on_claimed_device
 from transforms.models.removal import (
+    METRICS_NAMESPACE,
     RemovalHandler,
     RemovalRequest,
     candidate_seed,
@@ -87,29 +90,29 @@ SCHEDULERS: Mapping[str, str] = MappingProxyType({
 })
 #: Checkpoint files that ``from_single_file`` loads; they need ``config``, a folder of the pipeline's configs.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-#: Inductor settings that pay for diffusion UNets (PyTorch's "Diffusion, fast" study): 1x1
-#: convolutions as matrix products, Triton kernels tuned by coordinate descent, and no
-#: epilogue fusion into convolutions (it blocks cuDNN's kernels).
-_TUNED_INDUCTOR = MappingProxyType({"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
-                                    "epilogue_fusion": False})
 #: ``compile`` name -> ``torch.compile`` inductor options (``None``: eager). ``cudagraphs``
 #: replays each compiled model as one CUDA graph, removing the per-kernel launch cost;
-#: ``tuned`` took over 4 minutes to compile the SD-1.5 UNet on an H100 (coordinate descent).
+#: ``tuned`` adds 1x1 convolutions as matrix products (PyTorch's "Diffusion, fast" study:
+#: the UNet's projections and shortcuts then run on cuBLAS and fuse with their neighbours).
+#: Coordinate-descent kernel tuning, the study's other setting, compiled for over 4 minutes
+#: on an H100 and is left out.
 COMPILE_MODES: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({
     "off": None,
     "inductor": MappingProxyType({}),
     "cudagraphs": MappingProxyType({"triton.cudagraphs": True}),
-    "tuned": _TUNED_INDUCTOR,
+    "tuned": MappingProxyType({"triton.cudagraphs": True, "conv_1x1_as_mm": True}),
 })
-#: ``attention`` name -> the ``torch.nn.attention.SDPBackend`` that scaled-dot-product attention
-#: must use (``None``: PyTorch picks). SD-1.5's head dims (40, 80, 160) are awkward for flash
-#: attention; cuDNN's attention is the candidate on Hopper.
-ATTENTION_BACKENDS: Mapping[str, str | None] = MappingProxyType({
+#: ``attention`` name -> the ``torch.nn.attention.SDPBackend`` names scaled-dot-product attention
+#: may use, first choice first (``None``: PyTorch picks). SD-1.5's head dims (40, 80, 160) are
+#: awkward for flash attention, and cuDNN's attention is the candidate on Hopper; ``cudnn``
+#: falls back to flash, then memory-efficient attention, for the shapes cuDNN cannot take
+#: (never to the unfused math kernel).
+ATTENTION_BACKENDS: Mapping[str, tuple[str, ...] | None] = MappingProxyType({
     "auto": None,
-    "flash": "FLASH_ATTENTION",
-    "cudnn": "CUDNN_ATTENTION",
-    "efficient": "EFFICIENT_ATTENTION",
-    "math": "MATH",
+    "flash": ("FLASH_ATTENTION",),
+    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"),
+    "efficient": ("EFFICIENT_ATTENTION",),
+    "math": ("MATH",),
 })
 
 
@@ -167,8 +170,8 @@ class DiffusionRemovalConfig:
     (:data:`COMPILE_MODES`) compiles the UNet and VAE at load time for batches of exactly
     ``max_model_batch`` rows, caching the compiled artefacts in ``compile_cache_dir``
     (default: ``torch-compile`` in the model cache), so size ``max_batch_size`` x
-    ``num_candidates`` as a multiple of it. ``attention`` (:data:`ATTENTION_BACKENDS`) pins
-    the scaled-dot-product attention kernel.
+    ``num_candidates`` as a multiple of it. ``attention`` (:data:`ATTENTION_BACKENDS`) limits
+    scaled-dot-product attention to the named kernels, in order of preference.
 
     ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
     share (Beam's ``large_model``), so one GPU is never oversubscribed by several copies.
@@ -320,6 +323,18 @@ def _composite(model_pixels: np.ndarray, fitted: _FittedRequest) -> np.ndarray:
 # --------------------------------------------------------------------------- the loaded remover
 
 
+@dataclasses.dataclass
+class _Row:
+    """One candidate to generate, queued for the GPU thread; ``finished`` is set when its model batch has run."""
+
+    request: RemovalRequest
+    fitted: _FittedRequest
+    candidate_index: int
+    seed: int
+    finished: Future[RemovalCandidate] | None = None
+    model_batch_rows: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class _LatentInputs:
     """What the UNet sees besides the noisy latents, one row per object (or per candidate, after :meth:`select`).
@@ -375,7 +390,8 @@ class DiffusionRemover:
         # Decoding, compositing and PNG encoding (OpenCV, numpy, zlib: they release the GIL) took
         # 40 % of a call on an H100 when done inline after the GPU work.
         self._cpu_pool = cpu_pool()
-        self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="removal-gpu")
+        self._gpu_thread = gpu_thread()
+        self._pending: collections.deque[_Row] = collections.deque()
         self._models = self._gpu_thread.submit(self._prepare_models).result()
         guided = config.guidance_scale > 1
         with torch.inference_mode():
@@ -441,37 +457,60 @@ class DiffusionRemover:
 
     def __call__(self, requests: Sequence[RemovalRequest]) -> list[tuple[RemovalCandidate, ...]]:
         started = time.perf_counter()
-        config = self._config
-        fitted = list(self._cpu_pool.map(functools.partial(_fit, config=config), requests))
-        rows = [(index, k) for index, request in enumerate(requests) for k in range(request.num_candidates)]
-        seeds = [candidate_seed(requests[index].seed, requests[index].mask.key, k) for index, k in rows]
-        finished = self._gpu_thread.submit(self._generate, requests, fitted, rows, seeds).result()
-        results: list[list[RemovalCandidate]] = [[] for _ in requests]
-        for (index, _), candidate in zip(rows, finished):
-            results[index].append(candidate.result())
+        fitted = list(self._cpu_pool.map(functools.partial(_fit, config=self._config), requests))
+        rows = [_Row(request, fit, k, candidate_seed(request.seed, request.mask.key, k))
+                for request, fit in zip(requests, fitted) for k in range(request.num_candidates)]
+        self._pending.extend(rows)
+        # Once the GPU is free, this call's rows run together with those other calls queued meanwhile.
+        self._gpu_thread.submit(self._drain).result()
+        candidates = iter([row.finished.result() for row in rows])
+        # How full the model batches this call's rows ran in were (real rows; a compiled remover pads the rest).
+        batch_rows = Metrics.distribution(METRICS_NAMESPACE, "model_batch_rows_count")
+        for row in rows:
+            batch_rows.update(row.model_batch_rows)
         LOG.debug("removed %d objects, %d candidates in %.2f s", len(requests), len(rows), time.perf_counter() - started)
-        return [tuple(candidates) for candidates in results]
+        return [tuple(next(candidates) for _ in range(request.num_candidates)) for request in requests]
 
-    def _generate(self, requests: Sequence[RemovalRequest], fitted: Sequence[_FittedRequest],
-                  rows: Sequence[tuple[int, int]], seeds: Sequence[int]) -> list[Future[RemovalCandidate]]:
-        """The GPU work of a call, chunk by chunk; each chunk's composites are queued on the CPU threads."""
+    def _drain(self) -> None:
+        """Run every queued row, ``max_model_batch`` at a time, whichever calls they came from; on the GPU thread.
+
+        Beam batches within a bundle, and a worker's bundles are small: on an H100 the
+        bootstrap job's remover calls held a few objects each and ran at 31 % of the
+        remover's rate on full batches. Taking rows from every waiting call fills the model
+        batch whenever the GPU is the bottleneck, and adds no wait when it is not.
+        """
+        while self._pending:
+            chunk = []
+            while self._pending and len(chunk) < self._config.max_model_batch:
+                chunk.append(self._pending.popleft())
+            try:
+                pixels = self._generate(chunk)
+            except Exception as error:  # the chunk's callers get it; later chunks still run
+                for row in chunk:
+                    row.finished = Future()
+                    row.finished.set_exception(error)
+                continue
+            # Composite and PNG-encode on CPU threads while the GPU denoises the next chunk.
+            for row, image in zip(chunk, pixels):
+                row.model_batch_rows = len(chunk)
+                row.finished = self._cpu_pool.submit(self._candidate, row, image)
+
+    def _generate(self, chunk: Sequence[_Row]) -> np.ndarray:
+        """Model-size pixels of one model batch; each object is encoded once for its candidates in it."""
         import torch
 
-        config = self._config
-        finished: list[Future[RemovalCandidate]] = []
+        objects: dict[int, int] = {}  # a fitted object's id -> its index in the per-object inputs
+        unique: list[_FittedRequest] = []
+        for row in chunk:
+            if id(row.fitted) not in objects:
+                objects[id(row.fitted)] = len(unique)
+                unique.append(row.fitted)
         with torch.inference_mode():
-            per_object = self._per_object_inputs(fitted)
-            for first in range(0, len(rows), config.max_model_batch):
-                chunk = slice(first, first + config.max_model_batch)
-                count = len(rows[chunk])
-                objects = torch.tensor(self._padded([index for index, _ in rows[chunk]]), device=self._device)
-                inputs = per_object.select(objects)
-                noise = self._noise(self._padded(seeds[chunk]), inputs.unet_mask.shape[-1])
-                pixels = self._decode(self._denoise(noise, inputs))[:count]
-                # Composite and PNG-encode on CPU threads while the GPU denoises the next chunk.
-                finished.extend(self._cpu_pool.submit(self._candidate, requests[index], k, seed, image, fitted[index])
-                                for (index, k), seed, image in zip(rows[chunk], seeds[chunk], pixels))
-        return finished
+            per_object = self._per_object_inputs(unique)
+            index = torch.tensor(self._padded([objects[id(row.fitted)] for row in chunk]), device=self._device)
+            inputs = per_object.select(index)
+            noise = self._noise(self._padded([row.seed for row in chunk]), inputs.unet_mask.shape[-1])
+            return self._decode(self._denoise(noise, inputs))[:len(chunk)]
 
     def _padded(self, items: Sequence[Any]) -> list[Any]:
         """A compiled remover runs only full model batches: a short chunk repeats its last row."""
@@ -480,16 +519,15 @@ class DiffusionRemover:
             items += items[-1:] * (self._config.max_model_batch - len(items))
         return items
 
-    def _candidate(self, request: RemovalRequest, k: int, seed: int, model_pixels: np.ndarray,
-                   fitted: _FittedRequest) -> RemovalCandidate:
-        object_key = request.mask.key
+    def _candidate(self, row: _Row, model_pixels: np.ndarray) -> RemovalCandidate:
+        object_key = row.request.mask.key
         return RemovalCandidate(
-            key=candidate_key(object_key, k),
+            key=candidate_key(object_key, row.candidate_index),
             object_key=object_key,
-            candidate_index=k,
-            seed=seed,
+            candidate_index=row.candidate_index,
+            seed=row.seed,
             remover=self.remover_id,
-            removed_png=encode_png(_composite(model_pixels, fitted)),
+            removed_png=encode_png(_composite(model_pixels, row.fitted)),
         )
 
     def _per_object_inputs(self, fitted: Sequence[_FittedRequest]) -> _LatentInputs:
@@ -583,16 +621,18 @@ class DiffusionRemover:
 
 
 def _with_attention(models: _Models, attention: str) -> _Models:
-    """``models`` whose calls run with only the ``attention`` backend allowed (as they are for ``auto``)."""
-    backend = ATTENTION_BACKENDS[attention]
-    if backend is None:
+    """``models`` whose calls run with only the ``attention`` backends allowed, in their order (as they are for ``auto``)."""
+    names = ATTENTION_BACKENDS[attention]
+    if names is None:
         return models
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [getattr(SDPBackend, name) for name in names]
 
     def pinned(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         @functools.wraps(function)
         def call(*args: torch.Tensor) -> torch.Tensor:
-            with sdpa_kernel([getattr(SDPBackend, backend)]):
+            with sdpa_kernel(backends, set_priority=True):
                 return function(*args)
 
         return call

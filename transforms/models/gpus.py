@@ -20,8 +20,9 @@ import logging
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Optional, TypeVar
 
 LOG = logging.getLogger(__name__)
 
@@ -85,3 +86,22 @@ def on_claimed_device(config: Config) -> Config:
     """A model config (a frozen dataclass with ``device``) with ``cuda`` replaced by this process's GPU."""
     device = claim_device(config.device)
     return config if device == config.device else dataclasses.replace(config, device=device)
+
+
+_gpu_thread_lock = threading.Lock()
+_gpu_thread: Optional[tuple[int, ThreadPoolExecutor]] = None
+
+
+def gpu_thread() -> ThreadPoolExecutor:
+    """This process's one GPU-feeding thread, created on first use, shared by every model that submits to it.
+
+    One thread orders all GPU work of the process (calls from many Beam threads queue on it
+    while their CPU work overlaps), and inductor's CUDA-graph trees keep their state in the
+    thread that first compiled: a second thread replaying CUDA graphs fails an assertion in
+    ``torch._inductor.cudagraph_trees``. A forked child makes its own.
+    """
+    global _gpu_thread
+    with _gpu_thread_lock:
+        if _gpu_thread is None or _gpu_thread[0] != os.getpid():
+            _gpu_thread = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="counterfactory-gpu"))
+        return _gpu_thread[1]

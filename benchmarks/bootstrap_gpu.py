@@ -10,13 +10,16 @@ the removal, and the CPUs do everything else, the SAM image encoder included.
 In one process: first the remover alone on synthetic 512x512 objects at the job's batch
 size (which also fills the compile cache), then the job on the local runner with
 ``--threads`` worker threads, so that decoding, scoring, encoding and shard writing of
-some bundles overlap the GPU work of others (the remover serialises GPU calls on its own
-thread). The job's rate excludes model loading (Beam's ``load_model_latency`` metrics);
+some bundles overlap the GPU work of others (the process's one GPU thread runs the
+remover's model batches). The job's rate excludes model loading (Beam's ``load_model_latency`` metrics);
 the split comes from each stage's ``process_time_msec`` and each model's
 ``inference_batch_latency_micro_secs``, summed over threads (so shares of busy time, not
-of wall time).
+of wall time). It also prints how full the remover's model batches were (each takes rows
+from every call waiting for the GPU) and the run's funnel, and exits non-zero when a
+ledger does not close. The remover lives in the runner's process (``share_across_processes``
+off) unless ``--share-across-processes`` asks for Beam's proxied ``large_model``.
 
-    python benchmarks/bootstrap_gpu.py --images 128 --threads 8 --json $OUT/bootstrap.json   # CUDA
+    python benchmarks/bootstrap_gpu.py --images 160 --threads 8 --json $OUT/bootstrap.json   # CUDA
     python benchmarks/bootstrap_gpu.py --tiny --device cpu --images 8 --threads 2              # checks the script
 """
 from __future__ import annotations
@@ -38,7 +41,8 @@ from removal_gpu import make_requests
 from jobs.bootstrap import BootstrapOptions, bootstrap_config
 from jobs.common import DetectorOptions, InputOptions, parse_job_options
 from pipeline.bootstrap import build_bootstrap
-from pipeline.finalize import check_ledgers
+from pipeline.finalize import check_ledgers, read_stats
+from pipeline.ledger import LedgerError
 from transforms.models.diffusion import INPAINTING_PIPELINE_SHAPES, DiffusionRemover, build_random_inpainting_pipeline
 
 LOG = logging.getLogger("benchmark")
@@ -77,14 +81,15 @@ def removal_only_rate(config, shape: str, batch: int, device: torch.device) -> f
     return rate
 
 
-def metric_sums(result, name: str) -> dict[str, float]:
-    """Namespace -> sum of the ``name`` distributions (committed, else attempted) over the run."""
+def metric_sums(result, name: str) -> dict[str, tuple[float, int]]:
+    """Namespace -> (sum, count) of the ``name`` distributions (committed, else attempted) over the run."""
     query = result.metrics().query(MetricsFilter().with_name(name))
-    sums: dict[str, float] = {}
+    sums: dict[str, tuple[float, int]] = {}
     for entry in query["distributions"]:
         value = entry.committed or entry.attempted
         if value is not None:
-            sums[entry.key.metric.namespace] = sums.get(entry.key.metric.namespace, 0.0) + value.sum
+            total, count = sums.get(entry.key.metric.namespace, (0.0, 0))
+            sums[entry.key.metric.namespace] = (total + value.sum, count + value.count)
     return sums
 
 
@@ -96,6 +101,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--compile", default="cudagraphs", help="the remover's compile mode")
+    parser.add_argument("--attention", default="auto", help="the remover's attention kernels")
+    parser.add_argument("--compile-cache", help="inductor cache folder (default: a fresh one, a cold compile)")
+    parser.add_argument("--share-across-processes", action="store_true",
+                        help="load the remover as Beam's large_model (its own process, called through a proxy)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: checks the script on a CPU")
     parser.add_argument("--json", help="write every figure here")
@@ -108,10 +117,14 @@ def main() -> None:
     (work / "images").mkdir()
     sample_variants(work / "images", args.images)
     remover = {"model": str(pipeline_dir), "device": args.device, "compile": "off" if args.tiny else args.compile,
-               "compile_cache_dir": str(work / "compile-cache"), "num_inference_steps": args.steps,
+               "attention": args.attention,
+               "compile_cache_dir": args.compile_cache or str(work / "compile-cache"), "num_inference_steps": args.steps,
                "guidance_scale": args.guidance, "prompt": "a clean background", "negative_prompt": "an object",
                "num_candidates": 1, "max_batch_size": args.batch, "max_model_batch": args.batch,
-               "resolution": INPAINTING_PIPELINE_SHAPES[shape].resolution}
+               "resolution": INPAINTING_PIPELINE_SHAPES[shape].resolution,
+               # The local runner's threads share one process: sharing the model across processes would
+               # only put Beam's proxy between them and the remover (--share-across-processes measures that).
+               "share_across_processes": args.share_across_processes}
     argv = [
         f"--input={work / 'images'}", f"--output={work / 'candidates'}", "--device=cpu",
         "--remover=diffusers", f"--remover_options={json.dumps(remover)}", "--skip_redetect",
@@ -129,14 +142,23 @@ def main() -> None:
     result = pipeline.run()
     result.wait_until_finish()
     wall = time.perf_counter() - started
-    stats = check_ledgers(str(work / "candidates"))
-    removed = {step["step"]: step["count"] for step in stats["funnel"]}["objects_removed"]
+    stats = read_stats(str(work / "candidates"))
+    try:
+        check_ledgers(str(work / "candidates"))
+        ledger_error = None
+    except LedgerError as error:  # still report everything, then fail
+        ledger_error = str(error)
+    funnel = {step["step"]: step["count"] for step in stats["funnel"]}
+    removed = funnel["objects_removed"]
     loads = metric_sums(result, "load_model_latency_milli_secs")
-    load_s = sum(loads.values()) / 1e3
-    busy = {f"{namespace} (inference)": value / 1e6 for namespace, value in
+    load_s = sum(total for total, _ in loads.values()) / 1e3
+    busy = {f"{namespace} (inference)": total / 1e6 for namespace, (total, _) in
             metric_sums(result, "inference_batch_latency_micro_secs").items()}
-    busy.update({namespace: value / 1e3 for namespace, value in
+    busy.update({namespace: total / 1e3 for namespace, (total, _) in
                  metric_sums(result, "process_time_msec").items()})
+    # Row-weighted: the mean size of the model batch an object's candidate ran in.
+    fill_total, fill_count = metric_sums(result, "model_batch_rows_count").get("counterfactory.removal", (0.0, 0))
+    batch_fill = fill_total / max(fill_count, 1) / args.batch
     steady = removed / max(wall - load_s, 1e-9)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nbootstrap on {name}: {args.images} images, {removed} objects removed, {args.threads} threads, "
@@ -144,6 +166,8 @@ def main() -> None:
     print(f"removal only: {removal_rate:.2f} objects/s")
     print(f"bootstrap: {removed / wall:.2f} objects/s over {wall:.1f} s wall; {steady:.2f} objects/s without the "
           f"{load_s:.1f} s of model loading -> {steady / removal_rate:.0%} of removal only")
+    print(f"model batches {batch_fill:.0%} full on average (rows from every waiting call, of {args.batch})")
+    print("funnel: " + ", ".join(f"{step} {count}" for step, count in funnel.items()))
     total = sum(busy.values())
     for stage, seconds in sorted(busy.items(), key=lambda item: -item[1]):
         print(f"  {stage:45} {seconds:8.1f} s busy  {seconds / total:6.1%}")
@@ -151,7 +175,10 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "device": name, "images": args.images, "objects_removed": removed, "wall_s": wall, "load_s": load_s,
             "removal_only_objects_per_s": removal_rate, "bootstrap_objects_per_s": steady, "busy_s": busy,
-            "ledger": stats.get("ledger"), "args": vars(args)}, indent=2))
+            "model_batch_fill": batch_fill, "funnel": funnel, "ledger_error": ledger_error,
+            **{name: value for name, value in stats.items() if name.endswith("ledger")}, "args": vars(args)}, indent=2))
+    if ledger_error:
+        raise SystemExit(f"the run lost records: {ledger_error}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ VARIANTS = {
     "tuned": {"compile": "tuned"},
     "cudagraphs": {"compile": "cudagraphs"},
     "cudagraphs_cudnn": {"compile": "cudagraphs", "attention": "cudnn"},
+    "tuned_cudnn": {"compile": "tuned", "attention": "cudnn"},
 }
 #: Kernel name patterns -> kind, first match wins (cuDNN, cuBLAS/CUTLASS, flash/cuDNN attention, inductor's Triton).
 KERNEL_KINDS = (

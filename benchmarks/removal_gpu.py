@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -54,6 +55,7 @@ from transforms.masks import encode_mask_png
 from transforms.models.diffusion import (
     INPAINTING_PIPELINE_SHAPES,
     DiffusionRemovalConfig,
+    DiffusionRemovalHandler,
     DiffusionRemover,
     build_random_inpainting_pipeline,
 )
@@ -234,15 +236,13 @@ def run_variant(name: str, base_pipe, base: DiffusionRemovalConfig, requests: Se
     return result  # the remover goes with this frame; main() empties the CUDA cache before the next variant
 
 
-def scaling_worker(rank: int, config: DiffusionRemovalConfig, shape: str, args: argparse.Namespace,
-                   barrier, results) -> None:
-    """One process per GPU: claim a GPU as the handler does, compile, wait for all, time this process's share."""
+def scaling_worker(rank: int, config: DiffusionRemovalConfig, args: argparse.Namespace, barrier, results) -> None:
+    """One process per GPU, loading as a Beam worker does: claim a GPU, load and compile, wait for all, time."""
     quiet_logging()
-    device = claim_device("cuda")
+    device = claim_device("cuda")  # the handler's load below finds this process's claim
     torch.cuda.set_device(device)
-    config = dataclasses.replace(config, device=device)
     started = time.perf_counter()
-    remover = DiffusionRemover(build_random_inpainting_pipeline(shape), config, config.model)
+    remover = DiffusionRemovalHandler(config).load_model()
     load_s = time.perf_counter() - started
     requests = make_requests(config, args.batch * args.iterations, config.resolution)
     remover(requests[:args.batch])
@@ -255,11 +255,15 @@ def scaling_worker(rank: int, config: DiffusionRemovalConfig, shape: str, args: 
     results.put((rank, device, load_s, time.perf_counter() - started))
 
 
-def scaling(config: DiffusionRemovalConfig, shape: str, args: argparse.Namespace, processes: int) -> dict:
-    """Aggregate images/s of ``processes`` processes, each on its own GPU, over the same wall-clock window."""
+def scaling(config: DiffusionRemovalConfig, args: argparse.Namespace, processes: int) -> dict:
+    """Aggregate images/s of ``processes`` processes, each on its own GPU, over the same wall-clock window.
+
+    ``config.model`` is a saved pipeline folder: each process loads it (a second, not a fresh
+    random initialisation) and compiles from the shared inductor cache.
+    """
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes + 1, timeout=600), context.Queue()
-    workers = [context.Process(target=scaling_worker, args=(rank, config, shape, args, barrier, results))
+    workers = [context.Process(target=scaling_worker, args=(rank, config, args, barrier, results))
                for rank in range(processes)]
     for worker in workers:
         worker.start()
@@ -271,7 +275,7 @@ def scaling(config: DiffusionRemovalConfig, shape: str, args: argparse.Namespace
         worker.join()
     images = processes * args.iterations * args.batch * config.num_candidates
     devices = sorted(device for _, device, _, _ in reports)
-    LOG.info("%d process(es) on %s: %.2f images/s (compile %s s)", processes, devices, images / wall,
+    LOG.info("%d process(es) on %s: %.2f images/s (load + compile %s s)", processes, devices, images / wall,
              [round(load, 1) for _, _, load, _ in reports])
     return {"processes": processes, "devices": devices, "images_per_s": images / wall,
             "load_s": [load for _, _, load, _ in reports]}
@@ -340,8 +344,12 @@ def main() -> None:
     for result in results.values():
         result.error_vs_reference = painted_error(result.outputs, reference, sources)
 
-    scaled = [scaling(dataclasses.replace(base, **VARIANTS[args.scaling_variant]), shape, args, int(n))
-              for n in args.gpus.split(",") if n] if args.gpus else []
+    scaled = []
+    if args.gpus:
+        folder = Path(tempfile.mkdtemp(prefix="pipeline-")) / f"{shape}-inpainting-random"
+        base_pipe.save_pretrained(folder)
+        config = dataclasses.replace(base, **VARIANTS[args.scaling_variant], model=str(folder))
+        scaled = [scaling(config, args, int(n)) for n in args.gpus.split(",") if n]
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{shape} inpainting, random weights, {resolution}x{resolution}, {args.steps} DDIM steps, guidance "

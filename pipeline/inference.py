@@ -5,8 +5,10 @@ image would take its 15 neighbours down with it. :class:`RunModel` re-runs every
 of a failed batch on its own, with the same handler, so the good records still come out
 and only the record that fails alone becomes a dead letter of the stage.
 
-The retry path loads its own copy of the model, lazily: a run in which no batch fails
-never pays for it.
+The retry path loads its own copy of the model, lazily (a run in which no batch fails
+never pays for it), and once per worker process: every thread's retry DoFn acquires the
+same copy through Beam's ``Shared``, so a failing batch on a GPU worker with 8 threads
+loads and compiles one more model, not 8.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Iterator, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.utils.shared import Shared
 
 from pipeline.stage import StageDoFn, apply_stage
 
@@ -32,16 +35,20 @@ class InferenceOutputs(NamedTuple):
 class _OneByOneFn(StageDoFn):
     """Runs the records of a failed batch one at a time; each failure is that record's alone."""
 
-    def __init__(self, handler: ModelHandler, stage: str) -> None:
+    def __init__(self, handler: ModelHandler, stage: str, retry_model: Shared) -> None:
         self.stage = stage
         super().__init__()
         self._handler = handler
+        self._retry_model = retry_model
         self._model: Any = None
+
+    def _load(self) -> Any:
+        LOG.warning("%s: a batch failed; loading a model to retry its records one by one", self.stage)
+        return self._handler.load_model()
 
     def process_record(self, element: Any) -> Iterator[PredictionResult]:
         if self._model is None:
-            LOG.warning("%s: a batch failed; loading a model to retry its records one by one", self.stage)
-            self._model = self._handler.load_model()
+            self._model = self._retry_model.acquire(self._load)
         Metrics.counter(f"counterfactory.{self.stage}", "records_retried_count").inc()
         yield from self._handler.run_inference([element], self._model)
 
@@ -65,7 +72,7 @@ class RunModel(beam.PTransform):
         retried = apply_stage(
             failures.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_records_of_failed_batch),
             "RetryOneByOne",
-            _OneByOneFn(self._handler, self._stage),
+            _OneByOneFn(self._handler, self._stage, Shared()),
         )
         main = (predictions, retried.main) | "Predictions" >> beam.Flatten()
         return InferenceOutputs(main=main, dead_letters=retried.dead_letters)

@@ -108,9 +108,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: checks the script on a CPU")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--work", help="an empty folder for the inputs and the job's output, kept afterwards "
+                        "(default: a new temporary folder)")
     args = parser.parse_args()
     quiet_logging()
-    work = Path(tempfile.mkdtemp(prefix="bootstrap-gpu-"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="bootstrap-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
     shape = "tiny" if args.tiny else "sd15"
     pipeline_dir = work / f"{shape}-inpainting-random"
     build_random_inpainting_pipeline(shape).save_pretrained(pipeline_dir)

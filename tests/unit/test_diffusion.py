@@ -391,7 +391,7 @@ def test_sd15_shaped_pipeline_runs_on_cuda(cup):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["inductor", "cudagraphs"])
+@pytest.mark.parametrize("mode", ["inductor", "cudagraphs", "tuned"])
 def test_compiled_remover_on_cuda(tiny_pipeline_dir, cup, cat, mode, tmp_path):
     """The compiled path: same candidates as eager within bf16 rounding, padded short chunks, calls from threads."""
     options = {**FAST, "device": "cuda", "max_model_batch": 4, "guidance_scale": 3.0, "prompt": "background",
@@ -410,3 +410,18 @@ def test_compiled_remover_on_cuda(tiny_pipeline_dir, cup, cat, mode, tmp_path):
     first = _digests(compiled(requests)[0])
     with ThreadPoolExecutor(4) as threads:  # Beam calls a shared model from many threads
         assert all(_digests(r[0]) == first for r in threads.map(lambda _: compiled(requests), range(4)))
+
+
+@pytest.mark.gpu
+def test_two_cuda_graph_removers_in_one_process(tiny_pipeline_dir, cup, cat, tmp_path):
+    """Inductor's CUDA-graph trees live in the thread that compiled first: every remover uses the one GPU thread."""
+    options = {**FAST, "device": "cuda", "max_model_batch": 2, "compile": "cudagraphs",
+               "compile_cache_dir": str(tmp_path / "cache")}
+    configs = [DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **{**options, "num_inference_steps": steps})
+               for steps in (3, 2)]
+    first, second = (DiffusionRemovalHandler(config).load_model() for config in configs)
+    requests = [configs[0].request(*cup), configs[0].request(*cat)]
+    with ThreadPoolExecutor(2) as threads:
+        outputs = list(threads.map(lambda model: model(requests), [first, second, first, second]))
+    assert _digests(outputs[0][0]) == _digests(outputs[2][0]) and _digests(outputs[1][0]) == _digests(outputs[3][0])
+    assert _digests(outputs[0][0]) != _digests(outputs[1][0])  # different steps: both models really ran

@@ -93,14 +93,16 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 #: ``compile`` name -> ``torch.compile`` inductor options (``None``: eager). ``cudagraphs``
 #: replays each compiled model as one CUDA graph, removing the per-kernel launch cost;
 #: ``tuned`` adds 1x1 convolutions as matrix products (PyTorch's "Diffusion, fast" study:
-#: the UNet's projections and shortcuts then run on cuBLAS and fuse with their neighbours).
+#: the UNet's projections and shortcuts then run on cuBLAS and fuse with their neighbours)
+#: and freezing (weights become constants: inductor folds what depends only on them and
+#: lays convolution weights out once).
 #: Coordinate-descent kernel tuning, the study's other setting, compiled for over 4 minutes
 #: on an H100 and is left out.
 COMPILE_MODES: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({
     "off": None,
     "inductor": MappingProxyType({}),
     "cudagraphs": MappingProxyType({"triton.cudagraphs": True}),
-    "tuned": MappingProxyType({"triton.cudagraphs": True, "conv_1x1_as_mm": True}),
+    "tuned": MappingProxyType({"triton.cudagraphs": True, "conv_1x1_as_mm": True, "freezing": True}),
 })
 #: ``attention`` name -> the ``torch.nn.attention.SDPBackend`` names scaled-dot-product attention
 #: may use, first choice first (``None``: PyTorch picks). SD-1.5's head dims (40, 80, 160) are

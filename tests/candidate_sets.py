@@ -27,7 +27,7 @@ from transforms.models.removal import encode_png
 MODELS = {"detector": "synthetic@sha256:" + "0" * 64, "segmenter": "synthetic@sha256:" + "1" * 64}
 
 
-def _object_candidates(rng: np.random.Generator, index: int, width: int, height: int,
+def object_candidates(rng: np.random.Generator, index: int, width: int, height: int,
                        num_candidates: int) -> ObjectCandidates:
     yy, xx = np.mgrid[0:height, 0:width]
     base = rng.uniform(40, 200, size=3)
@@ -73,7 +73,7 @@ def write_candidate_set(folder: pathlib.Path, objects: int, *, width: int = 96, 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     encoder = CandidateSampleEncoder({"job": "bootstrap", "code_version": "synthetic", "dataset": folder.name}, MODELS)
-    samples = sorted((encoder(_object_candidates(rng, i, width, height, num_candidates)) for i in range(objects)),
+    samples = sorted((encoder(object_candidates(rng, i, width, height, num_candidates)) for i in range(objects)),
                      key=lambda sample: sample.key)
     config = ShardWriterConfig(output_dir=str(folder), metadata_schema=CANDIDATE_METADATA_SCHEMA, max_count=max_count)
     shards = [write_shard(config, config.shard_name(0, part), samples[start:start + max_count])

@@ -19,6 +19,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing.util import assert_that
 
 from schemas import Box, Detection, RawInput, SourceImage
+from tests.candidate_sets import object_candidates
 from transforms.io.decode import DecodeConfig, decode_rgb, decode_source
 from transforms.models import nanodet
 from transforms.models.detection import (
@@ -30,6 +31,7 @@ from transforms.models.detection import (
     make_detector_handler,
     to_detections,
 )
+from transforms.models.redetect import RedetectConfig, RedetectHandler
 
 THREE = ("astronaut.jpg", "chelsea.jpg", "motorcycle.jpg")
 
@@ -160,6 +162,22 @@ def test_ultralytics_gets_the_batch_in_one_call_as_bgr(monkeypatch: pytest.Monke
     assert fake.kwargs["imgsz"] == 320 and fake.kwargs["conf"] == 0.3 and fake.kwargs["device"] == "cpu"
     assert results[0].inference == (Detection("thing", 0, 0.5, Box(1, 2, 3, 4), "fake.pt"),)
     assert results[0].model_id == f"fake.pt@sha256:{hashlib.sha256(b'weights').hexdigest()}"
+
+
+def test_a_detector_that_answers_for_fewer_images_fails_the_batch(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    # zip() would drop the last images silently; a failed batch is retried record by record instead.
+    fake = _FakeYolo()
+    monkeypatch.setattr(fake, "predict", lambda images, **kwargs: _FakeYolo.predict(fake, images[:-1], **kwargs))
+    monkeypatch.setattr("ultralytics.YOLO", lambda path, task: fake)
+    weights = tmp_path / "fake.pt"
+    weights.write_bytes(b"weights")
+    handler = make_detector_handler(DetectorConfig(model=str(weights)))
+    model = handler.load_model()
+    source = SourceImage(key="k", sha256="s", uri="u", width=6, height=4, jpeg=b"x")
+    monkeypatch.setattr("transforms.models.detection.decode_rgb", lambda data: np.zeros((4, 6, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="fake.pt returned 2 results for 3 images"):
+        handler.run_inference([source, source, source], model)
 
 
 def test_ultralytics_random_weights_through_run_inference(samples_dir: Path, tmp_path: Path) -> None:
@@ -393,3 +411,18 @@ def test_fall_checkpoint_runs_through_run_inference(samples_dir: Path) -> None:
         assert all(r.model_id.startswith("yolov8-fall@sha256:5f6f620d") for r in results)
 
     run_pipeline(handler, images, check)
+
+
+def test_redetection_that_answers_for_fewer_candidates_fails_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scores would otherwise shift onto the next object's candidates.
+    class ShortDetector:
+        def detect(self, images):
+            return [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))] * (len(images) - 1)
+
+        def name(self):
+            return "short"
+
+    records = [object_candidates(np.random.default_rng(i), i, 32, 24, num_candidates=2) for i in range(2)]
+    handler = RedetectHandler(RedetectConfig(DetectorConfig(model="unused.pt")))
+    with pytest.raises(RuntimeError, match="short returned 3 results for 4 candidates"):
+        handler.run_inference(records, ShortDetector())

@@ -355,6 +355,34 @@ def tiny_onnx_model(request, tmp_path: Path, monkeypatch) -> tuple[str, str, boo
     return "tiny-sam-onnx", f"tiny-sam-onnx@{digest[:12]}", request.param
 
 
+class _ShortSegmenter:
+    """Answers with one mask fewer than boxes for the last image, or one image fewer."""
+
+    def __init__(self, drop_image: bool) -> None:
+        self._drop_image = drop_image
+
+    def name(self) -> str:
+        return "short"
+
+    def segment_batch(self, images, boxes):
+        outputs = [([np.ones((image.shape[0], image.shape[1]), bool)] * len(b), [0.9] * len(b))
+                   for image, b in zip(images, boxes)]
+        if self._drop_image:
+            return outputs[:-1]
+        masks, ious = outputs[-1]
+        outputs[-1] = (masks[:-1], ious[:-1])
+        return outputs
+
+
+@pytest.mark.parametrize("drop_image, message", [(True, "short returned 1 results for 2 images"),
+                                                 (False, "short gave 1 masks and 1 scores for 2 boxes")])
+def test_a_segmenter_answer_that_is_short_fails_the_batch(requests, drop_image, message) -> None:
+    # Misaligned masks would land on the wrong objects, and missing ones would leave no trace in any ledger.
+    handler = segmentation_handler(TINY)
+    with pytest.raises(RuntimeError, match=message):
+        handler.run_inference(requests[:2], _ShortSegmenter(drop_image))
+
+
 def test_sam_onnx_handler_masks_each_box(tiny_onnx_model, requests: list[SegmentationRequest], caplog) -> None:
     model_id, name, batched = tiny_onnx_model
     handler = segmentation_handler(SegmenterConfig(model=model_id))

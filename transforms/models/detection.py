@@ -159,6 +159,8 @@ class _DetectorHandler(ModelHandler[SourceImage, PredictionResult, LoadedDetecto
         images = cpu_map(decode_rgb, [source.jpeg for source in batch])
         raw = model.detect(images)
         name, labels = model.name(), model.labels()
+        if len(raw) != len(batch):  # zip would drop the images past the end, in no ledger
+            raise RuntimeError(f"{name} returned {len(raw)} results for {len(batch)} images")
         model_id = f"{name}@sha256:{model.sha256()}"
         return [PredictionResult(source, to_detections(source, detections, labels, name), model_id)
                 for source, detections in zip(batch, raw)]

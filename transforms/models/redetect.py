@@ -67,7 +67,10 @@ class RedetectHandler(ModelHandler[ObjectCandidates, PredictionResult, LoadedDet
     def run_inference(self, batch: Sequence[ObjectCandidates], model: LoadedDetector,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         images = [decode_rgb(candidate.removed_png) for record in batch for candidate in record.candidates]
-        raw = iter(model.detect(images))
+        detections = model.detect(images)
+        if len(detections) != len(images):  # scores would land on the wrong candidates
+            raise RuntimeError(f"{model.name()} returned {len(detections)} results for {len(images)} candidates")
+        raw = iter(detections)
         labels, model_id = model.labels(), f"{model.name()}@sha256:{model.sha256()}"
         results = []
         for record in batch:

@@ -164,9 +164,16 @@ class _BoxSegmentationHandler(ModelHandler[SegmentationRequest, PredictionResult
         outputs = model.segment_batch(images, [request.boxes_xyxy() for request in batch])
         LOG.debug("%d images, %d masks in %.2f s", len(batch), sum(len(masks) for masks, _ in outputs),
                   time.perf_counter() - started)
+        # A short answer would shift masks onto the wrong objects, or drop objects uncounted: fail the batch.
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"{name} returned {len(outputs)} results for {len(batch)} images")
+        for request, (masks, ious) in zip(batch, outputs):
+            if not len(masks) == len(ious) == len(request.detections):
+                raise RuntimeError(f"{name} gave {len(masks)} masks and {len(ious)} scores for "
+                                   f"{len(request.detections)} boxes of {request.source.uri}")
         pngs = iter(cpu_map(encode_mask_png, [mask for masks, _ in outputs for mask in masks]))
         results = []
-        for request, (masks, ious) in zip(batch, outputs):
+        for request, (_, ious) in zip(batch, outputs):
             objects = tuple(
                 ObjectMask(
                     key=object_key(request.source.key, index),

@@ -104,21 +104,25 @@ class StageOutputs(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _describe(element: Any) -> tuple[str, str]:
-    """(uri, key) of an element for its dead letter, whatever record type it is."""
+def describe(element: Any) -> tuple[str, str]:
+    """(uri, key) of an element for its dead letter, whatever record type it is.
+
+    A tuple (a keyed record, a record with what was decided about it) is described by its
+    first item that has a uri.
+    """
     if isinstance(element, str):  # a path: what file-reading stages take
         return element, ""
     if isinstance(element, PredictionResult):
         element = element.example
     elif isinstance(element, tuple) and element and not hasattr(element, "uri"):
-        element = element[-1]
+        element = next((item for item in element if hasattr(item, "uri")), element[-1])
     return str(getattr(element, "uri", "") or ""), str(getattr(element, "key", "") or "")
 
 
 def to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
     """A dead letter from what Beam's exception handling yields: ``(element, (type, repr, traceback))``."""
     element, (exc_type, exc_repr, traceback_lines) = bad
-    uri, key = _describe(element)
+    uri, key = describe(element)
     Metrics.counter(f"counterfactory.{stage}", "dead_letter_count").inc()
     LOG.warning("%s: dead letter for %s: %s", stage, uri or key or "<element>", exc_repr)
     return DeadLetter(

@@ -28,6 +28,7 @@ from pipeline.sources import AnnotationSource, SourcesConfig
 from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
+from tests.chaos import fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
 from transforms.io.shards import ShardWriterConfig
 from transforms.mask_quality import MaskQualityConfig
@@ -187,6 +188,24 @@ def test_a_mask_that_cannot_be_read_is_its_objects_dead_letter(samples_dir, tmp_
     dead = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
     [mask_dead] = [d for d in dead if d["stage"] == "mask_quality"]
     assert pathlib.Path(mask_dead["uri"]).name == "chelsea.jpg" and mask_dead["key"].endswith("_o000")
+
+
+@pytest.mark.parametrize("stage, level", [("read", "image"), ("decode", "image"), ("select", "image"),
+                                          ("mask_quality", "object"), ("score", "object"), ("encode", "object")])
+def test_an_exception_in_any_stage_is_one_dead_letter_and_both_ledgers_close(samples_dir, tmp_path, monkeypatch,
+                                                                            stage, level):
+    # Every record-level stage fails on the one image that would be written; nothing goes missing.
+    fail_stage(monkeypatch, stage, lambda uri, key: uri.endswith("chelsea.jpg"))
+    output, stats, _ = _bootstrap(samples_dir, tmp_path / "candidates", BoxSegmenter(empty="coffee.jpg"))
+    assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [
+        ("chelsea.jpg", stage)]
+    assert stats["ledger"]["written"] == 0 and stats["objects_ledger"]["written"] == 0
+    if level == "image":
+        assert stats["ledger"]["dead_letters"] == {"detect": 1, "objects": 1, stage: 1}
+        assert stats["objects_ledger"]["inputs"] == 2  # chelsea's object never reached segmentation
+    else:
+        assert stats["ledger"]["dead_letters"] == {"detect": 1, "objects": 2}
+        assert stats["objects_ledger"]["dead_letters"] == {"remove": 1, stage: 1}
 
 
 def test_candidate_sample_holds_source_mask_cutout_and_every_candidate(run):

@@ -22,6 +22,7 @@ from pipeline.finalize import check_ledgers
 from schemas.decisions import Decision, Verdict, decisions_jsonl
 from schemas.sample import Field
 from tests.candidate_sets import write_candidate_set
+from tests.chaos import fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
 from transforms.repaste import repaste
 from transforms.thresholds import DEFAULT_THRESHOLDS, Ranking
@@ -196,3 +197,21 @@ def test_the_sweep_agrees_with_the_build(sets, v1, capsys):
     assert len(current) == 1
     kept = sum(key in candidate_samples(clean) for key in pair_samples(v1))
     assert int(current[0].split()[2]) == kept
+
+
+@pytest.mark.parametrize("stage", ["read_candidates", "select", "repaste"])
+def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledger_closes(sets, v1, tmp_path, monkeypatch, stage):
+    clean, _ = sets
+    kept = sorted(pair_samples(v1))
+    victim = kept[0]  # an object that becomes a pair, so that every stage sees it
+    if stage == "read_candidates":
+        fail_stage(monkeypatch, stage, lambda uri, key: uri.startswith(str(clean)))
+    else:
+        fail_stage(monkeypatch, stage, lambda uri, key: key == victim)
+    stats = check_ledgers(str(run_build(tmp_path, "v1", *sets)))
+    dead = injected_dead_letters(tmp_path / "demo" / "v1")
+    assert [d["stage"] for d in dead] == [stage] * len(dead) and dead
+    ledger = stats["ledger"]
+    assert ledger["dead_letters"] == {stage: len(dead)}
+    if stage != "read_candidates":
+        assert [d["key"] for d in dead] == [victim] and ledger["written"] == len(kept) - 1

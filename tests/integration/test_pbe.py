@@ -20,6 +20,7 @@ from jobs import pbe
 from pipeline.finalize import check_ledgers
 from review.contact_sheet import pbe_sheet
 from schemas.sample import Field
+from tests.chaos import fail_stage, injected_dead_letters
 
 EXPECTED_PAIRS = {"astronaut.jpg": "person", "coffee.jpg": "cup", "motorcycle.jpg": "motorcycle"}
 
@@ -135,3 +136,14 @@ def test_the_benchmark_pairs_each_image_with_another_image_of_its_class(tmp_path
         assert written[key]["mask"]["kind"] == "box"
         # Benchmark references are plain crops by default: only a rotation by 0 degrees is applied.
         assert {t["name"] for t in written[key]["reference"]["applied"]} <= {"Rotate"}
+
+
+@pytest.mark.parametrize("stage", ["read", "decode", "pbe_pairs"])
+def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledgers_close(samples_dir, tmp_path, monkeypatch, stage):
+    fail_stage(monkeypatch, stage, lambda uri, key: uri.endswith("coffee.jpg"))
+    output = run_coco(samples_dir, tmp_path / "run")
+    stats = check_ledgers(str(output))
+    assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [("coffee.jpg", stage)]
+    assert stats["ledger"]["written"] == 2 and stats["ledger"]["dead_letters_total"] == 1
+    assert "coffee.jpg" not in {pathlib.Path(json.loads(s[Field.JSON])["source"]["uri"]).name
+                                for s in samples(output).values()}

@@ -19,6 +19,7 @@ import webdataset
 from jobs import video
 from pipeline.finalize import check_ledgers
 from schemas.sample import Field
+from tests.chaos import fail_stage, injected_dead_letters
 
 FPS = 10
 SHOT_FRAMES = 30
@@ -121,3 +122,16 @@ def test_image_pairs_are_capped_by_the_mix_ratio(videos, samples_dir, tmp_path):
     for meta in written:
         if meta["branch"] == "image":
             assert meta["augmentation"]["seed"] == meta["seed"]
+
+
+def test_an_exception_while_pairing_a_video_is_its_dead_letter_and_the_ledgers_close(videos, tmp_path, monkeypatch):
+    fail_stage(monkeypatch, "video_pairs", lambda uri, key: uri.endswith("two_shots.mp4"))
+    output = tmp_path / "run"
+    video.run([f"--videos={videos}/*.mp4", "--skip_images", f"--output={output}",
+               "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}", "--decode={short_side: 160}"])
+    stats = check_ledgers(str(output))
+    assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [
+        ("two_shots.mp4", "video_pairs")]
+    assert stats["ledger"]["inputs"] == 5 and stats["ledger"]["dead_letters"] == {"video_pairs": 1}
+    written = samples(output) if any(output.glob("*.tar")) else {}
+    assert not any(json.loads(s[Field.JSON])["uri"].endswith("two_shots.mp4") for s in written.values())

@@ -77,6 +77,11 @@ class AnnotatedImage:
         if self.width is not None and (self.width <= 0 or self.height <= 0):
             raise ValueError(f"declared image size must be positive, got {self.width}x{self.height}")
 
+    @property
+    def uri(self) -> str:
+        """The image's path: what a dead letter of the read records."""
+        return self.path
+
     def in_pixels(self, width: int, height: int) -> tuple[Annotation, ...]:
         """The annotations with boxes in pixels of a decoded ``width`` x ``height`` image."""
         if width <= 0 or height <= 0:

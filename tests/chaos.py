@@ -1,0 +1,36 @@
+"""Fault injection for integration tests: make one stage raise on chosen records.
+
+Every stage promises that an exception is that record's dead letter and that the run's
+ledgers still close. These helpers break a real stage of a real job on the local runner,
+so the promise is checked for each stage, not only for the ones a test author thought of.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Callable
+
+import pytest
+
+from pipeline.stage import StageDoFn, describe
+
+#: What an injected exception says; dead letters carrying it are the injected ones.
+INJECTED = "injected fault"
+
+
+def fail_stage(monkeypatch: pytest.MonkeyPatch, stage: str, chosen: Callable[[str, str], bool]) -> None:
+    """Every ``stage`` DoFn raises on the records whose ``(uri, key)`` are ``chosen``."""
+    process = StageDoFn.process
+
+    def failing(self, element, *args, **kwargs):
+        if self.stage == stage and chosen(*describe(element)):
+            raise RuntimeError(f"{INJECTED} in {stage}")
+        return process(self, element, *args, **kwargs)
+
+    monkeypatch.setattr(StageDoFn, "process", failing)
+
+
+def injected_dead_letters(output: pathlib.Path) -> list[dict]:
+    """The run's dead letters that an injected fault made."""
+    rows = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+    return [row for row in rows if INJECTED in row["error"]]

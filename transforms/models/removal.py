@@ -18,7 +18,6 @@ classical remover, method and parameters: :attr:`CandidateParams.remover_id`), s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import itertools
 import logging
@@ -31,6 +30,7 @@ from PIL import Image
 from skimage.restoration import inpaint_biharmonic
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
+from schemas.keys import derived_seed
 from transforms.checks import is_integral
 from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, dilate
@@ -72,14 +72,11 @@ class RemovalRequest:
 
 
 def candidate_seed(base_seed: int, object_key: str, candidate_index: int) -> int:
-    """The seed of one candidate, recorded in it (a diffusion remover's noise seed)."""
-    return _derived_seed(base_seed, object_key, candidate_index)
+    """The seed of one candidate, recorded in it (a diffusion remover's noise seed).
 
-
-def _derived_seed(*parts: object) -> int:
-    # 31 bits of sha256: the same on every worker, valid for numpy and torch generators alike.
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") >> 1
+    31 bits: a non-negative int32 in every table and every generator's range.
+    """
+    return derived_seed(base_seed, "candidate", object_key, candidate_index, bits=31)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -194,7 +191,7 @@ class RemovalConfig:
         if num_candidates > self.max_candidates:
             raise ValueError(f"{num_candidates} candidates requested, only {self.max_candidates} are distinct")
         grid = list(itertools.product(_values(self.radius_px_range), _values(self.dilation_px_range)))
-        rng = np.random.default_rng(_derived_seed(seed, object_key, "plan"))
+        rng = np.random.default_rng(derived_seed(seed, "plan", object_key, bits=31))
         orders = {method: rng.permutation(len(grid)) for method in self.methods}
         plan = []
         for k in range(num_candidates):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import posixpath
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -23,6 +24,7 @@ from jobs.common import build_config, cli_main, parse_job_options, run_info, run
 from pipeline.build import FUNNEL_STEPS, BuildConfig, CandidateSet, build_pairs, load_candidate_set
 from pipeline.finalize import STATS
 from pipeline.options import ConfigError, RunOptions, mapping_option
+from pipeline.versions import write_versions_index
 from schemas.decisions import NO_DECISIONS, Decisions, DecisionsError, parse_decisions
 from schemas.sample import PAIR_METADATA_SCHEMA
 from transforms.io.files import read_bytes
@@ -159,6 +161,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     config = build_job_config(options)
     stats = run_pipeline(options, lambda pipeline: build_pairs(pipeline, config), config.writer.output_dir)
     LOG.info("report: %s", FileSystems.join(config.writer.output_dir, "report.html"))
+    write_versions_index(posixpath.dirname(config.writer.output_dir.rstrip("/")))
     return stats
 
 

@@ -29,6 +29,8 @@ COMMANDS: dict[str, Command] = {
                          "jobs.bootstrap:main"),
     "build": Command("candidate shards -> versioned removal/insertion pair shards with a funnel report",
                      "jobs.build:main"),
+    "versions": Command("the finished versions of a built dataset (and its versions.json index)",
+                        "jobs.versions:main"),
     "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
                           "jobs.thresholds:main"),
     "pbe-pairs": Command("images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented "

@@ -9,14 +9,17 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset
+import wids
 from PIL import Image
 
 from jobs import build as build_job
+from jobs import cli
 from jobs import thresholds as thresholds_job
 from pipeline.finalize import check_ledgers
 from schemas.decisions import Decision, Verdict, decisions_jsonl
@@ -215,3 +218,30 @@ def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledger_closes(sets, 
     assert ledger["dead_letters"] == {stage: len(dead)}
     if stage != "read_candidates":
         assert [d["key"] for d in dead] == [victim] and ledger["written"] == len(kept) - 1
+
+
+def test_versions_index_lists_finished_versions_and_points_at_their_shards(sets, tmp_path, capsys):
+    clean, _ = sets
+    dataset = tmp_path / "demo"
+    run_build(tmp_path, "v1", clean)
+    run_build(tmp_path, "v2", clean, extra=["--thresholds={ssim_outside: 0.98}"])
+    (dataset / "v3").mkdir()  # an unfinished attempt: no stats.json
+    index = json.loads((dataset / "versions.json").read_text())
+    assert index["latest"] == "v2" and [v["version"] for v in index["versions"]] == ["v1", "v2"]
+    for entry in index["versions"]:
+        stats = json.loads((dataset / entry["version"] / "stats.json").read_text())
+        assert entry["samples"] == stats["ledger"]["written"] == len(pair_samples(dataset / entry["version"]))
+        # What a researcher does: open the newest version's shard index with wids.
+        shards = wids.ShardListDataset(str(dataset / entry["shardindex"]), transformations=[],
+                                       cache_dir=str(tmp_path / "wids-cache"))
+        assert len(shards) == entry["samples"]
+    assert index["versions"][1]["thresholds"]["ssim_outside"] == {"min": 0.98}
+    assert index["versions"][0]["samples"] > index["versions"][1]["samples"] > 0
+
+    assert cli.main(["versions", str(dataset)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table] == ["version", "v1", "v2"]
+    shutil.rmtree(dataset / "v2")
+    assert cli.main(["versions", str(dataset), "--reindex"]) == 0
+    assert json.loads((dataset / "versions.json").read_text())["latest"] == "v1"
+    assert cli.main(["versions", str(tmp_path / "nothing")]) == 2

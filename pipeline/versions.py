@@ -1,0 +1,82 @@
+"""The index of a dataset's finished versions: ``OUTPUT/NAME/versions.json``.
+
+Researchers pull a version by name (``v3``) or ask for the newest; without an index they
+would have to list the bucket and open every version's ``stats.json``. The index is
+rebuilt from those files (a version is finished once its ``stats.json`` exists), so it
+is never the only record: a build that dies after finishing its version, or two builds
+finishing at once, leave an index that the next build (or ``counterfactory versions
+--reindex``) corrects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from typing import Any, Mapping
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.finalize import LINEAGE, MANIFEST, STATS
+from transforms.io.files import publish, read_bytes
+
+LOG = logging.getLogger(__name__)
+
+INDEX = "versions.json"
+INDEX_FORMAT_VERSION = 1
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    return json.loads(read_bytes(path))
+
+
+def version_entry(version_dir: str) -> dict[str, Any]:
+    """What the index says of one finished version, from its stats and lineage."""
+    stats = _read_json(FileSystems.join(version_dir, STATS))
+    lineage = _read_json(FileSystems.join(version_dir, LINEAGE))
+    version = posixpath.basename(version_dir.rstrip("/"))
+    return {
+        "version": version,
+        "finished_at": stats["finished_at"],
+        "code_version": stats["code_version"],
+        "samples": stats["shards"]["samples"],
+        "shards": stats["shards"]["count"],
+        "bytes": stats["shards"]["bytes"],
+        "shardindex": f"{version}/{MANIFEST}",
+        "content_sha256": lineage.get("content_sha256"),
+        "config_sha256": lineage.get("config_sha256"),
+        "thresholds": lineage.get("thresholds"),
+        "decisions_sha256": (lineage.get("decisions") or {}).get("sha256"),
+        "candidate_sets": [candidate_set.get("path") for candidate_set in lineage.get("candidate_sets", [])],
+    }
+
+
+def scan_versions(dataset_dir: str) -> list[dict[str, Any]]:
+    """Every finished version under ``dataset_dir``, oldest first; unfinished attempts are left out."""
+    pattern = FileSystems.join(dataset_dir.rstrip("/"), "*", STATS)
+    stats_paths = [metadata.path for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+    entries = [version_entry(posixpath.dirname(path)) for path in stats_paths]
+    return sorted(entries, key=lambda entry: (entry["finished_at"], entry["version"]))
+
+
+def write_versions_index(dataset_dir: str) -> Mapping[str, Any]:
+    """Rebuild ``versions.json`` from the finished versions; returns what it wrote."""
+    versions = scan_versions(dataset_dir)
+    index = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "dataset": posixpath.basename(dataset_dir.rstrip("/")),
+        "latest": versions[-1]["version"] if versions else None,
+        "versions": versions,
+    }
+    publish(FileSystems.join(dataset_dir, INDEX), json.dumps(index, indent=2, sort_keys=True).encode("utf-8"))
+    LOG.info("%s: %d finished versions, latest %s", FileSystems.join(dataset_dir, INDEX), len(versions),
+             index["latest"])
+    return index
+
+
+def read_versions_index(dataset_dir: str) -> dict[str, Any]:
+    """The index as written by the last build; refuses an index format newer than this code knows."""
+    index = _read_json(FileSystems.join(dataset_dir, INDEX))
+    if index.get("format_version", 0) > INDEX_FORMAT_VERSION:
+        raise ValueError(f"{INDEX} has format_version {index['format_version']}; this code reads up to "
+                         f"{INDEX_FORMAT_VERSION}")
+    return index

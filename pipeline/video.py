@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Iterator, Optional, Sequence
+import io
+import tempfile
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -66,7 +68,9 @@ FUNNEL_STEPS = ("videos", "videos_decoded", "frame_pairs_sampled", "frame_pairs_
                 "image_pairs_made", "image_pairs_kept", "pairs_written")
 _COUNTS = "counts"
 _PAIR_REJECTED = "pair_rejected"
-_HASH_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 8 << 20
+#: Videos up to this size are copied to memory, larger ones to a temporary file.
+_IN_MEMORY_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,13 +173,26 @@ def _encode(key: str, source: np.ndarray, reference: np.ndarray, matches: Any, r
     return EncodedSample(key=key, fields=fields, metadata=row)
 
 
-def content_key(path: str) -> str:
-    """A video's key: the leading hex digits of its content sha256, read in chunks (videos are large)."""
+def local_copy(path: str) -> tuple[BinaryIO, str]:
+    """One sequential read of a video: a seekable local copy, and the video's key.
+
+    The key is the leading hex digits of the content sha256. Reading once serves both the
+    hash and the decoder, whose probing seeks (an MP4's index is often at the end) are
+    cheap on a local copy and a ranged request each on object storage. Small videos stay
+    in memory, larger ones spill to a temporary file that closing removes.
+    """
     digest = hashlib.sha256()
-    with FileSystems.open(path, compression_type="uncompressed") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:SOURCE_KEY_HEX_DIGITS]
+    copy = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY_BYTES)
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
+                digest.update(chunk)
+                copy.write(chunk)
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy, digest.hexdigest()[:SOURCE_KEY_HEX_DIGITS]
 
 
 def _frame_json(frame: Frame) -> dict[str, Any]:
@@ -191,16 +208,17 @@ class _VideoPairsFn(StageDoFn):
 
     def process_record(self, path: str) -> Iterator[Any]:
         config = self._config
-        if FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:
-            yield Rejection(path, self.stage, Reason.EMPTY_FILE, "zero bytes")
-            return
-        try:
-            with FileSystems.open(path, compression_type="uncompressed") as stream:
-                frames = read_frames(stream, config.decode)
-        except VideoError as error:
-            yield Rejection(path, self.stage, error.reason, error.detail)
-            return
-        key = content_key(path)
+        copy, key = local_copy(path)
+        with copy:
+            if not copy.seek(0, io.SEEK_END):
+                yield Rejection(path, self.stage, Reason.EMPTY_FILE, "zero bytes")
+                return
+            copy.seek(0)
+            try:
+                frames = read_frames(copy, config.decode)
+            except VideoError as error:
+                yield Rejection(path, self.stage, error.reason, error.detail)
+                return
         outputs: list[Any] = [TaggedOutput(_COUNTS, ((FUNNEL, "videos_decoded"), 1))]
         shots = shot_boundaries(frames, config.cuts)
         seed = video_seed(config.settings.seed, key)

@@ -6,6 +6,7 @@ shot (every pair is a duplicate), an empty file, and bytes that are no video at 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 
@@ -15,8 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset
+from apache_beam.io.filesystems import FileSystems
 
 from jobs import video
+from pipeline import video as video_pipeline
 from pipeline.finalize import check_ledgers
 from schemas.sample import Field
 from tests.chaos import fail_stage, injected_dead_letters
@@ -135,3 +138,27 @@ def test_an_exception_while_pairing_a_video_is_its_dead_letter_and_the_ledgers_c
     assert stats["ledger"]["inputs"] == 5 and stats["ledger"]["dead_letters"] == {"video_pairs": 1}
     written = samples(output) if any(output.glob("*.tar")) else {}
     assert not any(json.loads(s[Field.JSON])["uri"].endswith("two_shots.mp4") for s in written.values())
+
+
+def test_each_video_is_read_once_for_its_key_and_its_frames(videos, tmp_path, monkeypatch):
+    opened = []
+    open_file = FileSystems.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(pathlib.Path(path).name)
+        return open_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(counting_open))
+    video.run([f"--videos={videos}/*.mp4", "--skip_images", f"--output={tmp_path / 'run'}",
+               "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}", "--decode={short_side: 160}"])
+    assert sorted(name for name in opened if name.endswith(".mp4")) == sorted(p.name for p in videos.glob("*.mp4"))
+
+
+def test_a_large_video_is_copied_to_a_temporary_file_with_its_content_key(videos, monkeypatch):
+    monkeypatch.setattr(video_pipeline, "_IN_MEMORY_BYTES", 1024)
+    path = videos / "two_shots.mp4"
+    copy, key = video_pipeline.local_copy(str(path))
+    with copy:
+        assert copy._rolled  # spilled to disk: SpooledTemporaryFile's own flag
+        assert copy.read() == path.read_bytes()
+    assert key == hashlib.sha256(path.read_bytes()).hexdigest()[:len(key)] and len(key) >= 16

@@ -49,6 +49,10 @@ def test_same_samples_give_byte_identical_shards(tmp_path):
         members = archive.getmembers()
     assert {m.mtime for m in members} == {0} and {m.uname for m in members} == {""}
     assert [m.name for m in members[:2]] == ["k00000.bin", "k00000.json"]
+    # Plain ustar headers: one 512-byte header per member, no PAX extension header before it.
+    assert not any(m.pax_headers for m in members)
+    padded = sum(512 + -(-m.size // 512) * 512 for m in members)
+    assert padded <= first.filesize <= padded + 10240  # + the end-of-archive blocks and record padding
 
 
 def test_rewrite_of_identical_shard_is_skipped(tmp_path):
@@ -86,6 +90,8 @@ def test_config_validation(tmp_path):
         config(tmp_path, prefix="a.b")
     with pytest.raises(ValueError, match="max_count"):
         config(tmp_path, max_count=0)
+    with pytest.raises(ValueError, match="whole seconds"):
+        config(tmp_path, mtime=0.5)
     with pytest.raises(ValueError, match="'key' and 'shard'"):
         ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([("x", pa.int64())]))
     with pytest.raises(ValueError, match="invalid sample key"):

@@ -11,8 +11,9 @@ import pytest
 import webdataset
 
 from jobs import ingest
-from pipeline.finalize import read_stats
+from pipeline.finalize import check_ledgers, read_stats
 from schemas.sample import source_from_sample
+from tests.chaos import fail_stage, injected_dead_letters
 
 BROKEN_REASONS = {
     "truncated.jpg": "truncated_image",
@@ -97,6 +98,26 @@ def test_source_shards_read_back_keep_their_keys(default_run, tmp_path):
     assert set(first) == set(second)
     key = next(iter(first))
     assert source_from_sample(first[key]) == source_from_sample(second[key])
+
+
+@pytest.mark.parametrize("stage", ["read", "decode"])
+def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledger_closes(tmp_path, monkeypatch, stage):
+    fail_stage(monkeypatch, stage, lambda uri, key: uri.endswith("coffee.jpg"))
+    output = tmp_path / "run"
+    ingest.run(["--output", str(output)])
+    ledger = check_ledgers(str(output))["ledger"]
+    assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [("coffee.jpg", stage)]
+    assert ledger["dead_letters"] == {stage: 1}
+    assert "coffee.jpg" not in {pathlib.Path(json.loads(s["json"])["uri"]).name for s in _samples(output).values()}
+
+
+def test_source_shards_that_fail_to_read_are_dead_letters(default_run, tmp_path, monkeypatch):
+    fail_stage(monkeypatch, "read_shards", lambda uri, key: True)
+    output = tmp_path / "again"
+    ingest.run(["--shards", str(default_run / "shard-*.tar"), "--output", str(output)])
+    ledger = check_ledgers(str(output))["ledger"]
+    shards = len(list(default_run.glob("shard-*.tar")))
+    assert ledger["dead_letters"] == {"read_shards": shards} and ledger["written"] == 0
 
 
 def test_annotated_datasets_carry_boxes(samples_dir, tmp_path):

@@ -215,7 +215,7 @@ class _VideoPairsFn(StageDoFn):
                 return
             copy.seek(0)
             try:
-                frames = read_frames(copy, config.decode)
+                frames = read_frames(copy, config.decode, name=path)
             except VideoError as error:
                 yield Rejection(path, self.stage, error.reason, error.detail)
                 return

@@ -147,8 +147,10 @@ class PairSamplingConfig:
             raise ValueError(f"max_pairs must be an integer >= 1, got {self.max_pairs!r}")
 
 
-def read_frames(source: Union[str, BinaryIO], config: VideoDecodeConfig) -> list[Frame]:
+def read_frames(source: Union[str, BinaryIO], config: VideoDecodeConfig, name: Optional[str] = None) -> list[Frame]:
     """The frames of ``source`` (a path or a seekable binary file object), in presentation order.
+
+    ``name`` is what warnings call the video (default: the path, or the file object's name).
 
     The first video stream is decoded (cover art is not a video stream). Frames are made
     upright (the display rotation), their pixels square (the sample aspect ratio, by
@@ -177,7 +179,9 @@ def read_frames(source: Union[str, BinaryIO], config: VideoDecodeConfig) -> list
         if formats & _IMAGE_FORMATS or any(name.endswith("_pipe") for name in formats):
             raise VideoError(Reason.NOT_A_VIDEO, f"a still image ({container.format.name})")
         stream = _video_stream(container)
-        return _decode(container, stream, config, source if isinstance(source, str) else getattr(source, "name", "?"))
+        if name is None:
+            name = source if isinstance(source, str) else str(getattr(source, "name", "?"))
+        return _decode(container, stream, config, name)
 
 
 class _SeekGuard:

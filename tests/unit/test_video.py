@@ -284,10 +284,10 @@ def test_damage_mid_stream_keeps_the_frames_before_it(tmp_path, caplog):
     data = bytearray(path.read_bytes())
     data[position:position + size] = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
     with caplog.at_level(logging.WARNING, logger="transforms.video"):
-        frames = read_frames(io.BytesIO(bytes(data)), VideoDecodeConfig())
+        frames = read_frames(io.BytesIO(bytes(data)), VideoDecodeConfig(), name="gs://bucket/whole.mp4")
     assert 0 < len(frames) <= 30
     assert_same_frames(frames, whole[:len(frames)])
-    assert "decoding stopped" in caplog.text
+    assert "gs://bucket/whole.mp4: video decoding stopped" in caplog.text  # the video's name, not a temp file's
 
 
 def test_damage_before_any_frame_is_a_corrupt_video(tmp_path):

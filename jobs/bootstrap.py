@@ -28,6 +28,7 @@ from jobs.common import (
     InputOptions,
     build_config,
     cli_main,
+    detector_config,
     output_dir,
     parse_job_options,
     resolve_model_ids,
@@ -111,9 +112,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     job = options.view_as(BootstrapOptions)
     detection = options.view_as(DetectorOptions)
     sources = sources_config(options, (SAMPLE_IMAGES,))
-    detector = build_config(DetectorConfig, {"model": detection.detector, "device": detection.device,
-                                            **detection.detector_options},
-                      "detector_options")
+    detector = detector_config(options)
     segmenter = build_config(SegmenterConfig, {"model": job.segmenter, "device": detection.device,
                                          "format": _segmenter_format(job.segmenter), **job.segmenter_options},
                        "segmenter_options")

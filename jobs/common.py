@@ -27,6 +27,7 @@ from transforms.io.files import list_files
 from transforms.io.readers import expand_pattern
 from transforms.io.shards import ShardWriterConfig
 from transforms.models.catalog import ModelError, resolve_model
+from transforms.models.detection import DetectorConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ class DetectorOptions(PipelineOptions):
         parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
         parser.add_argument("--detector_options", type=mapping_option, default={},
                             help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
+
+
+def detector_config(options: PipelineOptions) -> DetectorConfig:
+    """The detector's config from ``--detector``, ``--device`` and ``--detector_options``."""
+    detection = options.view_as(DetectorOptions)
+    return build_config(DetectorConfig, {"model": detection.detector, "device": detection.device,
+                                         **detection.detector_options}, "detector_options")
 
 
 def check_patterns(patterns: Sequence[str], what: str) -> None:

@@ -28,6 +28,7 @@ from jobs.common import (
     InputOptions,
     build_config,
     cli_main,
+    detector_config,
     output_dir,
     parse_job_options,
     resolve_model_ids,
@@ -48,7 +49,7 @@ from pipeline.pbe import (
     build_pbe_benchmark,
 )
 from schemas.sample import PBE_METADATA_SCHEMA
-from transforms.models.detection import DetectorConfig, make_detector_handler
+from transforms.models.detection import make_detector_handler
 from transforms.pbe import BoxFilterConfig, CropConfig, MaskConfig, PbeConfig, ReferenceConfig
 
 DESCRIPTION = "Images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented reference."
@@ -112,9 +113,7 @@ def detector_handler(options: PipelineOptions):
     """The detector's handler and lineage ids, or ``(None, {})`` when boxes come only from annotations."""
     if BoxSource(options.view_as(PbeOptions).boxes) is BoxSource.ANNOTATIONS:
         return None, {}
-    detection = options.view_as(DetectorOptions)
-    detector = build_config(DetectorConfig, {"model": detection.detector, "device": detection.device,
-                                             **detection.detector_options}, "detector_options")
+    detector = detector_config(options)
     return make_detector_handler(detector), resolve_model_ids({"detector": detector.model})
 
 

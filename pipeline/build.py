@@ -17,7 +17,6 @@ import array
 import dataclasses
 import heapq
 import io
-import json
 import logging
 import os
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
@@ -48,7 +47,7 @@ from schemas.sample import (
     removed_field,
 )
 from transforms.io.decode import decode_rgb, encode_jpeg
-from transforms.io.files import read_bytes
+from transforms.io.files import read_json
 from transforms.io.readers import read_members, read_tar_samples
 from transforms.io.shards import EncodedSample, ShardWriterConfig, WriteShards
 from transforms.repaste import RepasteConfig, repaste
@@ -78,10 +77,6 @@ class CandidateSet:
         return {"path": self.path, "content_sha256": self.content_sha256, "samples": self.samples}
 
 
-def _read_json(path: str) -> Any:
-    return json.loads(read_bytes(path))
-
-
 def load_candidate_set(path: str) -> CandidateSet:
     """Read a bootstrap output's manifest, stats and lineage; raises ``ValueError`` if it is not a finished one.
 
@@ -93,11 +88,11 @@ def load_candidate_set(path: str) -> CandidateSet:
         path = os.path.abspath(path)  # lineage must name it unambiguously
     if not FileSystems.exists(FileSystems.join(path, STATS)):
         raise ValueError(f"{path} is not a finished bootstrap run (no {STATS})")
-    stats = _read_json(FileSystems.join(path, STATS))
+    stats = read_json(FileSystems.join(path, STATS))
     if stats.get("job") != "bootstrap":
         raise ValueError(f"{path} was written by {stats.get('job')!r}, not by bootstrap")
-    manifest = _read_json(FileSystems.join(path, MANIFEST))
-    lineage = _read_json(FileSystems.join(path, "lineage.json"))
+    manifest = read_json(FileSystems.join(path, MANIFEST))
+    lineage = read_json(FileSystems.join(path, "lineage.json"))
     return CandidateSet(
         path=path,
         shards=tuple(FileSystems.join(path, entry["url"]) for entry in manifest["shardlist"]),

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.finalize import LINEAGE, MANIFEST, STATS
-from transforms.io.files import publish, read_bytes
+from transforms.io.files import publish, read_json
 
 LOG = logging.getLogger(__name__)
 
@@ -25,14 +25,10 @@ INDEX = "versions.json"
 INDEX_FORMAT_VERSION = 1
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    return json.loads(read_bytes(path))
-
-
 def version_entry(version_dir: str) -> dict[str, Any]:
     """What the index says of one finished version, from its stats and lineage."""
-    stats = _read_json(FileSystems.join(version_dir, STATS))
-    lineage = _read_json(FileSystems.join(version_dir, LINEAGE))
+    stats = read_json(FileSystems.join(version_dir, STATS))
+    lineage = read_json(FileSystems.join(version_dir, LINEAGE))
     version = posixpath.basename(version_dir.rstrip("/"))
     return {
         "version": version,
@@ -75,7 +71,7 @@ def write_versions_index(dataset_dir: str) -> Mapping[str, Any]:
 
 def read_versions_index(dataset_dir: str) -> dict[str, Any]:
     """The index as written by the last build; refuses an index format newer than this code knows."""
-    index = _read_json(FileSystems.join(dataset_dir, INDEX))
+    index = read_json(FileSystems.join(dataset_dir, INDEX))
     if index.get("format_version", 0) > INDEX_FORMAT_VERSION:
         raise ValueError(f"{INDEX} has format_version {index['format_version']}; this code reads up to "
                          f"{INDEX_FORMAT_VERSION}")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -22,6 +23,11 @@ def read_bytes(path: str) -> bytes:
             return stream.read()
 
     return with_retries(read, what=f"reading {path}")
+
+
+def read_json(path: str) -> Any:
+    """A JSON file (a manifest, stats, lineage), retrying transient errors."""
+    return json.loads(read_bytes(path))
 
 
 def md5_of(path: str) -> Optional[str]:

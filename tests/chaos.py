@@ -30,7 +30,11 @@ def fail_stage(monkeypatch: pytest.MonkeyPatch, stage: str, chosen: Callable[[st
     monkeypatch.setattr(StageDoFn, "process", failing)
 
 
+def dead_letters(output: pathlib.Path) -> list[dict]:
+    """A finished run's dead letters, as ``dead_letters.jsonl`` rows."""
+    return [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+
+
 def injected_dead_letters(output: pathlib.Path) -> list[dict]:
     """The run's dead letters that an injected fault made."""
-    rows = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
-    return [row for row in rows if INJECTED in row["error"]]
+    return [row for row in dead_letters(output) if INJECTED in row["error"]]

@@ -28,7 +28,7 @@ from pipeline.sources import AnnotationSource, SourcesConfig
 from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
-from tests.chaos import fail_stage, injected_dead_letters
+from tests.chaos import dead_letters, fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
 from transforms.io.shards import ShardWriterConfig
 from transforms.mask_quality import MaskQualityConfig
@@ -166,7 +166,7 @@ def test_every_image_and_object_ends_where_it_should(run):
 
 def test_a_poisoned_record_is_the_only_dead_letter_of_its_batch(run):
     output, _, result = run
-    dead = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+    dead = dead_letters(output)
     assert sorted((pathlib.Path(d["uri"]).name, d["stage"], d["error_type"]) for d in dead) == [
         ("astronaut.jpg", "remove", "MemoryError"),
         ("motorcycle.jpg", "detect", "RuntimeError"),
@@ -185,7 +185,7 @@ def test_a_mask_that_cannot_be_read_is_its_objects_dead_letter(samples_dir, tmp_
                                   BoxSegmenter(empty="coffee.jpg", corrupt="chelsea.jpg"))
     assert stats["objects_ledger"]["dead_letters"] == {"mask_quality": 1, "remove": 1}
     assert stats["ledger"]["dead_letters"] == {"detect": 1, "objects": 2} and stats["ledger"]["written"] == 0
-    dead = [json.loads(line) for line in (output / "dead_letters.jsonl").read_text().splitlines()]
+    dead = dead_letters(output)
     [mask_dead] = [d for d in dead if d["stage"] == "mask_quality"]
     assert pathlib.Path(mask_dead["uri"]).name == "chelsea.jpg" and mask_dead["key"].endswith("_o000")
 

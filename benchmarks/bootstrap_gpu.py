@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import apache_beam as beam
 import cv2
 import torch
 from _common import quiet_logging, timed_calls
@@ -43,6 +42,7 @@ from jobs.common import DetectorOptions, InputOptions, parse_job_options
 from pipeline.bootstrap import build_bootstrap
 from pipeline.finalize import check_ledgers, read_stats
 from pipeline.ledger import LedgerError
+from pipeline.runners import new_pipeline
 from transforms.models.diffusion import INPAINTING_PIPELINE_SHAPES, DiffusionRemover, build_random_inpainting_pipeline
 
 LOG = logging.getLogger("benchmark")
@@ -139,7 +139,7 @@ def main() -> None:
     # Removal alone, same settings and batch; this also compiles once and fills the cache the job's load reads.
     removal_rate = removal_only_rate(config.remover.config, shape, args.batch, device)
     removal_config = config.remover.config
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(options)
     build_bootstrap(pipeline, config)
     started = time.perf_counter()
     result = pipeline.run()

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipeline.finalize import RunInfo, check_ledgers
 from pipeline.options import ConfigError, RunOptions, mapping_option, parse_options, resolved_config
 from pipeline.provenance import code_version
+from pipeline.runners import new_pipeline
 from pipeline.sources import AnnotationSource, SourcesConfig
 from transforms.io.decode import DecodeConfig
 from transforms.io.files import list_files
@@ -170,7 +171,7 @@ def parse_job_options(argv: Optional[Sequence[str]], job: str, description: str,
 
 def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any], output: str) -> Mapping[str, Any]:
     """Build with ``build(pipeline)``, run to the end, and return the stats once every ledger closes."""
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(options)
     build(pipeline)
     pipeline.run().wait_until_finish()
     return check_ledgers(output)

@@ -41,8 +41,8 @@ from jobs.bootstrap import BootstrapOptions, bootstrap_config
 from jobs.common import DetectorOptions, InputOptions, parse_job_options
 from pipeline.bootstrap import build_bootstrap
 from pipeline.finalize import check_ledgers, read_stats
-from pipeline.ledger import LedgerError
 from pipeline.runners import new_pipeline
+from transforms.ledger import LedgerError
 from transforms.models.diffusion import INPAINTING_PIPELINE_SHAPES, DiffusionRemover, build_random_inpainting_pipeline
 
 LOG = logging.getLogger("benchmark")

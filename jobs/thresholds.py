@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from jobs.build import SelectionOptions, candidate_sets, selection_rules
 from pipeline.options import ConfigError
-from pipeline.report import plot_sweep
+from review.report import plot_sweep
 from transforms.sweep import parse_sweep, read_object_scores, sweep, sweep_table
 from transforms.thresholds import SCORES
 

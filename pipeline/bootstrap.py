@@ -24,38 +24,23 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.finalize import FUNNEL, FinalizeInputs, FinalizeRun, RunInfo
-from pipeline.inference import RunModel
-from pipeline.ledger import (
-    DEAD_LETTER,
-    INPUTS,
-    REJECTED,
-    WRITTEN,
-    Tally,
-    count_as,
-    count_dead_letters,
-    count_rejections,
-)
+from pipeline.finalize import FUNNEL, FinalizeRun, RunInfo
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from schemas import Reason, Rejection, source_of
-from transforms.candidates import CandidateSampleEncoder, CheckMasks, ScoreCandidates
+from transforms.candidates import OBJECTS, CandidateSampleEncoder, CheckMasks, ScoreCandidates
 from transforms.encode import EncodeSamples
 from transforms.io.shards import ShardWriterConfig, WriteShards
+from transforms.ledger import DEAD_LETTER, MAIN_LEDGER, REJECTED, WRITTEN, RunAccounts, count_as
 from transforms.mask_quality import MaskQualityConfig
 from transforms.models.removal import RemovalHandler
+from transforms.models.run_model import RunModel
 from transforms.quality import QualityConfig
 from transforms.selection import FilterImageSize, SelectionConfig, SelectObjects
 
-#: Counters of the object ledger are ``objects.<counter>``.
-OBJECTS = "objects"
 FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "with_detections", "with_objects", "objects", "masks_kept",
                 "objects_removed", "objects_written", "candidates_written")
 #: The dead-letter label of an image all of whose objects ended as dead letters.
 ALL_OBJECTS_DEAD = "objects"
-
-
-def _object_counter(counter: str) -> str:
-    return f"{OBJECTS}.{counter}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +82,7 @@ def _image_outcome(source_key_and_events: tuple[str, Any]) -> Iterator[Any]:
     else:
         reasons = sorted(label for _, label, _ in events)
         uri = next(uri for _, _, uri in events)
-        yield (REJECTED, Reason.NO_OBJECT_KEPT.value), 1
+        # Counted where it is registered with the main ledger, like every rejection.
         yield TaggedOutput(_IMAGE_REJECTED, Rejection(
             uri, "bootstrap", Reason.NO_OBJECT_KEPT, f"{len(events)} objects rejected: {', '.join(reasons)}",
             source_key))
@@ -122,69 +107,53 @@ def _event(outcome: str, label_of=lambda _: "", uri_of=lambda record: record.uri
     return event
 
 
-def _scored(label: str, objects: beam.PCollection, handler: ModelHandler, stage: str, dead: list) -> beam.PCollection:
+def _scored(label: str, objects: beam.PCollection, handler: ModelHandler, stage: str) -> beam.PCollection:
     """Run a scorer handler whose predictions carry the re-scored record as inference."""
-    outputs = objects | label >> RunModel(handler, stage)
-    dead.append(outputs.dead_letters)
-    return outputs.main | f"{label}Records" >> beam.Map(lambda prediction: prediction.inference)
+    predictions = objects | label >> RunModel(handler, stage, unit=OBJECTS)
+    return predictions | f"{label}Records" >> beam.Map(lambda prediction: prediction.inference)
+
+
+def _funnel(label: str, pcoll: beam.PCollection, step: str, weight=lambda _: 1) -> beam.PCollection:
+    return count_as(pcoll, label, FUNNEL, lambda _: step, weight)
 
 
 def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollection:
     """Add the bootstrap graph to ``p``; returns the PCollection holding the run's stats dict."""
     sources = p | "ReadSources" >> ReadSources(config.sources)
-    sized = sources.sources | "ImageSize" >> FilterImageSize(config.selection)
-    detected = sized.main | "Detect" >> RunModel(config.detector, "detect")
-    selected = detected.main | "SelectObjects" >> SelectObjects(config.selection)
-    segmented = selected.requests | "Segment" >> RunModel(config.segmenter, "segment")
-    checked = segmented.main | "CheckMasks" >> CheckMasks(config.masks, config.remover.config.request)
-    removed = checked.main | "Remove" >> RunModel(config.remover, "remove")
-    scored = removed.main | "Score" >> ScoreCandidates(config.quality)
-
-    objects = scored.main
-    object_dead = [checked.dead_letters, removed.dead_letters, scored.dead_letters]
+    sized = sources | "ImageSize" >> FilterImageSize(config.selection)
+    detected = sized | "Detect" >> RunModel(config.detector, "detect")
+    requests = detected | "SelectObjects" >> SelectObjects(config.selection)
+    segmented = requests | "Segment" >> RunModel(config.segmenter, "segment")
+    checked = segmented | "CheckMasks" >> CheckMasks(config.masks, config.remover.config.request)
+    removed = checked | "Remove" >> RunModel(config.remover, "remove", unit=OBJECTS)
+    objects = removed | "Score" >> ScoreCandidates(config.quality)
     if config.redetect is not None:
-        objects = _scored("Redetect", objects, config.redetect, "redetect", object_dead)
+        objects = _scored("Redetect", objects, config.redetect, "redetect")
     if config.clip is not None:
-        objects = _scored("Clip", objects, config.clip, "clip", object_dead)
+        objects = _scored("Clip", objects, config.clip, "clip")
     encoder = CandidateSampleEncoder(config.run.provenance, config.run.models)
-    encoded = objects | "EncodeSamples" >> EncodeSamples(encoder)
-    object_dead.append(encoded.dead_letters)
-    shards = encoded.main | "WriteShards" >> WriteShards(config.writer)
-    object_dead_letters = flatten("ObjectDeadLetters", object_dead)
+    encoded = objects | "EncodeSamples" >> EncodeSamples(encoder, unit=OBJECTS)
+    shards = encoded | "WriteShards" >> WriteShards(config.writer, unit=OBJECTS)
 
+    accounts = RunAccounts.of(p)
+    # An image that reached segmentation ends as its objects did: written if any was, else dead or rejected.
     image_outcomes, no_object_kept = flatten("ObjectEvents", [
-        checked.rejected | "RejectedEvents" >> beam.Map(_event(REJECTED, lambda r: r.reason.value)),
-        object_dead_letters | "DeadEvents" >> beam.Map(_event(DEAD_LETTER, lambda d: d.stage)),
-        encoded.main | "WrittenEvents" >> beam.Map(_event(WRITTEN, uri_of=lambda sample: sample.metadata["uri"])),
+        *(rejected | f"RejectedEvents{i}" >> beam.Map(_event(REJECTED, lambda r: r.reason.value))
+          for i, rejected in enumerate(accounts.rejections(OBJECTS))),
+        *(dead | f"DeadEvents{i}" >> beam.Map(_event(DEAD_LETTER, lambda d: d.stage))
+          for i, dead in enumerate(accounts.dead_letters(OBJECTS))),
+        encoded | "WrittenEvents" >> beam.Map(_event(WRITTEN, uri_of=lambda sample: sample.metadata["uri"])),
     ]) | "ImageOutcomes" >> _ImageOutcomes()
-
-    image_rejected = flatten("ImageRejected", [sources.rejected, sized.rejected, selected.rejected])
-    image_dead_letters = flatten("ImageDeadLetters", [
-        sources.dead_letters, sized.dead_letters, detected.dead_letters, selected.dead_letters,
-        segmented.dead_letters])
-    counts = [
-        sources.counts,
-        image_outcomes,
-        count_rejections(image_rejected, "CountRejected"),
-        count_dead_letters(image_dead_letters, "CountDeadLetters"),
-        count_rejections(selected.detections_rejected, "CountDetectionsRejected", counter="detections_rejected"),
-        segmented.main | "CountObjects" >> beam.Map(lambda result: ((_object_counter(INPUTS), ""), len(result.inference))),
-        count_rejections(checked.rejected, "CountMasksRejected", counter=_object_counter(REJECTED)),
-        count_as(object_dead_letters, "CountObjectDeadLetters", _object_counter(DEAD_LETTER), lambda d: d.stage),
-        shards | "CountWritten" >> beam.Map(lambda shard: ((_object_counter(WRITTEN), ""), shard.nsamples)),
-        # The funnel, in FUNNEL_STEPS order.
-        detected.main | "FunnelDetections" >> beam.FlatMap(
+    accounts.add_counts(image_outcomes)
+    accounts.add_rejections(MAIN_LEDGER, no_object_kept)
+    accounts.add_counts(flatten("FunnelCounts", [
+        detected | "FunnelDetections" >> beam.FlatMap(
             lambda result: [((FUNNEL, "with_detections"), 1)] if result.inference else []),
-        count_as(selected.requests, "FunnelWithObjects", FUNNEL, lambda _: "with_objects"),
-        selected.requests | "FunnelObjects" >> beam.Map(lambda request: ((FUNNEL, "objects"), len(request.detections))),
-        count_as(checked.main, "FunnelMasksKept", FUNNEL, lambda _: "masks_kept"),
-        count_as(removed.main, "FunnelRemoved", FUNNEL, lambda _: "objects_removed"),
-        shards | "FunnelWritten" >> beam.Map(lambda shard: ((FUNNEL, "objects_written"), shard.nsamples)),
-        encoded.main | "FunnelCandidates" >> beam.Map(
-            lambda sample: ((FUNNEL, "candidates_written"), sample.metadata["num_candidates"])),
-    ]
-    tally = flatten("AllCounts", counts) | "Tally" >> Tally()
-    rejected = flatten("AllRejected", [image_rejected, no_object_kept, sources.boxes_rejected,
-                                       selected.detections_rejected, checked.rejected])
-    dead_letters = flatten("AllDeadLetters", [image_dead_letters, object_dead_letters])
-    return FinalizeInputs(shards, tally, rejected, dead_letters) | "Finalize" >> FinalizeRun(config.run, config.writer)
+        _funnel("FunnelWithObjects", requests, "with_objects"),
+        _funnel("FunnelObjects", requests, "objects", lambda request: len(request.detections)),
+        _funnel("FunnelMasksKept", checked, "masks_kept"),
+        _funnel("FunnelRemoved", removed, "objects_removed"),
+        _funnel("FunnelWritten", shards, "objects_written", lambda shard: shard.nsamples),
+        _funnel("FunnelCandidates", encoded, "candidates_written", lambda sample: sample.metadata["num_candidates"]),
+    ]))
+    return shards | "Finalize" >> FinalizeRun(config.run, config.writer)

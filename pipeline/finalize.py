@@ -1,7 +1,9 @@
-"""The last step of every run: manifest, stats (ledger + funnel), rejections, dead letters, lineage.
+"""The last step of every run: manifest, stats (ledgers, stage table, funnel), rejections, dead letters, lineage.
 
 It runs once, after every shard is written (its inputs are side inputs of a single
-element), so it can also clear ``.partial`` files and name stale shards safely.
+element), so it can also clear ``.partial`` files and name stale shards safely. What it
+writes about records comes from the run's accounts (:class:`~transforms.ledger.RunAccounts`),
+which every stage filled when it was applied: nothing here is routed by hand.
 """
 from __future__ import annotations
 
@@ -18,10 +20,23 @@ import pyarrow.parquet as pq
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.ledger import DEAD_LETTER, REJECTED, WRITTEN, Ledger
 from schemas import DeadLetter, Rejection
 from transforms.io.files import publish, remove_partials
 from transforms.io.shards import ShardInfo, ShardWriterConfig, manifest, stale_files
+from transforms.ledger import (
+    DEAD_LETTER,
+    FUNNEL,
+    INPUTS,
+    REJECTED,
+    WRITTEN,
+    Ledger,
+    RunAccounts,
+    StageInfo,
+    StageTable,
+    Tally,
+    check_stages,
+    stage_rows,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -31,7 +46,6 @@ LINEAGE = "lineage.json"
 CONFIG = "config.yaml"
 REJECTED_FILE = "rejected.parquet"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
-FUNNEL = "funnel"
 
 REJECTED_SCHEMA = pa.schema(
     [("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
@@ -68,13 +82,6 @@ class RunInfo:
         return {"job": self.job, "code_version": self.code_version, "dataset": self.dataset_name}
 
 
-class FinalizeInputs(NamedTuple):
-    shards: beam.PCollection
-    tally: beam.PCollection
-    rejected: beam.PCollection
-    dead_letters: beam.PCollection
-
-
 #: Renders a run's report from its stats, lineage and report input: relative path -> bytes.
 ReportWriter = Callable[[Mapping[str, Any], Mapping[str, Any], Any], Mapping[str, bytes]]
 
@@ -95,10 +102,11 @@ def _json(data: Any) -> bytes:
 
 
 def _rejected_parquet(rejections: Iterable[Rejection]) -> bytes:
+    """Rows in (uri, stage, key, reason) order: the file does not depend on how workers interleaved."""
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, REJECTED_SCHEMA, compression="zstd") as writer:
         batch: list[dict[str, str]] = []
-        for rejection in rejections:
+        for rejection in sorted(rejections, key=lambda r: (r.uri, r.stage, r.key, r.reason.value, r.detail)):
             batch.append(rejection.to_row())
             if len(batch) >= _REJECTED_ROWS_PER_GROUP:
                 writer.write_table(pa.Table.from_pylist(batch, schema=REJECTED_SCHEMA))
@@ -108,7 +116,8 @@ def _rejected_parquet(rejections: Iterable[Rejection]) -> bytes:
 
 
 def _dead_letters_jsonl(dead_letters: Iterable[DeadLetter]) -> bytes:
-    return b"".join(json.dumps(dead.to_row(), sort_keys=True).encode("utf-8") + b"\n" for dead in dead_letters)
+    ordered = sorted(dead_letters, key=lambda dead: (dead.uri, dead.stage, dead.key))
+    return b"".join(json.dumps(dead.to_row(), sort_keys=True).encode("utf-8") + b"\n" for dead in ordered)
 
 
 def _group_counts(tally: Mapping[tuple[str, str], int], sub_ledgers: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -127,18 +136,21 @@ def content_digest(shards: Sequence[ShardInfo]) -> str:
 
 
 class _FinalizeFn(beam.DoFn):
-    def __init__(self, run: RunInfo, writer: ShardWriterConfig, report_writer: Optional[ReportWriter]) -> None:
+    def __init__(self, run: RunInfo, writer: ShardWriterConfig, report_writer: Optional[ReportWriter],
+                 stages: Sequence[StageInfo]) -> None:
         super().__init__()
         self._run = run
         self._writer = writer
         self._report_writer = report_writer
+        self._stages = tuple(stages)
 
-    def process(self, _, shards, tally, rejected, dead_letters, report=None):
+    def process(self, _, shards, tally, table, rejected, dead_letters, report=None):
         run, out = self._run, self._writer.output_dir
         shards = sorted(shards, key=lambda shard: shard.url)
         tally = dict(tally[0]) if tally else {}
         ledger = Ledger.from_tally(tally)
-        sub_ledgers = {name: Ledger.from_tally(tally, prefix=f"{name}.") for name in run.sub_ledgers}
+        sub_ledgers = {name: Ledger.from_tally(tally, unit=name) for name in run.sub_ledgers}
+        stages = stage_rows(self._stages, dict(table[0]) if table else {})
         publish(FileSystems.join(out, MANIFEST), _json(manifest(shards, run.dataset_name)))
         publish(FileSystems.join(out, REJECTED_FILE), _rejected_parquet(rejected))
         publish(FileSystems.join(out, DEAD_LETTERS_FILE), _dead_letters_jsonl(dead_letters))
@@ -155,7 +167,10 @@ class _FinalizeFn(beam.DoFn):
             "finished_at": finished_at,
             "ledger": ledger.to_json(),
             **{f"{name}_ledger": sub.to_json() for name, sub in sub_ledgers.items()},
-            "funnel": [{"step": step, "count": tally.get((FUNNEL, step), 0)} for step in run.funnel],
+            "stages": stages,
+            # "inputs" is the main ledger's; every other step is counted as the job defines it.
+            "funnel": [{"step": step, "count": ledger.inputs if step == INPUTS else tally.get((FUNNEL, step), 0)}
+                       for step in run.funnel],
             "counts": _group_counts(tally, run.sub_ledgers),
             "shards": {
                 "count": len(shards),
@@ -190,6 +205,12 @@ class _FinalizeFn(beam.DoFn):
                 "%s: %d %s -> %d written, %d rejected, %d dead letters (ledger %s)", run.job, sub.inputs, name,
                 sub.written, sum(sub.rejected.values()), sum(sub.dead_letters.values()),
                 "closed" if sub.closed else "DOES NOT CLOSE")
+        for row in stages:
+            if not row["closed"]:
+                LOG.error("%s: stage %s does not close: %d in, %d out, %d rejected, %d dead letters; %d missing "
+                          "(e.g. %s), %d extra (e.g. %s)", run.job, row["stage"], row["in"], row["out"],
+                          row["rejected"], row["dead_letters"], row["missing"], ", ".join(row["missing_keys"][:5]),
+                          row["extra"], ", ".join(row["extra_keys"][:5]))
         log = LOG.info if ledger.closed else LOG.error
         log(
             "%s: %d inputs -> %d written, %d rejected, %d dead letters (ledger %s); %d shards in %s",
@@ -199,10 +220,15 @@ class _FinalizeFn(beam.DoFn):
         yield stats
 
 
+def _flatten_or_empty(p: beam.Pipeline, label: str, pcolls: Sequence[beam.PCollection]) -> beam.PCollection:
+    return tuple(pcolls) | label >> beam.Flatten() if pcolls else p | label >> beam.Create([])
+
+
 class FinalizeRun(beam.PTransform):
     """Write the run's manifest, stats, rejections, dead letters, lineage, config and, if given, its report.
 
-    The report is written before stats.json, so a finished run always has it.
+    Applied to the shards the run wrote, last (the run's accounts must be complete). The
+    report is written before stats.json, so a finished run always has it.
     """
 
     def __init__(self, run: RunInfo, writer: ShardWriterConfig, report: Optional[RunReport] = None) -> None:
@@ -211,20 +237,24 @@ class FinalizeRun(beam.PTransform):
         self._writer = writer
         self._report = report
 
-    def expand(self, inputs: FinalizeInputs) -> beam.PCollection:
-        pbegin = inputs.shards.pipeline
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        p = shards.pipeline
+        accounts = RunAccounts.of(p)
+        tally = _flatten_or_empty(p, "AllCounts", accounts.counts) | "Tally" >> Tally()
+        table = _flatten_or_empty(p, "AllFlows", accounts.flows) | "StageTable" >> StageTable()
         side = beam.pvalue
         report = {} if self._report is None else {"report": side.AsSingleton(self._report.inputs)}
         return (
-            pbegin
+            p
             | "Once" >> beam.Create([None])
             | "Finalize"
             >> beam.ParDo(
-                _FinalizeFn(self._run, self._writer, self._report and self._report.render),
-                shards=side.AsList(inputs.shards),
-                tally=side.AsList(inputs.tally),
-                rejected=side.AsIter(inputs.rejected),
-                dead_letters=side.AsIter(inputs.dead_letters),
+                _FinalizeFn(self._run, self._writer, self._report and self._report.render, accounts.stages),
+                shards=side.AsList(shards),
+                tally=side.AsList(tally),
+                table=side.AsList(table),
+                rejected=side.AsIter(_flatten_or_empty(p, "AllRejected", accounts.all_rejections())),
+                dead_letters=side.AsIter(_flatten_or_empty(p, "AllDeadLetters", accounts.all_dead_letters())),
                 **report,
             )
         )
@@ -237,9 +267,10 @@ def read_stats(output_dir: str) -> dict[str, Any]:
 
 
 def check_ledgers(output_dir: str) -> dict[str, Any]:
-    """The stats of a finished run; raises ``LedgerError`` if any of its ledgers does not close."""
+    """The stats of a finished run; raises ``LedgerError`` if any of its ledgers or stages does not close."""
     stats = read_stats(output_dir)
     for name, value in stats.items():
         if name.endswith("ledger"):
             Ledger.from_json(value).check(name)
+    check_stages(stats.get("stages", ()))
     return stats

@@ -2,23 +2,23 @@
 
     read (files | tars | annotation files) -> decode/normalise -> dedup
 
-Besides the images it gives every record it did not keep (rejections, dead letters) and
-the counts a job's ledger and funnel start from: ``inputs`` as the readers first saw
-them, then ``read``, ``decoded`` and ``unique``.
+Its stages register what they did not keep (rejections, dead letters) and the inputs of
+the run's ledger with the run's accounts; it adds the funnel steps ``read``, ``decoded``
+and ``unique`` (``inputs`` is the ledger's) and counts the notes decoding left.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import apache_beam as beam
 
 from pipeline.finalize import FUNNEL
-from pipeline.ledger import count_as, count_rejections
 from schemas import SourceImage
 from transforms.dedup import DeduplicateByContent
 from transforms.io.decode import DecodeConfig
-from transforms.io.readers import ReadAnnotated, ReaderOutputs, ReadImageFiles, ReadShards
+from transforms.io.readers import ReadAnnotated, ReadImageFiles, ReadShards
+from transforms.ledger import RunAccounts, count_as
 from transforms.normalize import NormalizeImages
 
 #: The funnel steps :class:`ReadSources` counts, in order.
@@ -54,18 +54,7 @@ class SourcesConfig:
         return self.images + self.shards + tuple(source.path for source in self.annotations)
 
 
-class SourceOutputs(NamedTuple):
-    """``rejected`` and ``dead_letters`` are inputs the ledger counts; ``boxes_rejected``
-    are annotation boxes dropped from images that were kept (recorded, not ledger items)."""
-
-    sources: beam.PCollection
-    rejected: beam.PCollection
-    boxes_rejected: beam.PCollection
-    dead_letters: beam.PCollection
-    counts: beam.PCollection
-
-
-def _readers(p: beam.Pipeline, config: SourcesConfig) -> list[ReaderOutputs]:
+def _readers(p: beam.Pipeline, config: SourcesConfig) -> list[beam.PCollection]:
     readers = []
     if config.images:
         readers.append(p | "ReadImageFiles" >> ReadImageFiles(config.images))
@@ -91,30 +80,20 @@ def _note_counts(image: SourceImage):
 
 
 class ReadSources(beam.PTransform):
-    """All inputs of a job -> unique, decoded source images, plus what was not kept and the counts."""
+    """All inputs of a job -> unique, decoded source images."""
 
     def __init__(self, config: SourcesConfig) -> None:
         super().__init__()
         self._config = config
 
-    def expand(self, p: beam.Pipeline) -> SourceOutputs:
-        readers = _readers(p, self._config)
-        raw = flatten("AllRecords", (reader.records for reader in readers))
+    def expand(self, p: beam.Pipeline) -> beam.PCollection:
+        raw = flatten("AllRecords", _readers(p, self._config))
         decoded = raw | "Normalize" >> NormalizeImages(self._config.decode)
-        deduplicated = decoded.main | "Deduplicate" >> DeduplicateByContent()
-        rejected = flatten("AllRejected", [*(reader.rejected for reader in readers), decoded.rejected,
-                                           deduplicated.rejected])
-        boxes_rejected = flatten("AllBoxRejected", [reader.box_rejected for reader in readers
-                                                    if reader.box_rejected is not None] or [p | "NoBoxRejected" >> beam.Create([])])
-        dead_letters = flatten("AllDeadLetters", [*(reader.dead_letters for reader in readers), decoded.dead_letters])
-        inputs = flatten("AllInputs", (reader.inputs for reader in readers))
-        counts = flatten("SourceCounts", [
-            inputs,
-            inputs | "FunnelInputs" >> beam.Map(lambda counted: ((FUNNEL, "inputs"), counted[1])),
+        unique = decoded | "Deduplicate" >> DeduplicateByContent()
+        RunAccounts.of(p).add_counts(flatten("SourceCounts", [
             count_as(raw, "FunnelRead", FUNNEL, lambda _: "read"),
-            count_as(decoded.main, "FunnelDecoded", FUNNEL, lambda _: "decoded"),
-            count_as(deduplicated.unique, "FunnelUnique", FUNNEL, lambda _: "unique"),
-            decoded.main | "CountNotes" >> beam.FlatMap(_note_counts),
-            count_rejections(boxes_rejected, "CountBoxRejected", counter="boxes_rejected"),
-        ])
-        return SourceOutputs(deduplicated.unique, rejected, boxes_rejected, dead_letters, counts)
+            count_as(decoded, "FunnelDecoded", FUNNEL, lambda _: "decoded"),
+            count_as(unique, "FunnelUnique", FUNNEL, lambda _: "unique"),
+            decoded | "CountNotes" >> beam.FlatMap(_note_counts),
+        ]))
+        return unique

@@ -3,12 +3,13 @@
     segmenter predictions --CheckMasks--> removal requests --(remover)--> candidates
     --ScoreCandidates--> ObjectCandidates with SSIM/change/seam scores (then re-detection, CLIP)
 
-Both are :class:`~pipeline.stage.StageDoFn` stages: a mask that fails a check is a
+Both are stages of the object ledger (:data:`OBJECTS`): a mask that fails a check is a
 rejection of that *object* with its reason; an exception is that object's dead letter.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from typing import Any, Callable, Iterator, Mapping
 
@@ -17,7 +18,6 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 from PIL import Image
 
-from pipeline.stage import StageDoFn, StageOutputs, apply_stage
 from schemas import ObjectCandidates, ObjectMask, Rejection, SourceImage
 from schemas.sample import ObjectCutout, candidate_fields, candidate_metadata_row
 from transforms.io.decode import decode_rgb
@@ -27,6 +27,10 @@ from transforms.masks import decode_mask_png, encode_mask_png
 from transforms.models.removal import RemovalRequest
 from transforms.models.segmentation import SegmentationRequest
 from transforms.quality import QualityConfig, score_candidate
+from transforms.stage import RecordFunction, Stage
+
+#: The object ledger of bootstrap mining: every selected object ends written, rejected or dead.
+OBJECTS = "objects"
 
 #: Builds the removal request of a kept object; a remover config's ``request`` method.
 RequestMaker = Callable[[SourceImage, ObjectMask], RemovalRequest]
@@ -56,71 +60,73 @@ def _masks_to_check(result: PredictionResult) -> list[MaskToCheck]:
     return [MaskToCheck(request.source, obj) for obj in result.inference]
 
 
-class _CheckMasksFn(StageDoFn):
-    stage = "mask_quality"
-
-    def __init__(self, config: MaskQualityConfig, make_request: RequestMaker) -> None:
-        super().__init__()
-        self._config = config
-        self._make_request = make_request
-
-    def process_record(self, item: MaskToCheck) -> Iterator[object]:
-        source, obj = item.source, item.mask
-        mask = decode_mask_png(obj.mask_png, source.width, source.height)
-        checked = check_mask(mask, obj.detection.box, obj.predicted_iou, self._config)
-        if isinstance(checked, MaskFailure):
-            yield Rejection(source.uri, self.stage, checked.reason, checked.detail, obj.key)
-            return
-        if self._config.dilate_px:
-            obj = dataclasses.replace(obj, mask_png=encode_mask_png(checked), object_png=obj.mask_png)
-        yield self._make_request(source, obj)
+def _check_mask(config: MaskQualityConfig, make_request: RequestMaker, item: MaskToCheck) -> Iterator[object]:
+    source, obj = item.source, item.mask
+    mask = decode_mask_png(obj.mask_png, source.width, source.height)
+    checked = check_mask(mask, obj.detection.box, obj.predicted_iou, config)
+    if isinstance(checked, MaskFailure):
+        yield Rejection(source.uri, CheckMasks.stage, checked.reason, checked.detail, obj.key)
+        return
+    if config.dilate_px:
+        obj = dataclasses.replace(obj, mask_png=encode_mask_png(checked), object_png=obj.mask_png)
+    yield make_request(source, obj)
 
 
-class CheckMasks(beam.PTransform):
+def _object_keys(prediction: PredictionResult) -> list[str]:
+    return [mask.key for mask in prediction.inference]
+
+
+class CheckMasks(Stage):
     """Segmenter predictions -> one removal request per object whose mask passes every check.
 
-    Each object is checked on its own: a mask that cannot be decoded is that object's dead
-    letter (stage ``mask_quality``), and the image's other objects go on.
+    The first stage of the object ledger: each object of each prediction is one of its
+    inputs and is checked on its own, so a mask that cannot be decoded is that object's
+    dead letter, and the image's other objects go on.
     """
+
+    stage = "mask_quality"
+    unit = OBJECTS
+    opens_ledger = True
 
     def __init__(self, config: MaskQualityConfig, make_request: RequestMaker) -> None:
         super().__init__()
         self._config = config
         self._make_request = make_request
 
-    def expand(self, predictions: beam.PCollection) -> StageOutputs:
-        objects = predictions | "Objects" >> beam.FlatMap(_masks_to_check)
-        return apply_stage(objects, "CheckMasks", _CheckMasksFn(self._config, self._make_request))
+    def prepare(self, predictions: beam.PCollection) -> beam.PCollection:
+        return predictions | "Objects" >> beam.FlatMap(_masks_to_check)
+
+    def input_keys(self):
+        return _object_keys
+
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_check_mask, self._config, self._make_request)
 
 
-class _ScoreFn(StageDoFn):
-    stage = "score"
-
-    def __init__(self, config: QualityConfig) -> None:
-        super().__init__()
-        self._config = config
-
-    def process_record(self, result: PredictionResult) -> Iterator[ObjectCandidates]:
-        request: RemovalRequest = result.example
-        source = request.source
-        src = decode_rgb(source.jpeg)
-        mask = decode_mask_png(request.mask.mask_png, source.width, source.height)
-        candidates = tuple(
-            dataclasses.replace(candidate, scores=score_candidate(src, mask, decode_rgb(candidate.removed_png), self._config))
-            for candidate in result.inference
-        )
-        yield ObjectCandidates(source, request.mask, candidates)
+def _score(config: QualityConfig, result: PredictionResult) -> Iterator[ObjectCandidates]:
+    request: RemovalRequest = result.example
+    source = request.source
+    src = decode_rgb(source.jpeg)
+    mask = decode_mask_png(request.mask.mask_png, source.width, source.height)
+    candidates = tuple(
+        dataclasses.replace(candidate, scores=score_candidate(src, mask, decode_rgb(candidate.removed_png), config))
+        for candidate in result.inference
+    )
+    yield ObjectCandidates(source, request.mask, candidates)
 
 
-class ScoreCandidates(beam.PTransform):
+class ScoreCandidates(Stage):
     """Remover predictions -> :class:`~schemas.ObjectCandidates` with the model-free scores filled."""
 
+    stage = "score"
+    unit = OBJECTS
+
     def __init__(self, config: QualityConfig) -> None:
         super().__init__()
         self._config = config
 
-    def expand(self, predictions: beam.PCollection) -> StageOutputs:
-        return apply_stage(predictions, "Score", _ScoreFn(self._config))
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_score, self._config)
 
 
 def object_cutout(record: ObjectCandidates) -> ObjectCutout:

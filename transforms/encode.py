@@ -5,31 +5,27 @@ letter instead of failing the whole shard it would have gone into.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterator
 
-import apache_beam as beam
-
-from pipeline.stage import StageDoFn, StageOutputs, apply_stage
 from transforms.io.shards import EncodedSample
+from transforms.ledger import MAIN_LEDGER
+from transforms.stage import RecordFunction, Stage
 
 
-class _EncodeFn(StageDoFn):
+def _encode(to_sample: Callable[[Any], EncodedSample], record: Any) -> Iterator[EncodedSample]:
+    yield to_sample(record)
+
+
+class EncodeSamples(Stage):
+    """Apply ``to_sample`` (a picklable function) to every record of ``unit`` 's ledger."""
+
     stage = "encode"
 
-    def __init__(self, to_sample: Callable[[Any], EncodedSample]) -> None:
+    def __init__(self, to_sample: Callable[[Any], EncodedSample], unit: str = MAIN_LEDGER) -> None:
         super().__init__()
         self._to_sample = to_sample
+        self.unit = unit
 
-    def process_record(self, record: Any) -> Iterator[EncodedSample]:
-        yield self._to_sample(record)
-
-
-class EncodeSamples(beam.PTransform):
-    """Apply ``to_sample`` (a picklable function) to every record."""
-
-    def __init__(self, to_sample: Callable[[Any], EncodedSample]) -> None:
-        super().__init__()
-        self._to_sample = to_sample
-
-    def expand(self, records: beam.PCollection) -> StageOutputs:
-        return apply_stage(records, "Encode", _EncodeFn(self._to_sample))
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_encode, self._to_sample)

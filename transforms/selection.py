@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Iterator, NamedTuple, Optional, Sequence
+import functools
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.stage import StageDoFn, StageOutputs, apply_stage, apply_tagged_stage
 from schemas import Box, Detection, Reason, Rejection, SourceImage, object_key
 from transforms.checks import is_int, is_unit
+from transforms.ledger import RunAccounts
 from transforms.models.segmentation import SegmentationRequest
+from transforms.stage import RecordFunction, Stage
 
 DETECTIONS_REJECTED = "detections_rejected"
 
@@ -290,75 +292,66 @@ def select_objects(detections: Sequence[Detection], width: int, height: int, con
 # --------------------------------------------------------------------------- Beam stages
 
 
-class _ImageSizeFn(StageDoFn):
-    stage = "select"
-
-    def __init__(self, min_side: int) -> None:
-        super().__init__()
-        self._min_side = min_side
-
-    def process_record(self, source: SourceImage) -> Iterator[object]:
-        if min(source.width, source.height) < self._min_side:
-            yield Rejection(source.uri, self.stage, Reason.IMAGE_TOO_SMALL,
-                            f"{source.width}x{source.height}, min_image_side {self._min_side}", source.key)
-        else:
-            yield source
+def _check_image_size(min_side: int, source: SourceImage) -> Iterator[object]:
+    if min(source.width, source.height) < min_side:
+        yield Rejection(source.uri, FilterImageSize.stage, Reason.IMAGE_TOO_SMALL,
+                        f"{source.width}x{source.height}, min_image_side {min_side}", source.key)
+    else:
+        yield source
 
 
-class FilterImageSize(beam.PTransform):
+class FilterImageSize(Stage):
     """Reject images too small to hold a usable object, before any model sees them."""
 
+    stage = "image_size"
+
     def __init__(self, config: SelectionConfig) -> None:
         super().__init__()
-        self._config = config
+        self._min_side = config.min_image_side
 
-    def expand(self, sources: beam.PCollection) -> StageOutputs:
-        return apply_stage(sources, "CheckImageSize", _ImageSizeFn(self._config.min_image_side))
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_check_image_size, self._min_side)
 
 
-class _SelectFn(StageDoFn):
+def _select(config: SelectionConfig, result: PredictionResult) -> Iterator[object]:
+    source: SourceImage = result.example
+    detections: tuple[Detection, ...] = tuple(result.inference)
+    stage = SelectObjects.stage
+    if not detections:
+        yield Rejection(source.uri, stage, Reason.NO_DETECTIONS, "", source.key)
+        return
+    selection = select_objects(detections, source.width, source.height, config)
+    for index, reason, detail in selection.rejected:
+        detection = detections[index]
+        yield TaggedOutput(DETECTIONS_REJECTED, Rejection(
+            source.uri, stage, reason, f"{detection.label} {detection.score:.2f}: {detail}",
+            object_key(source.key, index)))
+    if not selection.kept:
+        reasons = sorted({reason.value for _, reason, _ in selection.rejected})
+        yield Rejection(source.uri, stage, Reason.NO_SUITABLE_OBJECT,
+                        f"{len(detections)} detections, rejected as {', '.join(reasons)}", source.key)
+        return
+    yield SegmentationRequest(source, tuple(detections[i] for i in selection.kept), selection.kept)
+
+
+class SelectObjects(Stage):
+    """Detector predictions (``PredictionResult(source, detections)``) -> segmentation requests.
+
+    An image is kept or rejected as a whole; every detection it does not keep is recorded
+    (counted as ``detections_rejected``) with its reason and the object key it would have had.
+    """
+
     stage = "select"
+    extra_tags = (DETECTIONS_REJECTED,)
 
     def __init__(self, config: SelectionConfig) -> None:
         super().__init__()
         self._config = config
 
-    def process_record(self, result: PredictionResult) -> Iterator[object]:
-        source: SourceImage = result.example
-        detections: tuple[Detection, ...] = tuple(result.inference)
-        if not detections:
-            yield Rejection(source.uri, self.stage, Reason.NO_DETECTIONS, "", source.key)
-            return
-        selection = select_objects(detections, source.width, source.height, self._config)
-        for index, reason, detail in selection.rejected:
-            detection = detections[index]
-            yield TaggedOutput(DETECTIONS_REJECTED, Rejection(
-                source.uri, self.stage, reason, f"{detection.label} {detection.score:.2f}: {detail}",
-                object_key(source.key, index)))
-        if not selection.kept:
-            reasons = sorted({reason.value for _, reason, _ in selection.rejected})
-            yield Rejection(source.uri, self.stage, Reason.NO_SUITABLE_OBJECT,
-                            f"{len(detections)} detections, rejected as {', '.join(reasons)}", source.key)
-            return
-        yield SegmentationRequest(source, tuple(detections[i] for i in selection.kept), selection.kept)
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_select, self._config)
 
-
-class SelectionOutputs(NamedTuple):
-    """Segmentation requests, image rejections, per-detection rejections, dead letters."""
-
-    requests: beam.PCollection
-    rejected: beam.PCollection
-    detections_rejected: beam.PCollection
-    dead_letters: beam.PCollection
-
-
-class SelectObjects(beam.PTransform):
-    """Detector predictions (``PredictionResult(source, detections)``) -> segmentation requests."""
-
-    def __init__(self, config: SelectionConfig) -> None:
-        super().__init__()
-        self._config = config
-
-    def expand(self, predictions: beam.PCollection) -> SelectionOutputs:
-        outputs, extra = apply_tagged_stage(predictions, "Select", _SelectFn(self._config), (DETECTIONS_REJECTED,))
-        return SelectionOutputs(outputs.main, outputs.rejected, extra[DETECTIONS_REJECTED], outputs.dead_letters)
+    def expand(self, predictions: beam.PCollection) -> beam.PCollection:
+        outputs = self.apply_stage(predictions)
+        RunAccounts.of(predictions).add_recorded(DETECTIONS_REJECTED, outputs.extra[DETECTIONS_REJECTED])
+        return outputs.main

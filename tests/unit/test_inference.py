@@ -6,7 +6,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.inference import RunModel
+from pipeline.runners import new_pipeline
+from transforms.ledger import RunAccounts
+from transforms.models.run_model import RunModel
 
 #: load_model calls, process-wide: the multi_threading runner's workers are threads of this process.
 _LOADS: list[str] = []
@@ -38,11 +40,12 @@ def test_failed_batches_are_retried_one_by_one_with_one_retry_model_per_process(
     _LOADS.clear()
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=4",
                                "--direct_running_mode=multi_threading"])
-    with beam.Pipeline(options=options) as p:
-        outputs = p | beam.Create(range(64)) | beam.Reshuffle() | RunModel(_OnlyOneAtATime(), "toy")
-        assert_that(outputs.main | beam.Map(lambda result: result.inference),
+    with new_pipeline(options) as p:
+        predictions = p | beam.Create(range(64)) | beam.Reshuffle() | RunModel(_OnlyOneAtATime(), "toy")
+        [dead_letters] = RunAccounts.of(p).dead_letters("")
+        assert_that(predictions | beam.Map(lambda result: result.inference),
                     equal_to([v * 10 for v in range(64) if v != 13]), label="kept")
-        assert_that(outputs.dead_letters | beam.Map(lambda dead: (dead.stage, dead.error)),
+        assert_that(dead_letters | beam.Map(lambda dead: (dead.stage, dead.error)),
                     equal_to([("toy", "RuntimeError('a batch of 1')")]), label="dead")
     # RunInference's own model and the retry model: one each, whatever the number of threads.
     assert len(_LOADS) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.report import FunnelStep, ReportData, ScoreSummary, Thumbnail, plot_sweep, render_report
+from review.report import FunnelStep, ReportData, ScoreSummary, Thumbnail, plot_sweep, render_report
 
 SCRIPT_KEY = "abc_o001_c02<script>alert(1)</script>"
 

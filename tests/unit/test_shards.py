@@ -16,7 +16,7 @@ import pytest
 import webdataset
 import wids
 
-from pipeline.stage import with_retries
+from transforms.io.files import with_retries
 from transforms.io.files import PARTIAL_SUFFIX, publish, remove_partials
 from transforms.io.shards import (
     EncodedSample,

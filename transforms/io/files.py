@@ -4,15 +4,37 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import time
 import uuid
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Callable, Optional, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.stage import with_retries
+LOG = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 _CHUNK_BYTES = 8 << 20
+
+T = TypeVar("T")
+
+
+def with_retries(operation: Callable[[], T], *, attempts: int = 3, base_delay_s: float = 0.5, what: str = "") -> T:
+    """Run an I/O operation, retrying ``OSError`` with exponential backoff.
+
+    For transient storage errors (a GCS 503, an NFS hiccup). The last error propagates:
+    inside a stage it becomes a dead letter for that one record.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except OSError as error:
+            if attempt == attempts:
+                raise
+            delay = base_delay_s * 2 ** (attempt - 1)
+            LOG.warning("retrying %s after %s (attempt %d/%d, %.1fs)", what or "I/O", error, attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def read_bytes(path: str) -> bytes:

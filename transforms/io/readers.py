@@ -1,38 +1,36 @@
 """Readers: image files, WebDataset tars and annotated datasets on any Beam filesystem.
 
-Every reader returns :class:`ReaderOutputs`: records for the next stage, rejections,
-dead letters, and an ``inputs`` tally counted where the inputs are first seen, so the
-run's ledger can check that every input is accounted for downstream.
+Every reader returns the records it read; its stage opens the run's ledger, whose
+inputs are counted where the readers first see them (a file, a sample of a tar, an image
+an annotation file names), so the run can check that every input is accounted for
+downstream. Rejections and dead letters register themselves with the run's accounts.
 """
 from __future__ import annotations
 
+import functools
 import posixpath
 import tarfile
-from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.ledger import INPUTS, count_as
-from pipeline.stage import StageDoFn, apply_stage
 from schemas import RawInput, Reason, Rejection, SourceImage
 from schemas.sample import Field, source_from_sample
 from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
 from transforms.io.files import read_bytes
+from transforms.ledger import RunAccounts
+from transforms.stage import RecordFunction, Stage
 
 #: File extensions read as images; anything else under an input folder is rejected
 #: with ``unsupported_extension`` (so a stray file is reported, not silently skipped).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
-class ReaderOutputs(NamedTuple):
-    records: beam.PCollection
-    rejected: beam.PCollection  # image-level rejections: they count in the ledger
-    dead_letters: beam.PCollection
-    inputs: beam.PCollection  # ((INPUTS, origin), 1) per input
-    box_rejected: Optional[beam.PCollection] = None  # annotation boxes dropped; images still count
+#: Where the rejections of an annotation file's boxes are counted (their images are still inputs).
+BOXES_REJECTED = "boxes_rejected"
 
 
 def expand_pattern(pattern: str) -> str:
@@ -63,19 +61,27 @@ class MatchPaths(beam.PTransform):
         )
 
 
-class _ReadFileFn(StageDoFn):
-    stage = "read"
+def _read_file(extensions: frozenset[str], path: str) -> Iterator[RawInput | Rejection]:
+    extension = posixpath.splitext(path)[1].lower()
+    if extension not in extensions:
+        yield Rejection(path, ReadFiles.stage, Reason.UNSUPPORTED_EXTENSION, f"extension {extension or '(none)'!r}")
+        return
+    yield RawInput(uri=path, data=read_bytes(path), origin="file")
 
-    def __init__(self, extensions: frozenset[str]) -> None:
+
+class ReadFiles(Stage):
+    """Paths -> their bytes; a file whose extension is not an image's is rejected, not skipped."""
+
+    stage = "read"
+    opens_ledger = True
+    input_label = "file"
+
+    def __init__(self, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> None:
         super().__init__()
         self._extensions = extensions
 
-    def process_record(self, path: str) -> Iterator[RawInput | Rejection]:
-        extension = posixpath.splitext(path)[1].lower()
-        if extension not in self._extensions:
-            yield Rejection(path, self.stage, Reason.UNSUPPORTED_EXTENSION, f"extension {extension or '(none)'!r}")
-            return
-        yield RawInput(uri=path, data=read_bytes(path), origin="file")
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_read_file, self._extensions)
 
 
 class ReadImageFiles(beam.PTransform):
@@ -88,11 +94,8 @@ class ReadImageFiles(beam.PTransform):
         self._patterns = [expand_pattern(pattern) for pattern in patterns]
         self._extensions = extensions
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
-        matched = pbegin | "MatchPaths" >> MatchPaths(self._patterns)
-        outputs = apply_stage(matched, "ReadFiles", _ReadFileFn(self._extensions))
-        inputs = count_as(matched, "CountFiles", INPUTS, lambda _: "file")
-        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "MatchPaths" >> MatchPaths(self._patterns) | "ReadFiles" >> ReadFiles(self._extensions)
 
 
 def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -149,11 +152,10 @@ def read_members(path: str, names: Iterable[str]) -> dict[str, bytes]:
     return found
 
 
-class _ReadTarFn(StageDoFn):
-    stage = "read_shards"
+class _TarRecords:
+    """A tar's samples as records: ours kept as they are, anyone's by their first image field."""
 
     def __init__(self, extensions: frozenset[str]) -> None:
-        super().__init__()
         self._image_fields = sorted(extension.lstrip(".") for extension in extensions)
 
     def _record(self, tar_path: str, key: str, fields: dict[str, bytes]) -> RawInput | SourceImage | Rejection:
@@ -164,11 +166,26 @@ class _ReadTarFn(StageDoFn):
         for field in self._image_fields:
             if field in fields:
                 return RawInput(uri=f"{uri}.{field}", data=fields[field], origin="shard")
-        return Rejection(uri, self.stage, Reason.SAMPLE_WITHOUT_IMAGE, f"fields: {sorted(fields)}")
+        return Rejection(uri, ReadTars.stage, Reason.SAMPLE_WITHOUT_IMAGE, f"fields: {sorted(fields)}")
 
-    def process_record(self, path: str) -> Iterator[RawInput | SourceImage | Rejection]:
-        for sample in read_tar_samples(path, self.stage):
+    def __call__(self, path: str) -> Iterator[RawInput | SourceImage | Rejection]:
+        for sample in read_tar_samples(path, ReadTars.stage):
             yield sample if isinstance(sample, Rejection) else self._record(path, *sample)
+
+
+class ReadTars(Stage):
+    """Tar paths -> their samples: a source, whose inputs are the samples it finds (and each corrupt tail)."""
+
+    stage = "read_shards"
+    source = True
+    input_label = "shard"
+
+    def __init__(self, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> None:
+        super().__init__()
+        self._extensions = extensions
+
+    def record_fn(self) -> RecordFunction:
+        return _TarRecords(self._extensions)
 
 
 class ReadShards(beam.PTransform):
@@ -185,18 +202,8 @@ class ReadShards(beam.PTransform):
         self._patterns = list(patterns)
         self._extensions = extensions
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
-        tars = pbegin | "MatchPaths" >> MatchPaths(self._patterns)
-        outputs = apply_stage(tars, "ReadTars", _ReadTarFn(self._extensions))
-        inputs = (
-            (
-                count_as(outputs.main, "CountSamples", INPUTS, lambda _: "shard"),
-                count_as(outputs.rejected, "CountRejected", INPUTS, lambda _: "shard"),
-                count_as(outputs.dead_letters, "CountDead", INPUTS, lambda _: "shard"),
-            )
-            | "FlattenInputs" >> beam.Flatten()
-        )
-        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs)
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "MatchPaths" >> MatchPaths(self._patterns) | "ReadTars" >> ReadTars(self._extensions)
 
 
 _BOX_REJECTED = "box_rejected"
@@ -221,24 +228,32 @@ class _ParseAnnotationsFn(beam.DoFn):
                 yield parsed
 
 
-class _ReadAnnotatedImageFn(StageDoFn):
+def _read_annotated_image(origin: str, image: AnnotatedImage) -> Iterator[RawInput | Rejection]:
+    if not FileSystems.exists(image.path):
+        yield Rejection(image.path, ReadAnnotatedImages.stage, Reason.IMAGE_MISSING,
+                        "named by the annotation file but not found")
+        return
+    yield RawInput(
+        uri=image.path,
+        data=read_bytes(image.path),
+        annotations=image.annotations,
+        origin=origin,
+        boxes_normalized=image.normalized,
+    )
+
+
+class ReadAnnotatedImages(Stage):
+    """Images an annotation file names -> their bytes with their boxes; a missing image is rejected."""
+
     stage = "read"
+    opens_ledger = True
 
     def __init__(self, origin: str) -> None:
         super().__init__()
-        self._origin = origin
+        self.input_label = origin
 
-    def process_record(self, image: AnnotatedImage) -> Iterator[RawInput | Rejection]:
-        if not FileSystems.exists(image.path):
-            yield Rejection(image.path, self.stage, Reason.IMAGE_MISSING, "named by the annotation file but not found")
-            return
-        yield RawInput(
-            uri=image.path,
-            data=read_bytes(image.path),
-            annotations=image.annotations,
-            origin=self._origin,
-            boxes_normalized=image.normalized,
-        )
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_read_annotated_image, self.input_label)
 
 
 class ReadAnnotated(beam.PTransform):
@@ -263,7 +278,7 @@ class ReadAnnotated(beam.PTransform):
             raise ValueError(f"unknown annotation format {annotation_format!r}; known: auto, {', '.join(PARSERS)}")
         self._class_descriptions_file = class_descriptions_file
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> ReaderOutputs:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         descriptions = (
             load_class_descriptions(read_bytes(self._class_descriptions_file)) if self._class_descriptions_file else None
         )
@@ -275,8 +290,5 @@ class ReadAnnotated(beam.PTransform):
                 _BOX_REJECTED, main="images"
             )
         )
-        images = parsed.images | "Spread" >> beam.Reshuffle()
-        outputs = apply_stage(images, "ReadImages", _ReadAnnotatedImageFn(self._format))
-        origin = self._format
-        inputs = count_as(images, "CountImages", INPUTS, lambda _: origin)
-        return ReaderOutputs(outputs.main, outputs.rejected, outputs.dead_letters, inputs, parsed[_BOX_REJECTED])
+        RunAccounts.of(pbegin.pipeline).add_recorded(BOXES_REJECTED, parsed[_BOX_REJECTED])
+        return parsed.images | "Spread" >> beam.Reshuffle() | "ReadImages" >> ReadAnnotatedImages(self._format)

@@ -34,14 +34,20 @@ import pyarrow.parquet as pq
 import webdataset
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 
 from transforms.checks import is_integral
 from transforms.io.files import list_files, md5_of, publish
+from transforms.ledger import MAIN_LEDGER, RunAccounts
 
 LOG = logging.getLogger(__name__)
 
 _SPOOL_IN_MEMORY_BYTES = 64 << 20
 _HASH_CHUNK_BYTES = 8 << 20
+#: The stage name of the writer in the stats' stage table.
+STAGE = "write"
+#: The tag of the sample keys each finished shard holds (the writer's side of the stage table).
+_WRITTEN_KEYS = "written_keys"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +200,7 @@ class _WriteBucketFn(beam.DoFn):
         super().__init__()
         self._config = config
 
-    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]]) -> Iterator[ShardInfo]:
+    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]]) -> Iterator[ShardInfo | TaggedOutput]:
         bucket, samples = bucket_and_samples
         ordered = sorted(samples, key=lambda sample: sample.key)
         for part_index, part in enumerate(split_parts(ordered, self._config.max_count, self._config.max_size)):
@@ -202,15 +208,21 @@ class _WriteBucketFn(beam.DoFn):
             Metrics.counter("counterfactory.write", "shards_written_count" if info.written else "shards_kept_count").inc()
             Metrics.counter("counterfactory.write", "samples_written_count").inc(info.nsamples)
             Metrics.counter("counterfactory.write", "shard_bytes_total_bytes").inc(info.filesize)
+            yield TaggedOutput(_WRITTEN_KEYS, tuple(sample.key for sample in part))
             yield info
 
 
 class WriteShards(beam.PTransform):
-    """Write ``EncodedSample`` records as WebDataset shards; outputs one ``ShardInfo`` per shard."""
+    """Write ``EncodedSample`` records as WebDataset shards; outputs one ``ShardInfo`` per shard.
 
-    def __init__(self, config: ShardWriterConfig) -> None:
+    The samples written are ``unit`` 's ledger's ``written``, and the writer is a stage of
+    the stage table: every sample given must be in exactly one finished shard.
+    """
+
+    def __init__(self, config: ShardWriterConfig, unit: str = MAIN_LEDGER) -> None:
         super().__init__()
         self._config = config
+        self._unit = unit
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
@@ -219,13 +231,17 @@ class WriteShards(beam.PTransform):
             | "CountSamples" >> beam.combiners.Count.Globally()
             | "BucketCount" >> beam.Map(config.bucket_count)
         )
-        return (
+        written = (
             samples
             | "AssignBucket"
             >> beam.Map(lambda sample, n: (bucket_of(sample.key, n), sample), n=beam.pvalue.AsSingleton(buckets))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(config))
+            | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(config)).with_outputs(_WRITTEN_KEYS, main="shards")
         )
+        accounts = RunAccounts.of(samples.pipeline)
+        accounts.add_stage(STAGE, self._unit, samples, main=written[_WRITTEN_KEYS], output_keys=lambda keys: keys)
+        accounts.add_written(self._unit, written.shards)
+        return written.shards
 
 
 def manifest(shards: Iterable[ShardInfo], name: str) -> dict[str, Any]:

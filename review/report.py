@@ -477,144 +477,15 @@ def _ledger_view(ledger: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
-_TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }} — funnel report</title>
-<style>
-body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
-       max-width: 980px; padding: 1em 1.5em 3em; color: #222; line-height: 1.4; }
-h1 { margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.8em; }
-h3 { margin-top: 1.5em; }
-.meta { color: #555; margin-top: 0; }
-nav a { margin-right: 1em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.9em;
-       word-break: break-all; }
-img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
-.ledger-ok { background: #e7f5e9; border: 1px solid #3c8d4a; color: #1d5a28; padding: 0.5em 0.8em; }
-.ledger-open { background: #fdecea; border: 2px solid #c0392b; color: #a12a1d; padding: 0.5em 0.8em;
-               font-weight: 700; }
-.note { color: #666; font-style: italic; }
-.thumbs { display: flex; flex-wrap: wrap; gap: 0.8em; margin: 0.4em 0 1em; }
-figure.thumb { margin: 0; max-width: 400px; }
-figure.thumb img { max-width: 100%; height: auto; border: 1px solid #ccc; display: block; }
-figure.thumb figcaption { font-size: 0.8em; color: #444; }
-.row-label { font-weight: 600; margin: 0.6em 0 0.1em; }
-.pass { color: #1d5a28; } .fail { color: #a12a1d; }
-</style>
-</head>
-<body>
-<header>
-<h1>{{ title }}</h1>
-<p class="meta">Created {{ created_at }} · static report: no scripts, no network; the same numbers are in
-<a href="report.json">report.json</a>.</p>
-<nav><a href="#summary">Summary</a><a href="#ledger">Ledger</a><a href="#funnel">Funnel</a>
-<a href="#rejections">Rejections</a><a href="#scores">Scores</a></nav>
-</header>
-
-<section id="summary">
-<h2>Summary</h2>
-{% if summary %}
-<table>
-{% for key, value in summary %}<tr><th>{{ key }}</th><td><code>{{ value }}</code></td></tr>
-{% endfor %}</table>
-{% else %}<p class="note">No summary facts were recorded.</p>{% endif %}
-</section>
-
-<section id="ledger">
-<h2>Ledger</h2>
-{% if ledger.closes %}
-<p class="ledger-ok">The ledger closes: inputs = written + rejected + dead letters.</p>
-{% else %}
-<p class="ledger-open" id="ledger-open">LEDGER DOES NOT CLOSE: {{ ledger.problems | join("; ") }}</p>
-{% endif %}
-<table>
-<tr><th>inputs</th><td class="num">{{ fmt_int(ledger.inputs) }}</td></tr>
-<tr><th>written</th><td class="num">{{ fmt_int(ledger.written) }}</td></tr>
-<tr><th>rejected</th><td class="num">{{ fmt_int(ledger.rejected_total) }}</td></tr>
-{% for reason, n in ledger.rejected.items() %}<tr><td>&nbsp;&nbsp;{{ reason }}</td><td class="num">{{ fmt_int(n) }}</td></tr>
-{% endfor %}<tr><th>dead letters</th><td class="num">{{ fmt_int(ledger.dead_letters_total) }}</td></tr>
-{% for stage, n in ledger.dead_letters.items() %}<tr><td>&nbsp;&nbsp;{{ stage }}</td><td class="num">{{ fmt_int(n) }}</td></tr>
-{% endfor %}<tr><th>accounted for</th><td class="num">{{ fmt_int(ledger.accounted) }}</td></tr>
-<tr><th>closes</th><td>{{ "yes" if ledger.closes else "NO" }}</td></tr>
-</table>
-</section>
-
-<section id="funnel">
-<h2>Funnel</h2>
-<img class="plot" src="{{ funnel_png }}" alt="funnel: count per step, bootstrap then build">
-{% if funnel %}
-<table>
-<tr><th>stage</th><th>step</th><th>count</th><th>% of stage's first step</th></tr>
-{% for row in funnel %}<tr><td>{{ row.stage }}</td><td>{{ row.step }}</td><td class="num">{{ fmt_int(row.count) }}</td>
-<td class="num">{{ fmt_pct(row.percent_of_stage_first) }}</td></tr>
-{% endfor %}</table>
-{% else %}<p class="note">No funnel steps were recorded.</p>{% endif %}
-</section>
-
-<section id="rejections">
-<h2>Rejections</h2>
-{% if reasons_png %}
-<img class="plot" src="{{ reasons_png }}" alt="build rejections by reason code">
-{% else %}
-<p class="note">No rejections in this build, so there is no rejections plot.</p>
-{% endif %}
-{% if rejections %}
-<table>
-<tr><th>reason</th><th>count</th><th>share</th></tr>
-{% for row in rejections %}<tr><td><code>{{ row.reason }}</code></td><td class="num">{{ fmt_int(row.count) }}</td>
-<td class="num">{{ fmt_pct(row.percent) }}</td></tr>
-{% endfor %}</table>
-{% endif %}
-</section>
-
-<section id="scores">
-<h2>Scores</h2>
-{% if not scores %}<p class="note">No scores were recorded.</p>{% endif %}
-{% for score in scores %}
-<h3 id="score-{{ score.slug }}">{{ score.name }}</h3>
-<p>{{ fmt_int(score.count) }} candidates, {{ fmt_int(score.chosen_count) }} chosen; {{ score.better }} is better;
-{% if score.threshold is none %}no threshold.{% else %}threshold {{ score.threshold_label }},
-{{ fmt_pct(score.pass_percent) }} of candidates pass.{% endif %}
-{% if score.count %}min {{ fmt_num(score.min) }} · median {{ fmt_num(score.median) }} · max {{ fmt_num(score.max) }}{% endif %}</p>
-{% if score.file %}<img class="plot" src="{{ score.file }}" alt="histogram of {{ score.name }}">
-{% else %}<p class="note">No values for this score, so there is no histogram.</p>{% endif %}
-{% if score.threshold is not none and not score.thumb_rows %}<p class="note">No thumbnails near the threshold.</p>{% endif %}
-{% for row in score.thumb_rows %}
-<p class="row-label {{ row.side }}">{{ row.label }}</p>
-<div class="thumbs">
-{% for thumb in row.thumbs %}<figure class="thumb"><img src="{{ thumb.file }}" alt="{{ thumb.key }}">
-<figcaption><code>{{ thumb.key }}</code> · {{ score.name }} = {{ fmt_num(thumb.value) }}</figcaption></figure>
-{% endfor %}</div>
-{% endfor %}
-{% endfor %}
-{% if orphan_thumbs %}
-<h3>Thumbnails of scores without a summary</h3>
-<div class="thumbs">
-{% for thumb in orphan_thumbs %}<figure class="thumb"><img src="{{ thumb.file }}" alt="{{ thumb.key }}">
-<figcaption><code>{{ thumb.key }}</code> · {{ thumb.score }} = {{ fmt_num(thumb.value) }} ({{ thumb.side }})</figcaption>
-</figure>
-{% endfor %}</div>
-{% endif %}
-</section>
-<footer><p class="meta">Generated by counterfactory.</p></footer>
-</body>
-</html>
-"""
-
-_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+#: The page's Jinja template ships as package data beside this module.
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("review", "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 _ENV.globals.update(
     fmt_int=lambda n: "—" if n is None else f"{int(n):,}",
     fmt_pct=_fmt_pct,
     fmt_num=lambda x: "—" if x is None else f"{float(x):.4g}",
 )
-_PAGE = _ENV.from_string(_TEMPLATE)
+_PAGE = _ENV.get_template("report.html.j2")
 
 _ROW_LABELS = {PASS: "just passing", FAIL: "just failing"}
 

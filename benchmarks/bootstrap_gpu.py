@@ -15,9 +15,10 @@ remover's model batches). The job's rate excludes model loading (Beam's ``load_m
 the split comes from each stage's ``process_time_msec`` and each model's
 ``inference_batch_latency_micro_secs``, summed over threads (so shares of busy time, not
 of wall time). It also prints how full the remover's model batches were (each takes rows
-from every call waiting for the GPU) and the run's funnel, and exits non-zero when a
-ledger does not close. The remover lives in the runner's process (``share_across_processes``
-off) unless ``--share-across-processes`` asks for Beam's proxied ``large_model``.
+from every call waiting for the GPU), the run's funnel and its stage table, and exits
+non-zero when a ledger or a stage does not close. The remover lives in the runner's
+process (``share_across_processes`` off) unless ``--share-across-processes`` asks for
+Beam's proxied ``large_model``.
 
     python benchmarks/bootstrap_gpu.py --images 160 --threads 8 --json $OUT/bootstrap.json   # CUDA
     python benchmarks/bootstrap_gpu.py --tiny --device cpu --images 8 --threads 2              # checks the script
@@ -43,7 +44,8 @@ from pipeline.bootstrap import build_bootstrap
 from pipeline.finalize import check_ledgers, read_stats
 from pipeline.runners import new_pipeline
 from transforms.ledger import LedgerError
-from transforms.models.diffusion import INPAINTING_PIPELINE_SHAPES, DiffusionRemover, build_random_inpainting_pipeline
+from pipeline.testing import INPAINTING_PIPELINE_SHAPES, build_random_inpainting_pipeline
+from transforms.models.diffusion import DiffusionRemover
 
 LOG = logging.getLogger("benchmark")
 SAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "samples" / "images"
@@ -171,6 +173,10 @@ def main() -> None:
           f"{load_s:.1f} s of model loading -> {steady / removal_rate:.0%} of removal only")
     print(f"model batches {batch_fill:.0%} full on average (rows from every waiting call, of {args.batch})")
     print("funnel: " + ", ".join(f"{step} {count}" for step, count in funnel.items()))
+    print("stages (in -> out + rejected + dead letters):")
+    for row in stats["stages"]:
+        print(f"  {row['stage']:14} {row['in']:6} -> {row['out']:6} + {row['rejected']:5} + {row['dead_letters']:3}  "
+              f"{'closed' if row['closed'] else 'DOES NOT CLOSE: missing ' + ', '.join(row['missing_keys'][:5])}")
     total = sum(busy.values())
     for stage, seconds in sorted(busy.items(), key=lambda item: -item[1]):
         print(f"  {stage:45} {seconds:8.1f} s busy  {seconds / total:6.1%}")
@@ -178,7 +184,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "device": name, "images": args.images, "objects_removed": removed, "wall_s": wall, "load_s": load_s,
             "removal_only_objects_per_s": removal_rate, "bootstrap_objects_per_s": steady, "busy_s": busy,
-            "model_batch_fill": batch_fill, "funnel": funnel, "ledger_error": ledger_error,
+            "model_batch_fill": batch_fill, "funnel": funnel, "stages": stats["stages"], "ledger_error": ledger_error,
             **{name: value for name, value in stats.items() if name.endswith("ledger")}, "args": vars(args)}, indent=2))
     if ledger_error:
         raise SystemExit(f"the run lost records: {ledger_error}")

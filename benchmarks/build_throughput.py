@@ -1,6 +1,6 @@
 """Build throughput: pair samples/s through ``counterfactory build`` vs a plain loop doing the same work.
 
-The candidate set is synthetic (tests/candidate_sets.py: the real candidate format,
+The candidate set is synthetic (pipeline/testing.py: the real candidate format,
 random scores). The baseline is what a user would write by hand: webdataset reads each
 candidate sample, the first candidate passing the default thresholds is re-pasted and
 the pair written with ``webdataset.TarWriter``, one process. The ratio says what the
@@ -22,17 +22,14 @@ import tempfile
 
 import numpy as np
 import webdataset
+from _common import quiet_logging, timed
 from PIL import Image
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # for tests.candidate_sets
-
-from _common import quiet_logging, timed  # noqa: E402
-
-from jobs import build  # noqa: E402
-from tests.candidate_sets import write_candidate_set  # noqa: E402
-from transforms.io.decode import decode_rgb, encode_jpeg  # noqa: E402
-from transforms.repaste import repaste  # noqa: E402
-from transforms.thresholds import Thresholds  # noqa: E402
+from jobs import build
+from pipeline.testing import write_candidate_set
+from transforms.io.decode import decode_rgb, encode_jpeg
+from transforms.repaste import repaste
+from transforms.thresholds import Thresholds
 
 
 def baseline(candidates: pathlib.Path, output: pathlib.Path) -> int:

@@ -49,15 +49,14 @@ import torch
 from _common import quiet_logging, synchronize, synthetic_source, timed_calls
 from PIL import Image
 
+from pipeline.testing import INPAINTING_PIPELINE_SHAPES, build_random_inpainting_pipeline
 from schemas import Box, Detection, ObjectMask, object_key
 from transforms.io.decode import decode_rgb
 from transforms.masks import encode_mask_png
 from transforms.models.diffusion import (
-    INPAINTING_PIPELINE_SHAPES,
     DiffusionRemovalConfig,
     DiffusionRemovalHandler,
     DiffusionRemover,
-    build_random_inpainting_pipeline,
 )
 from transforms.models.gpus import claim_device
 from transforms.models.removal import RemovalRequest

@@ -41,12 +41,12 @@ from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_boo
 from pipeline.options import mapping_option
 from schemas.sample import CANDIDATE_METADATA_SCHEMA
 from transforms.mask_quality import MaskQualityConfig
-from transforms.models import diffusion  # noqa: F401  (registers the "diffusers" remover kind)
 from transforms.models.catalog import load_catalog
 from transforms.models.clip import ClipScorerConfig, ClipScorerHandler
 from transforms.models.detection import DetectorConfig, make_detector_handler
 from transforms.models.redetect import RedetectConfig, RedetectHandler
-from transforms.models.removal import REMOVAL_HANDLERS, RemovalHandler
+from transforms.models.removal import RemovalHandler
+from transforms.models.removers import REMOVAL_HANDLERS
 from transforms.models.segmentation import SegmenterConfig, segmentation_handler
 from transforms.quality import QualityConfig
 from transforms.selection import SelectionConfig

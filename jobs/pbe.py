@@ -40,17 +40,15 @@ from jobs.common import (
 from pipeline.options import ConfigError, mapping_option
 from pipeline.pbe import (
     BENCHMARK_FUNNEL_STEPS,
-    BOXES,
     FUNNEL_STEPS,
     BenchmarkConfig,
-    PairSettings,
     PbeJobConfig,
     build_pbe,
     build_pbe_benchmark,
 )
 from schemas.sample import PBE_METADATA_SCHEMA
 from transforms.models.detection import make_detector_handler
-from transforms.pbe import BoxFilterConfig, CropConfig, MaskConfig, PbeConfig, ReferenceConfig
+from transforms.pbe import BOXES, BoxFilterConfig, CropConfig, MaskConfig, PairSettings, PbeConfig, ReferenceConfig
 
 DESCRIPTION = "Images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented reference."
 BENCHMARK_DESCRIPTION = ("Images with boxes -> a COCOEE-style evaluation set: one object per image, its reference "

@@ -34,8 +34,9 @@ from jobs.common import (
     writer_config,
 )
 from pipeline.options import ConfigError, mapping_option
-from pipeline.video import FUNNEL_STEPS, PAIRS, FramePairSettings, PairRules, VideoPairsConfig, build_video_pairs
+from pipeline.video import FUNNEL_STEPS, VideoPairsConfig, build_video_pairs
 from schemas.sample import MIMIC_METADATA_SCHEMA
+from transforms.frame_pairs import PAIRS, FramePairSettings, PairRules
 from transforms.mimic import GridMaskConfig, MatchConfig, SsimBandConfig, StaticAugmentConfig
 from transforms.video import CutConfig, PairSamplingConfig, VideoDecodeConfig
 

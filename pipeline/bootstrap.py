@@ -24,13 +24,13 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.finalize import FUNNEL, FinalizeRun, RunInfo
+from pipeline.finalize import FinalizeRun, RunInfo
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from schemas import Reason, Rejection, source_of
 from transforms.candidates import OBJECTS, CandidateSampleEncoder, CheckMasks, ScoreCandidates
 from transforms.encode import EncodeSamples
 from transforms.io.shards import ShardWriterConfig, WriteShards
-from transforms.ledger import DEAD_LETTER, MAIN_LEDGER, REJECTED, WRITTEN, RunAccounts, count_as
+from transforms.ledger import DEAD_LETTER, MAIN_LEDGER, REJECTED, WRITTEN, RunAccounts, count_funnel
 from transforms.mask_quality import MaskQualityConfig
 from transforms.models.removal import RemovalHandler
 from transforms.models.run_model import RunModel
@@ -113,9 +113,6 @@ def _scored(label: str, objects: beam.PCollection, handler: ModelHandler, stage:
     return predictions | f"{label}Records" >> beam.Map(lambda prediction: prediction.inference)
 
 
-def _funnel(label: str, pcoll: beam.PCollection, step: str, weight=lambda _: 1) -> beam.PCollection:
-    return count_as(pcoll, label, FUNNEL, lambda _: step, weight)
-
 
 def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollection:
     """Add the bootstrap graph to ``p``; returns the PCollection holding the run's stats dict."""
@@ -147,13 +144,13 @@ def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollecti
     accounts.add_counts(image_outcomes)
     accounts.add_rejections(MAIN_LEDGER, no_object_kept)
     accounts.add_counts(flatten("FunnelCounts", [
-        detected | "FunnelDetections" >> beam.FlatMap(
-            lambda result: [((FUNNEL, "with_detections"), 1)] if result.inference else []),
-        _funnel("FunnelWithObjects", requests, "with_objects"),
-        _funnel("FunnelObjects", requests, "objects", lambda request: len(request.detections)),
-        _funnel("FunnelMasksKept", checked, "masks_kept"),
-        _funnel("FunnelRemoved", removed, "objects_removed"),
-        _funnel("FunnelWritten", shards, "objects_written", lambda shard: shard.nsamples),
-        _funnel("FunnelCandidates", encoded, "candidates_written", lambda sample: sample.metadata["num_candidates"]),
+        count_funnel(detected, "FunnelDetections", "with_detections", lambda result: int(bool(result.inference))),
+        count_funnel(requests, "FunnelWithObjects", "with_objects"),
+        count_funnel(requests, "FunnelObjects", "objects", lambda request: len(request.detections)),
+        count_funnel(checked, "FunnelMasksKept", "masks_kept"),
+        count_funnel(removed, "FunnelRemoved", "objects_removed"),
+        count_funnel(shards, "FunnelWritten", "objects_written", lambda shard: shard.nsamples),
+        count_funnel(encoded, "FunnelCandidates", "candidates_written",
+                     lambda sample: sample.metadata["num_candidates"]),
     ]))
     return shards | "Finalize" >> FinalizeRun(config.run, config.writer)

@@ -21,12 +21,12 @@ from typing import Any, Mapping
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.finalize import FUNNEL, MANIFEST, STATS, FinalizeRun, RunInfo, RunReport
+from pipeline.finalize import MANIFEST, STATS, FinalizeRun, RunInfo, RunReport
 from review.report import FunnelStep, ReportData, ScoreSummary, Thumbnail, render_report
 from review.report_inputs import NearThresholdFn, ReportInputs, ScoreValuesFn, near_threshold_thumbnails
 from transforms.io.files import read_json
 from transforms.io.shards import ShardWriterConfig, WriteShards
-from transforms.ledger import RunAccounts, count_as
+from transforms.ledger import RunAccounts, count_funnel
 from transforms.pairs import PairEncoder, ReadCandidates, RepastePairs, SelectCandidates
 from transforms.repaste import RepasteConfig
 from transforms.thresholds import SCORES, SelectionRules
@@ -176,8 +176,8 @@ def build_pairs(p: beam.Pipeline, config: BuildConfig) -> beam.PCollection:
     pairs = selected.chosen | "Repaste" >> RepastePairs(encoder)
     shards = pairs | "WriteShards" >> WriteShards(config.writer)
     RunAccounts.of(p).add_counts((
-        count_as(samples, "FunnelCandidateObjects", FUNNEL, lambda _: "candidate_objects"),
-        count_as(shards, "FunnelWritten", FUNNEL, lambda _: "pairs_written", lambda shard: shard.nsamples),
+        count_funnel(samples, "FunnelCandidateObjects", "candidate_objects"),
+        count_funnel(shards, "FunnelWritten", "pairs_written", lambda shard: shard.nsamples),
     ) | "FunnelCounts" >> beam.Flatten())
     report_inputs = selected.scores | "ReportInputs" >> _ReportInputs(
         config.rules.thresholds.bounds, config.thumbnails_per_side)

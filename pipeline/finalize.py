@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -26,10 +27,10 @@ from transforms.io.shards import ShardInfo, ShardWriterConfig, manifest, stale_f
 from transforms.ledger import (
     DEAD_LETTER,
     FUNNEL,
-    INPUTS,
     REJECTED,
     WRITTEN,
     Ledger,
+    LedgerError,
     RunAccounts,
     StageInfo,
     StageTable,
@@ -168,9 +169,7 @@ class _FinalizeFn(beam.DoFn):
             "ledger": ledger.to_json(),
             **{f"{name}_ledger": sub.to_json() for name, sub in sub_ledgers.items()},
             "stages": stages,
-            # "inputs" is the main ledger's; every other step is counted as the job defines it.
-            "funnel": [{"step": step, "count": ledger.inputs if step == INPUTS else tally.get((FUNNEL, step), 0)}
-                       for step in run.funnel],
+            "funnel": [{"step": step, "count": tally.get((FUNNEL, step), 0)} for step in run.funnel],
             "counts": _group_counts(tally, run.sub_ledgers),
             "shards": {
                 "count": len(shards),
@@ -267,10 +266,19 @@ def read_stats(output_dir: str) -> dict[str, Any]:
 
 
 def check_ledgers(output_dir: str) -> dict[str, Any]:
-    """The stats of a finished run; raises ``LedgerError`` if any of its ledgers or stages does not close."""
+    """The stats of a finished run; raises ``LedgerError`` if any of its stages or ledgers does not close.
+
+    The stages that lost or duplicated records come first in the message: they say where.
+    """
     stats = read_stats(output_dir)
-    for name, value in stats.items():
-        if name.endswith("ledger"):
-            Ledger.from_json(value).check(name)
-    check_stages(stats.get("stages", ()))
+    problems = []
+    for check in (lambda: check_stages(stats.get("stages", ())),
+                  *(functools.partial(Ledger.from_json(value).check, name)
+                    for name, value in stats.items() if name.endswith("ledger"))):
+        try:
+            check()
+        except LedgerError as error:
+            problems.append(str(error))
+    if problems:
+        raise LedgerError("; ".join(problems))
     return stats

@@ -9,13 +9,13 @@ from typing import Any, Mapping
 
 import apache_beam as beam
 
-from pipeline.finalize import FUNNEL, FinalizeRun, RunInfo
+from pipeline.finalize import FinalizeRun, RunInfo
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig
 from schemas import SourceImage
 from schemas.sample import source_metadata_row, source_to_sample
 from transforms.encode import EncodeSamples
 from transforms.io.shards import EncodedSample, ShardWriterConfig, WriteShards
-from transforms.ledger import RunAccounts
+from transforms.ledger import RunAccounts, count_funnel
 
 FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "written")
 
@@ -46,5 +46,5 @@ def build_ingest(p: beam.Pipeline, config: IngestConfig) -> beam.PCollection:
     sources = p | "ReadSources" >> ReadSources(config.sources)
     encoded = sources | "EncodeSamples" >> EncodeSamples(_SourceSampleEncoder(config.run.provenance))
     shards = encoded | "WriteShards" >> WriteShards(config.writer)
-    RunAccounts.of(p).add_counts(shards | "FunnelWritten" >> beam.Map(lambda shard: ((FUNNEL, "written"), shard.nsamples)))
+    RunAccounts.of(p).add_counts(count_funnel(shards, "FunnelWritten", "written", lambda shard: shard.nsamples))
     return shards | "Finalize" >> FinalizeRun(config.run, config.writer)

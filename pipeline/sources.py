@@ -3,8 +3,8 @@
     read (files | tars | annotation files) -> decode/normalise -> dedup
 
 Its stages register what they did not keep (rejections, dead letters) and the inputs of
-the run's ledger with the run's accounts; it adds the funnel steps ``read``, ``decoded``
-and ``unique`` (``inputs`` is the ledger's) and counts the notes decoding left.
+the run's ledger with the run's accounts; it adds the funnel steps ``inputs`` (what the
+readers found), ``read``, ``decoded`` and ``unique``, and counts the notes decoding left.
 """
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from typing import Optional
 
 import apache_beam as beam
 
-from pipeline.finalize import FUNNEL
 from schemas import SourceImage
 from transforms.dedup import DeduplicateByContent
 from transforms.io.decode import DecodeConfig
 from transforms.io.readers import ReadAnnotated, ReadImageFiles, ReadShards
-from transforms.ledger import RunAccounts, count_as
+from transforms.ledger import MAIN_LEDGER, RunAccounts, count_funnel
 from transforms.normalize import NormalizeImages
 
 #: The funnel steps :class:`ReadSources` counts, in order.
@@ -87,13 +86,18 @@ class ReadSources(beam.PTransform):
         self._config = config
 
     def expand(self, p: beam.Pipeline) -> beam.PCollection:
+        accounts = RunAccounts.of(p)
+        rejected_before, dead_before = len(accounts.rejections(MAIN_LEDGER)), len(accounts.dead_letters(MAIN_LEDGER))
         raw = flatten("AllRecords", _readers(p, self._config))
+        # What the readers found, kept or not: the images among a job's inputs (a video job has others).
+        found = [raw, *accounts.rejections(MAIN_LEDGER)[rejected_before:], *accounts.dead_letters(MAIN_LEDGER)[dead_before:]]
         decoded = raw | "Normalize" >> NormalizeImages(self._config.decode)
         unique = decoded | "Deduplicate" >> DeduplicateByContent()
-        RunAccounts.of(p).add_counts(flatten("SourceCounts", [
-            count_as(raw, "FunnelRead", FUNNEL, lambda _: "read"),
-            count_as(decoded, "FunnelDecoded", FUNNEL, lambda _: "decoded"),
-            count_as(unique, "FunnelUnique", FUNNEL, lambda _: "unique"),
+        accounts.add_counts(flatten("SourceCounts", [
+            count_funnel(flatten("Found", found), "FunnelInputs", "inputs"),
+            count_funnel(raw, "FunnelRead", "read"),
+            count_funnel(decoded, "FunnelDecoded", "decoded"),
+            count_funnel(unique, "FunnelUnique", "unique"),
             decoded | "CountNotes" >> beam.FlatMap(_note_counts),
         ]))
         return unique

@@ -9,7 +9,7 @@ from __future__ import annotations
 import array
 import heapq
 import logging
-from typing import Iterable, Iterator, Mapping, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np

@@ -21,6 +21,7 @@ and the final state of each stage is its unbalanced keys alone.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import weakref
 import zlib
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
@@ -86,6 +87,12 @@ def count_as(pcoll: beam.PCollection, label: str, counter: str, key_fn=lambda _:
              weight: Callable[[Any], int] = lambda _: 1) -> beam.PCollection:
     """``((counter, key_fn(element)), weight(element))`` per element, for :class:`Tally`."""
     return pcoll | label >> beam.Map(lambda element: ((counter, key_fn(element)), weight(element)))
+
+
+def count_funnel(pcoll: beam.PCollection, label: str, step: str,
+                 weight: Callable[[Any], int] = lambda _: 1) -> beam.PCollection:
+    """A funnel step: ``((FUNNEL, step), weight(element))`` per element."""
+    return count_as(pcoll, label, FUNNEL, lambda _: step, weight)
 
 
 class Tally(beam.PTransform):
@@ -233,6 +240,11 @@ def _bucket(key: str) -> int:
     return zlib.crc32(key.encode("utf-8")) % _FLOW_BUCKETS
 
 
+def _unkeyed(record: Any) -> tuple[None]:
+    """A source's records are counted, not balanced: how many an input holds is what reading it finds."""
+    return (None,)
+
+
 def _flow_events(stage: str, kind: str, keys_of: Callable[[Any], Iterable[Optional[str]]], delta: int):
     def events(record: Any):
         for key in keys_of(record):
@@ -268,6 +280,7 @@ class RunAccounts:
         self._counts: list[beam.PCollection] = []
         self._rejected: list[tuple[Optional[str], beam.PCollection]] = []
         self._dead_letters: list[tuple[str, beam.PCollection]] = []
+        self._registrations = itertools.count()
 
     @classmethod
     def of(cls, anchor: beam.Pipeline | beam.pvalue.PValue) -> "RunAccounts":
@@ -278,6 +291,10 @@ class RunAccounts:
         return cls._registry[pipeline]
 
     # ---- registration
+
+    def _label(self, name: str) -> str:
+        """A label unique in the pipeline: registrations may repeat inside one composite."""
+        return f"{name}{next(self._registrations)}"
 
     def add_stage(self, stage: str, unit: str, inputs: beam.PCollection, *, main: beam.PCollection,
                   rejected: Optional[beam.PCollection] = None, dead_letters: Optional[beam.PCollection] = None,
@@ -294,27 +311,28 @@ class RunAccounts:
         input holds: its flow is counted, not balanced, and what it yields (kept, rejected
         or dead) is its ledger's inputs, labelled ``input_label``.
         """
-        def own(record: Any) -> tuple[str]:
-            return (identity(record),)
-
         if source:
-            input_keys = output_keys = own = lambda record: (None,)  # noqa: E731
+            input_keys = output_keys = own = _unkeyed
+        else:
+            def own(record: Any) -> tuple[str]:
+                return (identity(record),)
+
         outcomes = [("out", main, output_keys or own), ("rejected", rejected, own), ("dead_letters", dead_letters, own)]
-        self._flows.append(inputs | "FlowIn" >> beam.FlatMap(_flow_events(stage, "in", input_keys or own, 1)))
+        self._flows.append(inputs | self._label("FlowIn") >> beam.FlatMap(_flow_events(stage, "in", input_keys or own, 1)))
         for kind, pcoll, keys_of in outcomes:
             if pcoll is not None:
-                self._flows.append(pcoll | f"Flow_{kind}" >> beam.FlatMap(_flow_events(stage, kind, keys_of, -1)))
+                self._flows.append(pcoll | self._label(f"Flow_{kind}") >> beam.FlatMap(_flow_events(stage, kind, keys_of, -1)))
         if rejected is not None:
             self.add_rejections(unit, rejected)
         if dead_letters is not None:
             self.add_dead_letters(unit, dead_letters)
         inputs_counter = counter_name(unit, INPUTS)
         if source:
-            found = tuple(pcoll for _, pcoll, _ in outcomes if pcoll is not None) | "Found" >> beam.Flatten()
-            self._counts.append(found | "LedgerInputs" >> beam.Map(lambda _: ((inputs_counter, input_label), 1)))
+            found = tuple(pcoll for _, pcoll, _ in outcomes if pcoll is not None) | self._label("Found") >> beam.Flatten()
+            self._counts.append(found | self._label("LedgerInputs") >> beam.Map(lambda _: ((inputs_counter, input_label), 1)))
         elif opens_ledger:
             keys_of = input_keys or own
-            self._counts.append(inputs | "LedgerInputs" >> beam.Map(
+            self._counts.append(inputs | self._label("LedgerInputs") >> beam.Map(
                 lambda record: ((inputs_counter, input_label), len(tuple(keys_of(record))))))
         if not any(info.stage == stage for info in self.stages):
             self.stages.append(StageInfo(stage, unit, checked=not source))
@@ -322,23 +340,23 @@ class RunAccounts:
     def add_rejections(self, unit: str, rejected: beam.PCollection) -> None:
         """Rejections that count in ``unit`` 's ledger (by reason) and are written to rejected.parquet."""
         self._rejected.append((unit, rejected))
-        self._counts.append(rejected | "CountRejected" >> beam.Map(
+        self._counts.append(rejected | self._label("CountRejected") >> beam.Map(
             lambda rejection: ((counter_name(unit, REJECTED), rejection.reason.value), 1)))
 
     def add_recorded(self, counter: str, rejected: beam.PCollection) -> None:
         """Rejections of parts of kept records (a box of a kept image): recorded, counted under ``counter``."""
         self._rejected.append((None, rejected))
-        self._counts.append(rejected | "CountRecorded" >> beam.Map(
+        self._counts.append(rejected | self._label("CountRecorded") >> beam.Map(
             lambda rejection: ((counter, rejection.reason.value), 1)))
 
     def add_dead_letters(self, unit: str, dead_letters: beam.PCollection) -> None:
         self._dead_letters.append((unit, dead_letters))
-        self._counts.append(dead_letters | "CountDeadLetters" >> beam.Map(
+        self._counts.append(dead_letters | self._label("CountDeadLetters") >> beam.Map(
             lambda dead: ((counter_name(unit, DEAD_LETTER), dead.stage), 1)))
 
     def add_written(self, unit: str, shards: beam.PCollection) -> None:
         """``unit`` 's ``written``: the samples of the shards the writer finished."""
-        self._counts.append(shards | "CountWritten" >> beam.Map(
+        self._counts.append(shards | self._label("CountWritten") >> beam.Map(
             lambda shard: ((counter_name(unit, WRITTEN), ""), shard.nsamples)))
 
     def add_counts(self, counts: beam.PCollection) -> None:

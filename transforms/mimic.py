@@ -34,7 +34,7 @@ from skimage.metrics import structural_similarity
 
 from schemas import Reason
 from transforms.augment import HUE_SHIFT, A, augment
-from transforms.checks import is_int, is_integral, is_number, is_unit
+from transforms.checks import check_rgb, check_seed, check_units, is_int, is_integral, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +50,6 @@ _RANSAC_CONFIDENCE = 0.999
 
 #: The albumentations transforms of :func:`static_reference` draw from ``SeedSequence([seed, this, index])``.
 _STATIC_STREAM = 1
-
-
-
-
-def _check_rgb(name: str, rgb: object) -> None:
-    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
-        described = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ValueError(f"{name} must be an RGB uint8 HxWx3 array, got {described}")
-
-
-def _check_units(config: object, names: tuple[str, ...]) -> None:
-    for name in names:
-        if not is_unit(getattr(config, name)):
-            raise ValueError(f"{name} must be a number in [0, 1], got {getattr(config, name)!r}")
 
 
 def _number_pair(name: str, value: object, low: float, high: float) -> tuple[float, float]:
@@ -112,7 +98,7 @@ class SsimBandConfig:
     side: int = 128
 
     def __post_init__(self) -> None:
-        _check_units(self, ("min_ssim", "max_ssim"))
+        check_units(self, ("min_ssim", "max_ssim"))
         if self.min_ssim > self.max_ssim:
             raise ValueError(f"min_ssim {self.min_ssim} > max_ssim {self.max_ssim}")
         if not (is_int(self.side) and self.side >= _SSIM_WINDOW):
@@ -133,8 +119,8 @@ def pair_ssim(a: np.ndarray, b: np.ndarray, side: int) -> float:
     scikit-image's mean SSIM with its 7x7 uniform window and ``data_range`` 255; 1.0 for
     identical frames.
     """
-    _check_rgb("a", a)
-    _check_rgb("b", b)
+    check_rgb(a, "a")
+    check_rgb(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"frames differ in size: {a.shape} and {b.shape}")
     if not (is_integral(side) and side >= _SSIM_WINDOW):
@@ -252,8 +238,8 @@ def match_frames(source: np.ndarray, reference: np.ndarray, config: MatchConfig)
     with fewer than 8 candidates, give zero inliers; this never raises on content. The
     detector and matcher are made per call (about a microsecond), so threads share none.
     """
-    _check_rgb("source", source)
-    _check_rgb("reference", reference)
+    check_rgb(source, "source")
+    check_rgb(reference, "reference")
     sift = cv2.SIFT_create(nfeatures=config.max_features)
     source_keypoints, source_descriptors = sift.detectAndCompute(_grey(source), None)
     reference_keypoints, reference_descriptors = sift.detectAndCompute(_grey(reference), None)
@@ -301,7 +287,7 @@ class GridMaskConfig:
                 raise ValueError(f"{name} must be an integer >= 2, got {getattr(self, name)!r}")
         if self.min_cells > self.max_cells:
             raise ValueError(f"min_cells {self.min_cells} > max_cells {self.max_cells}")
-        _check_units(self, ("p_matched", "p_other"))
+        check_units(self, ("p_matched", "p_other"))
 
 
 def _edges(length: int, cells: int) -> np.ndarray:
@@ -394,7 +380,7 @@ class StaticAugmentConfig:
     perspective_scale: tuple[float, float] = (0.05, 0.1)
 
     def __post_init__(self) -> None:
-        _check_units(self, ("color_jitter_p", "flip_p", "perspective_p"))
+        check_units(self, ("color_jitter_p", "flip_p", "perspective_p"))
         if not (is_number(self.rotate_limit_deg) and 0 <= self.rotate_limit_deg <= 180):
             raise ValueError(f"rotate_limit_deg must be a number in [0, 180], got {self.rotate_limit_deg!r}")
         scale_range = _number_pair("scale_range", self.scale_range, 0.0, math.inf)
@@ -425,7 +411,6 @@ def static_reference(rgb: np.ndarray, config: StaticAugmentConfig, seed: int) ->
     name and sampled params (including the 3x3 warp matrices); seeding as
     :func:`transforms.augment.augment`.
     """
-    _check_rgb("rgb", rgb)
-    if not (is_integral(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_rgb(rgb, "rgb")
+    check_seed(seed)
     return augment(config.augmentations(), rgb, seed, _STATIC_STREAM)

@@ -20,21 +20,36 @@ does not change the others' draws. Nothing touches a global random state.
 
 Pixel boxes are ``(x0, y0, x1, y1)`` integers, half-open (columns ``x0 .. x1 - 1``); a
 float :class:`~schemas.Box` covers every pixel it touches, after clipping to the image.
+
+The Beam stages of the two jobs close the module: :class:`MakePairs` and
+:class:`SplitBoxes` (``pbe-pairs``), :class:`BenchmarkItems` and
+:class:`PairWithOtherImages` (``pbe-benchmark``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
 
+import apache_beam as beam
 import cv2
 import numpy as np
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.pvalue import TaggedOutput
 from scipy.special import comb
 
-from schemas import Box, Reason
+from schemas import Box, Reason, Rejection, SourceImage, object_key
+from schemas.keys import derived_seed
+from schemas.sample import LabelledBox, pbe_fields, pbe_metadata_row
 from transforms.augment import HUE_SHIFT, A, augment
-from transforms.checks import is_int, is_integral, is_number, is_unit
+from transforms.checks import check_jpeg_quality, check_rgb, check_seed, check_units, is_int, is_integral, is_number
+from transforms.io.decode import decode_rgb, encode_jpeg
+from transforms.io.shards import EncodedSample
+from transforms.ledger import record_uri
+from transforms.masks import encode_mask_png
+from transforms.stage import RecordFunction, SplitOutcomes, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -60,27 +75,9 @@ _ELASTIC_ALPHA = 0.25
 _ELASTIC_SIGMA = 0.04
 
 
-
 def _check_size(name: str, value: object) -> None:
     if not (is_int(value) and value >= MIN_SIZE):
         raise ValueError(f"{name} must be an integer >= {MIN_SIZE}, got {value!r}")
-
-
-def _check_units(config: object, names: tuple[str, ...]) -> None:
-    for name in names:
-        if not is_unit(getattr(config, name)):
-            raise ValueError(f"{name} must be a number in [0, 1], got {getattr(config, name)!r}")
-
-
-def _check_seed(seed: object) -> None:
-    if not (is_integral(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-def _check_rgb(rgb: object) -> None:
-    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
-        described = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ValueError(f"expected an RGB uint8 HxWx3 array, got {described}")
 
 
 def _check_pixel_box(name: str, box: PixelBox, width: int, height: int) -> None:
@@ -113,7 +110,7 @@ class BoxFilterConfig:
     max_aspect_ratio: float = 4.0
 
     def __post_init__(self) -> None:
-        _check_units(self, ("min_area_fraction", "max_area_fraction"))
+        check_units(self, ("min_area_fraction", "max_area_fraction"))
         if self.min_area_fraction > self.max_area_fraction:
             raise ValueError(f"min_area_fraction {self.min_area_fraction} > max_area_fraction {self.max_area_fraction}")
         if not (is_int(self.min_side_px) and self.min_side_px >= 0):
@@ -190,7 +187,7 @@ class MaskConfig:
     jitter_px: tuple[int, int] = (1, 5)
 
     def __post_init__(self) -> None:
-        _check_units(self, ("extend_fraction", "bezier_probability"))
+        check_units(self, ("extend_fraction", "bezier_probability"))
         if not (is_int(self.points_per_edge) and self.points_per_edge >= 2):
             raise ValueError(f"points_per_edge must be an integer >= 2, got {self.points_per_edge!r}")
         jitter = self.jitter_px
@@ -330,7 +327,7 @@ class CropConfig:
     size: int = 512
 
     def __post_init__(self) -> None:
-        _check_units(self, ("keep_fraction",))
+        check_units(self, ("keep_fraction",))
         _check_size("size", self.size)
 
 
@@ -372,7 +369,7 @@ def crop_and_resize(rgb: np.ndarray, mask: np.ndarray, crop_box: PixelBox, size:
     The mask is resized by nearest neighbour (exact: pixel centres map to pixel centres),
     so it stays binary and aligned with the image.
     """
-    _check_rgb(rgb)
+    check_rgb(rgb)
     height, width = rgb.shape[:2]
     if mask.shape != (height, width):
         raise ValueError(f"mask is {mask.shape}, image is {(height, width)}")
@@ -407,7 +404,7 @@ class ReferenceConfig:
 
     def __post_init__(self) -> None:
         _check_size("size", self.size)
-        _check_units(self, ("pad_fraction", "flip_p", "blur_p", "elastic_p", "color_jitter_p"))
+        check_units(self, ("pad_fraction", "flip_p", "blur_p", "elastic_p", "color_jitter_p"))
         if not (is_number(self.rotate_limit_deg) and 0 <= self.rotate_limit_deg <= 180):
             raise ValueError(f"rotate_limit_deg must be a number in [0, 180], got {self.rotate_limit_deg!r}")
 
@@ -434,8 +431,8 @@ def reference_crop(rgb: np.ndarray, box: Box, config: ReferenceConfig, seed: int
     per transform applied, its name and sampled params (the elastic displacement maps
     are named under ``omitted``, not stored); seeding as :func:`transforms.augment.augment`.
     """
-    _check_rgb(rgb)
-    _check_seed(seed)
+    check_rgb(rgb)
+    check_seed(seed)
     height, width = rgb.shape[:2]
     pad_x, pad_y = config.pad_fraction * box.width, config.pad_fraction * box.height
     crop = pixel_box(Box(box.x0 - pad_x, box.y0 - pad_y, box.x1 + pad_x, box.y1 + pad_y), width, height)
@@ -483,8 +480,8 @@ def make_pair(rgb: np.ndarray, box: Box, config: PbeConfig, seed: int) -> PbePai
     ``{"crop_box", "mask", "reference", "seed"}``: the pixel crop in the image, the
     :func:`object_mask` and :func:`reference_crop` records, and ``seed``.
     """
-    _check_rgb(rgb)
-    _check_seed(seed)
+    check_rgb(rgb)
+    check_seed(seed)
     height, width = rgb.shape[:2]
     mask_rng = np.random.default_rng([int(seed), _MASK_STREAM])
     full_mask, mask_record = object_mask(box, width, height, config.masks, mask_rng)
@@ -494,3 +491,286 @@ def make_pair(rgb: np.ndarray, box: Box, config: PbeConfig, seed: int) -> PbePai
     reference, reference_record = reference_crop(rgb, box, config.reference, seed)
     record = {"crop_box": list(crop_box), "mask": mask_record, "reference": reference_record, "seed": int(seed)}
     return PbePair(target=target, mask=mask, reference=reference, record=record)
+
+
+# --------------------------------------------------------------------------- Beam stages
+
+#: The ledger of boxes (counters ``boxes.<counter>``): every box of an image with boxes ends as a pair or a rejection.
+BOXES = "boxes"
+#: Lowest JPEG quality of a pair's target and reference.
+MIN_JPEG_QUALITY = 50
+#: :class:`MakePairs` ' extra output: the records of images none of whose boxes is kept.
+UNPAIRED_TAG = "unpaired"
+
+#: What the stages take: a source image and its boxes (from its annotations, or the detector's).
+BoxedImage = tuple[SourceImage, tuple[LabelledBox, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSettings:
+    """Per-job pair settings: at most ``max_boxes`` pairs per image (largest boxes first),
+    seeds derived from ``seed`` and each box's key, JPEG quality of target and reference."""
+
+    max_boxes: int = 8
+    seed: int = 0
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if not is_integral(self.max_boxes) or self.max_boxes < 1:
+            raise ValueError(f"max_boxes must be an integer >= 1, got {self.max_boxes!r}")
+        check_seed(self.seed)
+        check_jpeg_quality(self.jpeg_quality, minimum=MIN_JPEG_QUALITY)
+
+
+def box_seed(base_seed: int, key: str) -> int:
+    """The seed of one box's pair: the same for the same image, box and base seed on any worker."""
+    return derived_seed(base_seed, key)
+
+
+def annotation_boxes(source: SourceImage) -> tuple[LabelledBox, ...]:
+    """The boxes an annotation file gave; crowd boxes (many objects in one box) are left out."""
+    return tuple(LabelledBox(a.label, a.box, a.source or "annotation") for a in source.annotations if not a.is_crowd)
+
+
+def detected_boxes(result: PredictionResult) -> BoxedImage:
+    """A detector's prediction as the image and its boxes."""
+    return result.example, tuple(LabelledBox(d.label, d.box, d.detector, d.score) for d in result.inference)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageBoxes:
+    """One image and the outcome of each of its boxes: a sample to write, or the box's rejection."""
+
+    uri: str
+    key: str
+    boxes: tuple[EncodedSample | Rejection, ...]
+
+
+class PairedImages(NamedTuple):
+    """:class:`MakePairs` ' records: images with a pair, and images whose boxes were all rejected."""
+
+    paired: beam.PCollection
+    unpaired: beam.PCollection
+
+
+def _pair_sample(config: PbeConfig, settings: PairSettings, provenance: Mapping[str, Any], source: SourceImage,
+                 rgb: np.ndarray, key: str, box: LabelledBox) -> EncodedSample:
+    quality = settings.jpeg_quality
+    pair = make_pair(rgb, box.box, config, box_seed(settings.seed, key))
+    fields = pbe_fields(source, key, box, pair.record, encode_jpeg(pair.target, quality),
+                        encode_mask_png(pair.mask), encode_jpeg(pair.reference, quality), provenance)
+    return EncodedSample(key=key, fields=fields, metadata=pbe_metadata_row(source, key, box, pair.record))
+
+
+def _make_pairs(config: PbeConfig, settings: PairSettings, provenance: Mapping[str, Any],
+                image: BoxedImage) -> Iterator[Any]:
+    source, boxes = image
+    stage = MakePairs.stage
+    if not boxes:
+        yield Rejection(source.uri, stage, Reason.NO_BOXES, "no annotation or detection", source.key)
+        return
+    outcomes: list[EncodedSample | Rejection] = []
+    kept = []
+    for index, box in enumerate(boxes):
+        key = object_key(source.key, index)
+        failure = check_box(box.box, source.width, source.height, config.boxes)
+        if failure is None:
+            kept.append((key, box))
+        else:
+            outcomes.append(Rejection(source.uri, stage, failure[0], failure[1], key))
+    kept.sort(key=lambda item: (-item[1].box.area, item[0]))
+    outcomes += [Rejection(source.uri, stage, Reason.TOO_MANY_OBJECTS, f"max_boxes {settings.max_boxes}", key)
+                 for key, _ in kept[settings.max_boxes:]]
+    kept = kept[:settings.max_boxes]
+    if not kept:
+        yield TaggedOutput(UNPAIRED_TAG, ImageBoxes(source.uri, source.key, tuple(outcomes)))
+        yield Rejection(source.uri, stage, Reason.NO_SUITABLE_BOX, f"{len(boxes)} boxes rejected", source.key)
+        return
+    rgb = decode_rgb(source.jpeg)
+    outcomes += [_pair_sample(config, settings, provenance, source, rgb, key, box) for key, box in kept]
+    yield ImageBoxes(source.uri, source.key, tuple(outcomes))
+
+
+class MakePairs(Stage):
+    """Images with their boxes -> one :class:`ImageBoxes` per image: a pair per kept box, each other box's rejection.
+
+    Boxes pass the filters (:func:`check_box`), then the largest ``max_boxes`` are kept.
+    An image without boxes is rejected ``no_boxes``; one none of whose boxes is kept,
+    ``no_suitable_box``, its record going to ``unpaired`` so that its boxes are still
+    accounted. All pairs of an image are made before its record is emitted: an error is
+    one dead letter of the image, and none of its boxes is counted.
+
+    The fan-out image -> boxes is split over two stages so that both rows of the stage
+    table balance key by key: this one is 1:1 per image in the main ledger (a record, a
+    rejection or a dead letter, each under the image's key), and :class:`SplitBoxes`
+    opens the box ledger with the object keys each record names. One stage in the box
+    ledger could not balance: an image without boxes, an image rejected as a whole and
+    an image's dead letter are not boxes.
+    """
+
+    stage = "pbe_pairs"
+    extra_tags = (UNPAIRED_TAG,)
+
+    def __init__(self, config: PbeConfig, settings: PairSettings, provenance: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._config = config
+        self._settings = settings
+        self._provenance = dict(provenance)
+
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_make_pairs, self._config, self._settings, self._provenance)
+
+    def expand(self, images: beam.PCollection) -> PairedImages:
+        outputs = self.apply_stage(images)
+        return PairedImages(outputs.main, outputs.extra[UNPAIRED_TAG])
+
+
+def _box_outcomes(record: ImageBoxes) -> tuple[EncodedSample | Rejection, ...]:
+    return record.boxes
+
+
+class SplitBoxes(SplitOutcomes):
+    """:class:`ImageBoxes` -> their boxes, each a sample to write or its rejection: the box ledger's first stage."""
+
+    stage = "pbe_boxes"
+    unit = BOXES
+    parts = staticmethod(_box_outcomes)
+
+
+# --------------------------------------------------------------------------- benchmark (COCOEE-style)
+
+
+class BenchmarkItem(NamedTuple):
+    """One image's single object, ready to be paired with another image's reference."""
+
+    label: str
+    key: str
+    source: SourceImage
+    box: LabelledBox
+    record: dict
+    target_jpeg: bytes
+    mask_png: bytes
+    object_jpeg: bytes  # this object's own crop: the reference of another image's pair
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
+
+def _benchmark_item(config: PbeConfig, settings: PairSettings, max_mask_fraction: float,
+                    image: BoxedImage) -> Iterator[BenchmarkItem | Rejection]:
+    source, boxes = image
+    stage = BenchmarkItems.stage
+    qualifying = [(index, box) for index, box in enumerate(boxes)
+                  if check_box(box.box, source.width, source.height, config.boxes) is None]
+    if len(qualifying) != 1:
+        reason = Reason.MULTIPLE_OBJECTS if qualifying else (Reason.NO_SUITABLE_BOX if boxes else Reason.NO_BOXES)
+        yield Rejection(source.uri, stage, reason, f"{len(qualifying)} of {len(boxes)} boxes qualify", source.key)
+        return
+    index, box = qualifying[0]
+    key = object_key(source.key, index)
+    seed = box_seed(settings.seed, key)
+    width, height = source.width, source.height
+    mask, mask_record = object_mask(box.box, width, height, config.masks, np.random.default_rng([seed, 0]))
+    if mask.mean() >= max_mask_fraction:
+        yield Rejection(source.uri, stage, Reason.MASK_TOO_LARGE,
+                        f"mask covers {mask.mean():.3f} of the image (max {max_mask_fraction})", key)
+        return
+    rgb = decode_rgb(source.jpeg)
+    crop_box = square_crop(box.box, width, height, config.crop, np.random.default_rng([seed, 1]))
+    target, target_mask = crop_and_resize(rgb, mask, crop_box, config.crop.size)
+    reference, reference_record = reference_crop(rgb, box.box, config.reference, seed)
+    quality = settings.jpeg_quality
+    record = {"crop_box": list(crop_box), "mask": mask_record, "reference": reference_record, "seed": seed}
+    yield BenchmarkItem(box.label, key, source, box, record, encode_jpeg(target, quality),
+                        encode_mask_png(target_mask), encode_jpeg(reference, quality))
+
+
+class BenchmarkItems(Stage):
+    """Images with their boxes -> the :class:`BenchmarkItem` of each image with exactly one qualifying box.
+
+    An image with none or several is rejected (``no_boxes``, ``no_suitable_box``,
+    ``multiple_objects``) under its key, one whose mask covers ``max_mask_fraction`` of it
+    or more (``mask_too_large``) under its object's key, as is its item. Records are
+    named by uri, which an image shares with whichever it ends as, so the row balances.
+    """
+
+    stage = "pbe_benchmark"
+    identity = staticmethod(record_uri)
+
+    def __init__(self, config: PbeConfig, settings: PairSettings, max_mask_fraction: float) -> None:
+        super().__init__()
+        self._config = config
+        self._settings = settings
+        self._max_mask_fraction = max_mask_fraction
+
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_benchmark_item, self._config, self._settings, self._max_mask_fraction)
+
+
+class ReferenceChoice(NamedTuple):
+    """An item and the item whose object crop is its reference (``None``: its class has no other image)."""
+
+    item: BenchmarkItem
+    reference: Optional[BenchmarkItem]
+
+    @property
+    def uri(self) -> str:
+        return self.item.uri
+
+    @property
+    def key(self) -> str:
+        return self.item.key
+
+
+def _item_label(item: BenchmarkItem) -> tuple[str, BenchmarkItem]:
+    return item.label, item
+
+
+def _reference_choices(label_and_items: tuple[str, Iterable[BenchmarkItem]]) -> list[ReferenceChoice]:
+    """Each item of a class takes the object crop of the next one in key order (the last, the first's)."""
+    _, items = label_and_items
+    items = sorted(items, key=lambda item: item.key)
+    if len(items) == 1:
+        return [ReferenceChoice(items[0], None)]
+    return [ReferenceChoice(item, items[(position + 1) % len(items)]) for position, item in enumerate(items)]
+
+
+def _pair_with_reference(provenance: Mapping[str, Any], choice: ReferenceChoice) -> Iterator[EncodedSample | Rejection]:
+    item, other = choice
+    if other is None:
+        # Named as in the item's stage: the reason is the image's, found only once its class is complete.
+        yield Rejection(item.uri, BenchmarkItems.stage, Reason.NO_REFERENCE_IMAGE,
+                        f"the only qualifying image of class {item.label!r}", item.key)
+        return
+    fields = pbe_fields(item.source, item.key, item.box, item.record, item.target_jpeg, item.mask_png,
+                        other.object_jpeg, provenance, reference_key=other.key)
+    yield EncodedSample(key=item.key, fields=fields,
+                        metadata=pbe_metadata_row(item.source, item.key, item.box, item.record, other.key))
+
+
+class PairWithOtherImages(Stage):
+    """Benchmark items -> their pairs, each with the object crop of another image of its class as reference.
+
+    Items are grouped by label, then each one is a record of its own with the item it
+    takes its reference from, so the row balances item by item and an error is that
+    item's dead letter. A class with a single image has no other image to take a
+    reference from: rejected (``no_reference_image``).
+    """
+
+    stage = "pbe_benchmark_pairing"
+
+    def __init__(self, provenance: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._provenance = dict(provenance)
+
+    def prepare(self, items: beam.PCollection) -> beam.PCollection:
+        return (
+            items
+            | "ByLabel" >> beam.Map(_item_label)
+            | "GroupByLabel" >> beam.GroupByKey()
+            | "ChooseReferences" >> beam.FlatMap(_reference_choices)
+        )
+
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_pair_with_reference, self._provenance)

@@ -23,10 +23,11 @@ Transient infrastructure errors are not handled here: they propagate out of
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -193,3 +194,34 @@ class Stage(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return self.apply_stage(records).main
+
+
+def _pass_on(part: Any) -> Iterator[Any]:
+    yield part
+
+
+def _part_keys(parts_of: Callable[[Any], Sequence[Any]], record: Any) -> tuple[str, ...]:
+    return tuple(part.key for part in parts_of(record))
+
+
+class SplitOutcomes(Stage):
+    """Records that carry their parts' outcomes (samples to write, or rejections) -> one record per part.
+
+    Where a stage decides about an input and all its parts at once (an image and its boxes,
+    a video and its frame pairs), this opens the parts' ledger: its inputs are the parts
+    each record names by key, and each must leave once, as a sample or as the rejection the
+    deciding stage gave it (which keeps that stage's name). Subclasses set ``stage``,
+    ``unit`` and ``parts``, a picklable function from a record to its parts.
+    """
+
+    opens_ledger = True
+    parts: ClassVar[Callable[[Any], Sequence[Any]]]
+
+    def prepare(self, records: beam.PCollection) -> beam.PCollection:
+        return records | "Parts" >> beam.FlatMap(type(self).parts)
+
+    def input_keys(self) -> Callable[[Any], Iterable[str]]:
+        return functools.partial(_part_keys, type(self).parts)
+
+    def record_fn(self) -> RecordFunction:
+        return _pass_on

@@ -1,6 +1,7 @@
 """Video frames for MimicBrush pairs: decode at reduced size, split into shots, sample frame pairs.
 
-One video per call, no Beam here: the ``video-pairs`` DoFn calls :func:`read_frames`,
+One video per call, no Beam here: the ``video_pairs`` stage
+(:class:`transforms.frame_pairs.VideoPairs`) calls :func:`read_frames`,
 :func:`shot_boundaries` and :func:`sample_pairs` in turn. Two frames of a pair always come
 from the same shot, so that the reference frame shows the same scene as the source frame.
 
@@ -30,7 +31,7 @@ from av.stream import Disposition
 
 from schemas import Reason
 from schemas.keys import derived_seed
-from transforms.checks import is_int, is_integral, is_number
+from transforms.checks import check_seed, is_int, is_integral, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -415,8 +416,7 @@ def sample_pairs(frames: Sequence[Frame], shots: Sequence[tuple[int, int]], conf
     of positions (times increase), so the pairs are numbered run by run and the draw picks
     numbers. ``O(n log n)`` for ``n`` frames; the same input and seed give the same pairs.
     """
-    if not (is_integral(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     times = np.asarray([frame.time_s for frame in frames], dtype=np.float64)
     if np.any(np.diff(times) <= 0):
         raise ValueError("frame times must strictly increase")

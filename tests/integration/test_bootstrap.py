@@ -125,7 +125,7 @@ def test_learned_remover_and_clip_scorer_run_through_the_job(tmp_path):
     from safetensors.torch import save_file
 
     from transforms.models.clip import TINY_ARCHITECTURE, register_extra_architectures
-    from transforms.models.diffusion import build_random_inpainting_pipeline
+    from pipeline.testing import build_random_inpainting_pipeline
 
     pipeline_dir = tmp_path / "tiny-inpainting"
     build_random_inpainting_pipeline("tiny").save_pretrained(pipeline_dir)

@@ -28,8 +28,9 @@ from pipeline.sources import AnnotationSource, SourcesConfig
 from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
-from tests.chaos import dead_letters, fail_stage, injected_dead_letters
+from tests.chaos import dead_letters, drop_in_stage, fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
+from transforms.ledger import LedgerError
 from transforms.io.shards import ShardWriterConfig
 from transforms.mask_quality import MaskQualityConfig
 from transforms.masks import decode_mask_png, dilate, encode_mask_png
@@ -162,6 +163,29 @@ def test_every_image_and_object_ends_where_it_should(run):
                         "chelsea.jpg": ["invalid_box"]}
     funnel = {step["step"]: step["count"] for step in stats["funnel"]}
     assert [funnel[step] for step in FUNNEL_STEPS] == [5, 5, 5, 5, 3, 3, 3, 2, 1, 1, 2]
+
+
+def test_every_stage_closes_record_by_record(run):
+    _, stats, _ = run
+    rows = {row["stage"]: row for row in stats["stages"]}
+    assert list(rows) == ["read", "decode", "dedup", "image_size", "detect", "select", "segment", "mask_quality",
+                          "remove", "score", "encode", "write"]
+    assert all(row["closed"] and row["missing"] == row["extra"] == 0 for row in rows.values())
+    # The fan-out from images to objects is checked: 3 objects reach the mask check from 3 images.
+    assert (rows["mask_quality"]["in"], rows["mask_quality"]["out"], rows["mask_quality"]["rejected"]) == (3, 2, 1)
+    assert (rows["remove"]["in"], rows["remove"]["out"], rows["remove"]["dead_letters"]) == (2, 1, 1)
+    assert rows["write"]["out"] == stats["objects_ledger"]["written"] == 1
+
+
+@pytest.mark.parametrize("stage", ["decode", "select", "mask_quality", "score", "encode"])
+def test_a_record_a_stage_drops_without_an_error_fails_the_run_naming_the_stage(samples_dir, tmp_path, monkeypatch,
+                                                                                 stage):
+    drop_in_stage(monkeypatch, stage, lambda uri, key: uri.endswith("chelsea.jpg"))
+    with pytest.raises(LedgerError, match=rf"stage {stage} does not close: .* 1 records missing \(e\.g\. "):
+        _bootstrap(samples_dir, tmp_path / "candidates", BoxSegmenter(empty="coffee.jpg"))
+    stats = json.loads((tmp_path / "candidates" / "stats.json").read_text())
+    [broken] = [row for row in stats["stages"] if not row["closed"]]
+    assert broken["stage"] == stage and len(broken["missing_keys"]) == 1
 
 
 def test_a_poisoned_record_is_the_only_dead_letter_of_its_batch(run):

@@ -22,10 +22,11 @@ from jobs import build as build_job
 from jobs import cli
 from jobs import thresholds as thresholds_job
 from pipeline.finalize import check_ledgers
+from transforms.ledger import LedgerError
 from schemas.decisions import Decision, Verdict, decisions_jsonl
 from schemas.sample import Field
-from tests.candidate_sets import write_candidate_set
-from tests.chaos import fail_stage, injected_dead_letters
+from pipeline.testing import write_candidate_set
+from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
 from transforms.repaste import repaste
 from transforms.thresholds import DEFAULT_THRESHOLDS, Ranking
@@ -218,6 +219,16 @@ def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledger_closes(sets, 
     assert ledger["dead_letters"] == {stage: len(dead)}
     if stage != "read_candidates":
         assert [d["key"] for d in dead] == [victim] and ledger["written"] == len(kept) - 1
+
+
+def test_every_stage_closes_and_a_silent_drop_names_its_stage(sets, v1, tmp_path, monkeypatch):
+    rows = {row["stage"]: row for row in json.loads((v1 / "stats.json").read_text())["stages"]}
+    assert list(rows) == ["read_candidates", "select", "repaste", "write"]
+    assert all(row["closed"] for row in rows.values()) and not rows["read_candidates"]["balanced"]
+    victim = sorted(pair_samples(v1))[0]
+    drop_in_stage(monkeypatch, "repaste", lambda uri, key: key == victim)
+    with pytest.raises(LedgerError, match=rf"stage repaste does not close: .* \(e\.g\. {victim}\)"):
+        run_build(tmp_path, "v1", *sets)
 
 
 def test_versions_index_lists_finished_versions_and_points_at_their_shards(sets, tmp_path, capsys):

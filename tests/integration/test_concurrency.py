@@ -26,6 +26,7 @@ from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_boo
 from pipeline.finalize import RunInfo, check_ledgers
 from pipeline.runners import ThreadSafeFnApiRunner, new_pipeline, uses_worker_threads
 from pipeline.sources import SourcesConfig
+from pipeline.testing import build_random_inpainting_pipeline
 from schemas import Box, Detection, ObjectMask, SourceImage, object_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
 from transforms.io.decode import decode_rgb
@@ -36,7 +37,6 @@ from transforms.models.diffusion import (
     DiffusionRemovalConfig,
     DiffusionRemovalHandler,
     DiffusionRemover,
-    build_random_inpainting_pipeline,
 )
 from transforms.models.segmentation import SegmentationRequest
 from transforms.quality import QualityConfig

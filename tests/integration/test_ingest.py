@@ -12,8 +12,9 @@ import webdataset
 
 from jobs import ingest
 from pipeline.finalize import check_ledgers, read_stats
+from transforms.ledger import LedgerError
 from schemas.sample import source_from_sample
-from tests.chaos import fail_stage, injected_dead_letters
+from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
 
 BROKEN_REASONS = {
     "truncated.jpg": "truncated_image",
@@ -109,6 +110,20 @@ def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledger_closes(tmp_pa
     assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [("coffee.jpg", stage)]
     assert ledger["dead_letters"] == {stage: 1}
     assert "coffee.jpg" not in {pathlib.Path(json.loads(s["json"])["uri"]).name for s in _samples(output).values()}
+
+
+def test_every_stage_of_the_default_run_closes(default_run):
+    rows = check_ledgers(str(default_run))["stages"]
+    assert [row["stage"] for row in rows] == ["read", "decode", "dedup", "encode", "write"]
+    assert all(row["closed"] and row["balanced"] for row in rows)
+    assert rows[0]["in"] == 24 and rows[-1]["out"] == 17
+
+
+@pytest.mark.parametrize("stage", ["read", "decode", "encode"])
+def test_a_record_a_stage_drops_without_an_error_fails_the_run_naming_it(tmp_path, monkeypatch, stage):
+    drop_in_stage(monkeypatch, stage, lambda uri, key: uri.endswith("coffee.jpg"))
+    with pytest.raises(LedgerError, match=rf"^stage {stage} does not close: .* 1 records missing"):
+        ingest.run(["--output", str(tmp_path / "run")])
 
 
 def test_source_shards_that_fail_to_read_are_dead_letters(default_run, tmp_path, monkeypatch):

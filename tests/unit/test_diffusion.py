@@ -14,25 +14,19 @@ import pytest
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline.testing import INPAINTING_PIPELINE_SHAPES, build_random_inpainting_pipeline
 from schemas import Box, Detection, ObjectMask, RawInput, candidate_key, object_key
 from transforms.io.decode import DecodeConfig, decode_rgb, decode_source
 from transforms.masks import dilate, encode_mask_png
 from transforms.models.catalog import CACHE_ENV, CATALOG_ENV
 from transforms.models.diffusion import (
-    INPAINTING_PIPELINE_SHAPES,
     DiffusionRemovalConfig,
     DiffusionRemovalHandler,
     DiffusionRemover,
-    build_random_inpainting_pipeline,
 )
 from transforms.models.gpus import gpu_thread
-from transforms.models.removal import (
-    REMOVAL_HANDLERS,
-    RemovalRequest,
-    candidate_seed,
-    decode_mask,
-    removal_handler,
-)
+from transforms.models.removal import RemovalRequest, candidate_seed, decode_mask
+from transforms.models.removers import REMOVAL_HANDLERS, removal_handler
 from transforms.models.sources import tree_sha256
 
 torch = pytest.importorskip("torch")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,7 +11,18 @@ import cv2
 import numpy as np
 import pytest
 
-from schemas import Reason
+from schemas import Reason, Rejection, SourceImage
+from transforms.frame_pairs import (
+    UNPAIRED_TAG,
+    CapImagePairs,
+    FramePairSettings,
+    ImagePairs,
+    InputPairs,
+    PairRules,
+    SplitPairs,
+)
+from transforms.io.decode import encode_jpeg
+from transforms.io.shards import EncodedSample
 from transforms.mimic import (
     GridMaskConfig,
     MatchConfig,
@@ -477,3 +489,55 @@ def test_configs_take_lists_from_yaml():
 def test_configs_reject_bad_values(kind, kwargs):
     with pytest.raises(ValueError):
         kind(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"),
+    ({"jpeg_quality": 49}, "jpeg_quality"), ({"jpeg_quality": 101}, "jpeg_quality"),
+    ({"jpeg_quality": 95.0}, "jpeg_quality"),
+    ({"video_share": 1.0}, "video_share"), ({"video_share": -0.1}, "video_share"),
+])
+def test_frame_pair_settings_reject_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FramePairSettings(**kwargs)
+
+
+def test_the_image_share_is_capped_by_the_video_pairs():
+    assert FramePairSettings(video_share=0.7).static_cap(7) == 3
+    assert FramePairSettings(video_share=0).static_cap(7) is None
+
+
+# --------------------------------------------------------------------------- the image branch's stages
+
+
+def test_an_image_is_one_record_holding_its_pair_with_the_flip_undone_for_matching():
+    source = SourceImage(key="0123456789abcdef01234567", sha256="0" * 64, uri="/images/texture.jpg",
+                         width=SOURCE.shape[1], height=SOURCE.shape[0], jpeg=encode_jpeg(SOURCE, 95))
+    stage = ImagePairs(512, StaticAugmentConfig(flip_p=1.0), PairRules(), FramePairSettings())
+    outputs = list(pickle.loads(pickle.dumps(stage.record_fn()))(source))
+    (record,) = [o for o in outputs if isinstance(o, InputPairs)]
+    (sample,) = record.pairs
+    assert (record.uri, record.key, sample.key) == (source.uri, source.key, f"{source.key}_aug")
+    assert sample.metadata["branch"] == "image" and sample.metadata["inliers"] >= MatchConfig().min_matches
+
+
+def test_the_mix_cap_rejects_an_image_and_its_pair_over_the_threshold():
+    cap = pickle.loads(pickle.dumps(CapImagePairs(FramePairSettings(), None).record_fn()))
+    record = InputPairs("/images/a.jpg", "0123456789abcdef01234567",
+                        (EncodedSample("0123456789abcdef01234567_aug", {}, {}),))
+    assert list(cap((record, None))) == [record]
+    tagged, image_rejection = cap((record, -1))
+    assert tagged.tag == UNPAIRED_TAG and image_rejection.key == record.key
+    (pair_rejection,) = tagged.value.pairs
+    assert isinstance(pair_rejection, Rejection) and pair_rejection.key == f"{record.key}_aug"
+    assert {image_rejection.reason, pair_rejection.reason} == {Reason.OVER_MIX_RATIO}
+    assert {image_rejection.stage, pair_rejection.stage} == {"mix"}
+
+
+def test_the_pair_ledger_opens_with_the_pairs_a_record_names():
+    record = InputPairs("/v.mp4", "abc", (EncodedSample("abc_f000001_000009", {}, {}),
+                                          Rejection("/v.mp4", "video_pairs", Reason.FRAMES_UNRELATED, "", "abc_f2_3")))
+    split = SplitPairs()
+    assert tuple(split.input_keys()(record)) == ("abc_f000001_000009", "abc_f2_3") and record.kept == 1
+    assert [list(split.record_fn()(pair)) for pair in record.pairs] == [[pair] for pair in record.pairs]
+

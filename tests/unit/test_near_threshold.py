@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.build import NearThresholdFn, ScorePoint, ScoreValuesFn
+from review.report_inputs import NearThresholdFn, ScoreValuesFn
+from transforms.pairs import ScorePoint
 from schemas.sample import SCORE_NAMES
 
 SEAM = SCORE_NAMES.index("seam")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from apache_beam.pvalue import TaggedOutput
 
-from schemas import Box, Reason
+from schemas import Box, Reason, Rejection, SourceImage, object_key
+from schemas.sample import LabelledBox
+from transforms.io.decode import encode_jpeg
+from transforms.io.shards import EncodedSample
 from transforms.pbe import (
+    UNPAIRED_TAG,
     BoxFilterConfig,
     CropConfig,
+    ImageBoxes,
+    MakePairs,
     MaskConfig,
+    PairSettings,
     PbeConfig,
     ReferenceConfig,
     bezier_mask,
@@ -405,3 +414,60 @@ def test_make_pair_rejects_non_rgb_images():
         make_pair(np.zeros((100, 100), dtype=np.uint8), Box(10, 10, 50, 50), PbeConfig(), 0)
     with pytest.raises(ValueError, match="RGB uint8"):
         make_pair(np.zeros((100, 100, 3), dtype=np.float32), Box(10, 10, 50, 50), PbeConfig(), 0)
+
+
+# --------------------------------------------------------------------------- the pairs stage
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: PairSettings(max_boxes=0), "max_boxes"),
+        (lambda: PairSettings(max_boxes=2.0), "max_boxes"),
+        (lambda: PairSettings(seed=-1), "seed must be a non-negative integer"),
+        (lambda: PairSettings(seed=True), "seed"),
+        (lambda: PairSettings(jpeg_quality=49), r"jpeg_quality must be an integer in \[50, 100\]"),
+        (lambda: PairSettings(jpeg_quality=101), "jpeg_quality"),
+    ],
+)
+def test_pair_settings_reject_bad_values(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+IMAGE_KEY = "0123456789abcdef01234567"
+
+
+def boxed_image(*boxes: tuple[float, float, float, float]) -> tuple[SourceImage, tuple[LabelledBox, ...]]:
+    source = SourceImage(key=IMAGE_KEY, sha256="0" * 64, uri="mem://scene.jpg", width=640, height=480,
+                         jpeg=encode_jpeg(scene(640, 480), 90))
+    return source, tuple(LabelledBox("thing", Box(*box), "annotation") for box in boxes)
+
+
+def run_pairs_stage(image, max_boxes: int = 8) -> list:
+    """The stage's outputs for one image, from its record function as a worker gets it (pickled)."""
+    stage = MakePairs(PbeConfig(), PairSettings(max_boxes=max_boxes), {"job": "test"})
+    return list(pickle.loads(pickle.dumps(stage.record_fn()))(image))
+
+
+def test_an_image_is_one_record_naming_each_of_its_boxes_once():
+    large, medium, small, tiny = (0, 0, 300, 300), (320, 0, 520, 200), (100, 350, 200, 450), (600, 400, 610, 410)
+    (record,) = run_pairs_stage(boxed_image(small, large, tiny, medium), max_boxes=2)
+    assert isinstance(record, ImageBoxes) and (record.uri, record.key) == ("mem://scene.jpg", IMAGE_KEY)
+    outcomes = {box.key: box for box in record.boxes}
+    assert sorted(outcomes) == [object_key(IMAGE_KEY, index) for index in range(4)]
+    assert [key for key, box in outcomes.items() if isinstance(box, EncodedSample)] == [
+        object_key(IMAGE_KEY, 1), object_key(IMAGE_KEY, 3)]  # the two largest
+    rejected = {key: (box.stage, box.reason) for key, box in outcomes.items() if isinstance(box, Rejection)}
+    assert rejected == {object_key(IMAGE_KEY, 0): ("pbe_pairs", Reason.TOO_MANY_OBJECTS),
+                        object_key(IMAGE_KEY, 2): ("pbe_pairs", Reason.BOX_TOO_SMALL)}
+
+
+def test_an_image_without_a_usable_box_is_rejected_and_its_boxes_still_named():
+    unpaired, rejection = run_pairs_stage(boxed_image((0, 0, 10, 10), (50, 50, 60, 60)))
+    assert isinstance(unpaired, TaggedOutput) and unpaired.tag == UNPAIRED_TAG
+    assert [(box.key, box.reason) for box in unpaired.value.boxes] == [
+        (object_key(IMAGE_KEY, 0), Reason.BOX_TOO_SMALL), (object_key(IMAGE_KEY, 1), Reason.BOX_TOO_SMALL)]
+    assert (rejection.reason, rejection.key) == (Reason.NO_SUITABLE_BOX, IMAGE_KEY)
+    (no_boxes,) = run_pairs_stage(boxed_image())
+    assert (no_boxes.reason, no_boxes.key) == (Reason.NO_BOXES, IMAGE_KEY)

@@ -112,3 +112,10 @@ def test_a_larger_box_holding_the_whole_object_is_a_surface_not_an_occluder():
     half_on_the_table = det("cup", 0.4, (400, 50, 500, 150))
     assert reasons(select_objects([table, half_on_the_table], W, H, SelectionConfig(max_area_fraction=1.0,
                                                                                    max_overlap=0.4))) == {1: Reason.OCCLUDED}
+
+
+def test_a_box_at_exactly_the_duplicate_iou_is_a_duplicate():
+    # Boxes of area 100 overlapping in 60: IoU 60 / 140 = 3/7. At min IoU 3/7 it is a duplicate, just above it is not.
+    first, second = det("car", 0.9, (0, 0, 10, 10)), det("truck", 0.8, (4, 0, 14, 10))
+    assert duplicates([first, second], 60 / 140) == (None, 0)
+    assert duplicates([first, second], 60 / 140 + 1e-9) == (None, None)

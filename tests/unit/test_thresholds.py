@@ -98,3 +98,14 @@ def test_review_of_candidates_picks_or_excludes_them():
     assert reject_best.choose(OBJECT, views(good(seam=0.1), good(seam=0.4))).candidate_index == 1
     reject_all = SelectionRules(decisions=decisions((f"{OBJECT}_c00", "reject"), (f"{OBJECT}_c01", "reject")))
     assert reject_all.choose(OBJECT, views(good(), good())).reason is Reason.REVIEW_REJECTED
+
+
+def test_an_object_with_no_passing_candidate_is_rejected_for_its_closest_candidate():
+    rules = SelectionRules(Thresholds({"redetect_score": 0.3, "seam": 0.4}))
+    # Candidate 0 fails two thresholds; 1 and 2 fail one each, 2 with the better combined score: 2 is closest.
+    choice = rules.choose(OBJECT, views(good(redetect_score=0.9, seam=0.9), good(seam=0.95), good(seam=0.5)))
+    assert not choice.kept and choice.reason is Reason.VISIBLE_SEAM
+    assert choice.detail == "closest candidate 02: seam 0.5 > 0.4"
+    # A tie on failures and combined score goes to the lower index.
+    tied = rules.choose(OBJECT, views(good(redetect_score=0.9, seam=0.9), good(seam=0.5), good(seam=0.5)))
+    assert tied.detail.startswith("closest candidate 01:")

@@ -14,11 +14,13 @@ import pickle
 import av
 import numpy as np
 import pytest
+from apache_beam.pvalue import TaggedOutput
 from av.stream import Disposition
 from PIL import Image
 from scipy import stats
 
-from schemas import Reason
+from schemas import Reason, Rejection
+from transforms.frame_pairs import COUNTS_TAG, UNPAIRED_TAG, FramePairSettings, InputPairs, PairRules, VideoPairs
 from transforms.video import (
     CutConfig,
     Frame,
@@ -505,3 +507,46 @@ def test_configs_refuse_bad_values(make):
 def test_default_configs_are_valid():
     VideoDecodeConfig(), CutConfig(), PairSamplingConfig()
     assert CutConfig(threshold=1).threshold == 1 and PairSamplingConfig(min_gap_s=0).min_gap_s == 0
+
+
+# --- the video_pairs stage -----------------------------------------------------------------------------------
+
+
+def video_stage(**sampling) -> VideoPairs:
+    return VideoPairs(VideoDecodeConfig(), CutConfig(), PairSamplingConfig(**sampling), PairRules(),
+                      FramePairSettings())
+
+
+def run_stage(stage: VideoPairs, path) -> list:
+    """The stage's outputs for one path, from its record function as a worker gets it (pickled)."""
+    return list(pickle.loads(pickle.dumps(stage.record_fn()))(str(path)))
+
+
+def test_a_video_is_one_record_naming_every_sampled_pair(shots_path):
+    outputs = run_stage(video_stage(min_gap_s=0.3, max_gap_s=1.5, max_pairs=6), shots_path)
+    records = [o for o in outputs if isinstance(o, InputPairs)]
+    unpaired = [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == UNPAIRED_TAG]
+    rejections = [o for o in outputs if isinstance(o, Rejection)]
+    (record,) = records + unpaired
+    assert record.uri == str(shots_path) and len(record.pairs) == 6
+    assert len({pair.key for pair in record.pairs}) == 6 and all(pair.key.startswith(f"{record.key}_f")
+                                                                  for pair in record.pairs)
+    assert all(pair.stage == "video_pairs" for pair in record.pairs if isinstance(pair, Rejection))
+    # Kept: a record of the main output; else rejected as a whole, its pairs' record beside the rejection.
+    if record.kept:
+        assert records == [record] and not rejections
+    else:
+        assert unpaired == [record] and [r.reason for r in rejections] == [Reason.NO_FRAME_PAIR]
+    histogram = [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == COUNTS_TAG]
+    assert sum(n for (counter, _), n in histogram if counter == "ssim_histogram") == 6
+
+
+def test_the_video_stage_rejects_an_empty_file_and_a_video_too_short_for_any_pair(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    ((reason, key),) = [(o.reason, o.key) for o in run_stage(video_stage(), empty)]
+    assert (reason, key) == (Reason.EMPTY_FILE, "")
+    short = write_video(tmp_path / "short.mkv", [scene(0, t) for t in range(3)])  # 0.2 s: under min_gap_s
+    (rejection,) = run_stage(video_stage(), short)
+    assert rejection.reason is Reason.VIDEO_TOO_SHORT and rejection.uri == str(short) and rejection.key
+

@@ -68,7 +68,6 @@ from transforms.models.removal import (
     candidate_seed,
     decode_mask,
     encode_png,
-    register_removal_handler,
 )
 
 if TYPE_CHECKING:
@@ -679,7 +678,6 @@ def _load_pipeline(path: Path, config: DiffusionRemovalConfig) -> StableDiffusio
     return StableDiffusionInpaintPipeline.from_single_file(path, config=config.config, **options)
 
 
-@register_removal_handler
 class DiffusionRemovalHandler(RemovalHandler):
     """A diffusers inpainting pipeline: K candidates per object from one batched denoising loop.
 
@@ -711,87 +709,3 @@ class DiffusionRemovalHandler(RemovalHandler):
         LOG.info("loaded %s on %s (%s) in %.1f s", name, config.device, config.effective_dtype,
                  time.perf_counter() - started)
         return remover
-
-
-# --------------------------------------------------------------------------- random-weight pipelines
-
-
-@dataclasses.dataclass(frozen=True)
-class InpaintingPipelineShape:
-    """Constructor arguments of an SD-inpainting pipeline's models, for random-weight copies.
-
-    ``sd15`` has the configs of ``stable-diffusion-v1-5/stable-diffusion-inpainting`` (same
-    compute as the real model: benchmarks); ``tiny`` the smallest that exercises every code
-    path (tests). ``resolution`` is the side the shape is meant to run at.
-    """
-
-    unet: Mapping[str, Any]
-    vae: Mapping[str, Any]
-    text_encoder: Mapping[str, Any]
-    resolution: int
-
-
-INPAINTING_PIPELINE_SHAPES: Mapping[str, InpaintingPipelineShape] = MappingProxyType({
-    "sd15": InpaintingPipelineShape(
-        unet={"sample_size": 64, "in_channels": 9, "out_channels": 4, "cross_attention_dim": 768,
-              "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "attention_head_dim": 8,
-              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-              "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3},
-        vae={"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 4,
-             "sample_size": 512, "down_block_types": ("DownEncoderBlock2D",) * 4,
-             "up_block_types": ("UpDecoderBlock2D",) * 4},
-        text_encoder={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                      "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu",
-                      "vocab_size": 49408},
-        resolution=512,
-    ),
-    "tiny": InpaintingPipelineShape(
-        unet={"sample_size": 32, "in_channels": 9, "out_channels": 4, "cross_attention_dim": 16,
-              "block_out_channels": (16, 32), "layers_per_block": 1, "attention_head_dim": 4, "norm_num_groups": 8,
-              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-              "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")},
-        vae={"block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
-             "sample_size": 64, "down_block_types": ("DownEncoderBlock2D",) * 2,
-             "up_block_types": ("UpDecoderBlock2D",) * 2},
-        text_encoder={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
-        resolution=64,
-    ),
-})
-
-
-def build_random_inpainting_pipeline(shape: str, seed: int = 0) -> StableDiffusionInpaintPipeline:
-    """An SD-inpainting pipeline of ``shape`` (:data:`INPAINTING_PIPELINE_SHAPES`) with random weights, on the CPU.
-
-    No file is fetched: the tokenizer is a byte-level CLIP BPE without merges, built from
-    an in-memory vocabulary (prompts tokenize per character, which is all random weights
-    need), and the scheduler is DDIM with SD 1.5's noise schedule. ``save_pretrained`` the
-    result to get a folder that :class:`DiffusionRemovalHandler` loads.
-    """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionInpaintPipeline,
-        UNet2DConditionModel,
-    )
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    dims = INPAINTING_PIPELINE_SHAPES[shape]
-    characters = sorted(ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate(
-        [*characters, *(c + "</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    text_config = {"vocab_size": len(vocab), "max_position_embeddings": 77, **dims.text_encoder,
-                   "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                   "pad_token_id": vocab["<|endoftext|>"]}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**dims.unet)
-        vae = AutoencoderKL(**dims.vae)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)

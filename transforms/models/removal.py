@@ -3,8 +3,9 @@
 One :class:`RemovalRequest` per object goes in; one ``PredictionResult`` whose
 ``inference`` is a ``tuple[RemovalCandidate, ...]`` comes out. Every remover kind (the
 classical CPU default here; a diffusers inpainting handler on GPUs) is a
-:class:`RemovalHandler` subclass registered under its kind, so a stage picks one by name
-from :data:`REMOVAL_HANDLERS` and nothing downstream knows which ran.
+:class:`RemovalHandler` subclass with its ``kind``, listed in
+:data:`transforms.models.removers.REMOVAL_HANDLERS`, so a job picks one by name and
+nothing downstream knows which ran.
 
 The loaded "model" of a handler is a callable from a batch of requests to one candidate
 tuple per request: the classical remover works request by request, a GPU remover batches.
@@ -293,30 +294,6 @@ class RemovalHandler(ModelHandler[RemovalRequest, PredictionResult, Remover]):
         return METRICS_NAMESPACE
 
 
-#: Remover kind -> handler class. Register a new kind with :func:`register_removal_handler`.
-REMOVAL_HANDLERS: dict[str, type[RemovalHandler]] = {}
-
-
-def register_removal_handler(cls: type[RemovalHandler]) -> type[RemovalHandler]:
-    """Class decorator: make ``cls`` available under ``cls.kind``."""
-    if not cls.kind:
-        raise TypeError(f"{cls.__name__} must set a kind")
-    if cls.kind in REMOVAL_HANDLERS and REMOVAL_HANDLERS[cls.kind] is not cls:
-        raise ValueError(f"remover kind {cls.kind!r} is already {REMOVAL_HANDLERS[cls.kind].__name__}")
-    REMOVAL_HANDLERS[cls.kind] = cls
-    return cls
-
-
-def removal_handler(kind: str, options: Mapping[str, Any]) -> RemovalHandler:
-    """A handler of ``kind`` configured from plain options (e.g. a YAML mapping)."""
-    try:
-        cls = REMOVAL_HANDLERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown remover kind {kind!r} (known: {sorted(REMOVAL_HANDLERS)})") from None
-    return cls(cls.config_type(**options))
-
-
-@register_removal_handler
 class ClassicalRemovalHandler(RemovalHandler):
     """OpenCV (and optionally scikit-image) inpainting: no weights, CPU only, the embedded default.
 

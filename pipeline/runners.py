@@ -1,58 +1,78 @@
-"""Making a job's ``beam.Pipeline``: the runner the options name, minus a record-losing race of local threads.
+"""Making a job's ``beam.Pipeline``: the runner the options name, minus a record-losing race of local workers.
 
-Beam's FnApiRunner, in ``multi_threading`` mode, runs its SDK workers as threads of this
-process behind an in-process gRPC data plane whose output streams are also flushed on a
-timer (``data_buffer_time_limit_ms``, 1 s by default there, and nowhere else: Dataflow's and
-the portable runners' workers flush by size only). That flush runs on its own thread,
-takes the buffered bytes, sends them, then clears the buffer, without holding off the
-bundle thread that keeps writing into it: an element written in between is cleared
-unsent. Nothing raises and nothing is logged; records are simply gone (issue 14: 136 of
-972 objects of a 12-thread bootstrap run on one GPU). :func:`new_pipeline` runs such
-pipelines on :class:`ThreadSafeFnApiRunner`, which never flushes on a timer; outputs are
-still flushed by size (10 MB) and when a bundle ends, which is all a batch job needs.
+Beam's FnApiRunner with several local workers (``multi_threading``: SDK workers as threads
+of this process; ``multi_processing``: as subprocesses) moves records over a gRPC data
+plane whose output streams, on the runner's side and in in-process workers, are also
+flushed on a timer (``data_buffer_time_limit_ms``, 1 s there; Dataflow's and the
+portable runners' workers flush by size only). That flush runs on its own thread, takes
+the buffered bytes, sends them, then clears the buffer, without holding off the thread
+that keeps writing into it: what is written in between is cleared unsent. Nothing raises
+and nothing is logged; records are simply gone (issue 14: 136 of 972 objects of a
+12-thread bootstrap run on one H200; 3 of 972 with only the workers' timer off, the
+runner's still on; none with both off). :func:`new_pipeline` runs such pipelines on
+:class:`ThreadSafeFnApiRunner`, which never flushes on a timer; outputs are still flushed
+by size (10 MB) and when a bundle or an input ends, which is all a batch job needs.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import threading
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.portability import python_urns
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 
 LOG = logging.getLogger(__name__)
 
 #: The timer flush period given to in-process workers: longer than any bundle (int32 milliseconds, ~25 days).
 NO_TIMED_FLUSH_MS = 2**31 - 1
-#: Runners that, in multi_threading mode, run workers behind the racy timed flush.
+#: Runners that, with several local workers, move records over the racy timed flush.
 _LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner", "SwitchingDirectRunner"})
+_WORKER_MODES = frozenset({"multi_threading", "multi_processing"})
+
+
+_flush_period_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_timed_flush() -> Iterator[None]:
+    """Beam's data planes of one run, the runner's side and its in-process workers', without the timer.
+
+    Both read the module default when the run creates them (the runner's servicer has no
+    option for it at all), so the default is raised for the length of the run.
+    """
+    with _flush_period_lock:
+        default = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = NO_TIMED_FLUSH_MS
+        try:
+            yield
+        finally:
+            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = default
 
 
 class ThreadSafeFnApiRunner(FnApiRunner):
-    """The FnApiRunner whose in-process worker threads flush their outputs by size and at bundle end only."""
+    """The FnApiRunner whose data planes flush by size and at bundle end only, never on a timer."""
 
-    def run_via_runner_api(self, pipeline_proto, options):
-        for environment in pipeline_proto.components.environments.values():
-            if environment.urn == python_urns.EMBEDDED_PYTHON_GRPC:
-                config = json.loads(environment.payload.decode("utf-8") or "{}")
-                config["data_buffer_time_limit_ms"] = NO_TIMED_FLUSH_MS
-                environment.payload = json.dumps(config).encode("utf-8")
-        return super().run_via_runner_api(pipeline_proto, options)
+    def run_pipeline(self, pipeline, options):
+        with _no_timed_flush():
+            return super().run_pipeline(pipeline, options)
 
 
-def uses_worker_threads(options: PipelineOptions) -> bool:
-    """Whether the options run Beam's local runner with several worker threads in this process."""
+def uses_local_workers(options: PipelineOptions) -> bool:
+    """Whether the options run Beam's local runner with several workers (threads or processes) over gRPC."""
     runner = options.view_as(StandardOptions).runner
     direct = options.view_as(DirectOptions)
     return (isinstance(runner, str) and runner.rsplit(".", 1)[-1] in _LOCAL_RUNNERS
-            and direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1)
+            and direct.direct_running_mode in _WORKER_MODES and direct.direct_num_workers != 1)
 
 
 def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the runner the options name; local worker threads get :class:`ThreadSafeFnApiRunner`."""
-    if uses_worker_threads(options):
-        LOG.info("local runner with %d worker threads: without Beam's timed output flush (it loses records "
-                 "under concurrency; see pipeline/runners.py)", options.view_as(DirectOptions).direct_num_workers)
+    """A pipeline on the runner the options name; several local workers get :class:`ThreadSafeFnApiRunner`."""
+    if uses_local_workers(options):
+        direct = options.view_as(DirectOptions)
+        LOG.info("local runner with %d workers (%s): without Beam's timed output flush, which loses records "
+                 "under concurrency (pipeline/runners.py)", direct.direct_num_workers, direct.direct_running_mode)
         return beam.Pipeline(runner=ThreadSafeFnApiRunner(), options=options)
     return beam.Pipeline(options=options)

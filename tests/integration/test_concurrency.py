@@ -1,9 +1,9 @@
 """Local worker threads lose no record: Beam's timed output flush races with bundle threads.
 
-In ``multi_threading`` mode Beam's in-process workers also flush output streams on a timer
-thread that clears what a bundle thread wrote meanwhile (pipeline/runners.py). Its period
-is a second there; these tests set it to a millisecond, so that a loss that takes minutes
-of a real run to show (issue 14: 136 of 972 objects) shows in every run of a few seconds.
+With several local workers Beam's data planes also flush output streams on a timer thread
+that clears what another thread wrote meanwhile (pipeline/runners.py). Its period is a
+second there; these tests set it to a millisecond, so that a loss that takes minutes of a
+real run to show (issue 14: 136 of 972 objects) shows in every run of a few seconds.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
 from pipeline.finalize import RunInfo, check_ledgers
-from pipeline.runners import ThreadSafeFnApiRunner, new_pipeline, uses_worker_threads
+from pipeline.runners import ThreadSafeFnApiRunner, new_pipeline, uses_local_workers
 from pipeline.sources import SourcesConfig
 from pipeline.testing import build_random_inpainting_pipeline
 from schemas import Box, Detection, ObjectMask, SourceImage, object_key
@@ -102,13 +102,22 @@ def test_our_threaded_runner_keeps_every_record(millisecond_timed_flush, tmp_pat
     assert _count_through_a_shuffle(pipeline, tmp_path) == INPUTS * PER_INPUT
 
 
-def test_only_local_worker_threads_get_the_thread_safe_runner():
-    assert uses_worker_threads(_threaded_options())
-    assert not uses_worker_threads(PipelineOptions(["--runner=FnApiRunner"]))
-    assert not uses_worker_threads(PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=4",
-                                                    "--direct_running_mode=multi_processing"]))
-    assert not uses_worker_threads(PipelineOptions(["--runner=DataflowRunner", "--direct_running_mode=multi_threading",
-                                                    "--direct_num_workers=4"]))
+def test_only_several_local_workers_get_the_thread_safe_runner():
+    assert uses_local_workers(_threaded_options())
+    assert uses_local_workers(PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=4",
+                                               "--direct_running_mode=multi_processing"]))
+    assert not uses_local_workers(PipelineOptions(["--runner=FnApiRunner"]))
+    assert not uses_local_workers(PipelineOptions(["--runner=DataflowRunner", "--direct_running_mode=multi_threading",
+                                                   "--direct_num_workers=4"]))
+
+
+def test_the_timer_is_off_during_a_run_and_back_after_it(millisecond_timed_flush, tmp_path):
+    seen = tmp_path / "period.txt"
+    pipeline = new_pipeline(_threaded_options())
+    _ = pipeline | beam.Create([0]) | beam.Map(lambda _: seen.write_text(str(worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)))
+    pipeline.run().wait_until_finish()
+    assert int(seen.read_text()) > 24 * 3600 * 1000  # the runner's side and the in-process workers' read it
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1
 
 
 # --------------------------------------------------------------------------- the bootstrap graph, many threads

@@ -67,12 +67,3 @@ def write_versions_index(dataset_dir: str) -> Mapping[str, Any]:
     LOG.info("%s: %d finished versions, latest %s", FileSystems.join(dataset_dir, INDEX), len(versions),
              index["latest"])
     return index
-
-
-def read_versions_index(dataset_dir: str) -> dict[str, Any]:
-    """The index as written by the last build; refuses an index format newer than this code knows."""
-    index = read_json(FileSystems.join(dataset_dir, INDEX))
-    if index.get("format_version", 0) > INDEX_FORMAT_VERSION:
-        raise ValueError(f"{INDEX} has format_version {index['format_version']}; this code reads up to "
-                         f"{INDEX_FORMAT_VERSION}")
-    return index

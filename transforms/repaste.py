@@ -14,7 +14,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from transforms.checks import is_integral
+from transforms.checks import check_jpeg_quality, is_integral
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +28,7 @@ class RepasteConfig:
     def __post_init__(self) -> None:
         if not is_integral(self.feather_px) or not 0 <= self.feather_px <= 64:
             raise ValueError(f"feather_px must be an integer in [0, 64], got {self.feather_px!r}")
-        if not is_integral(self.jpeg_quality) or not 50 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be an integer in [50, 100], got {self.jpeg_quality!r}")
+        check_jpeg_quality(self.jpeg_quality, minimum=50)
 
 
 def feathered_alpha(alpha: np.ndarray, feather_px: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from schemas import Note, RawInput, Reason, Rejection, SourceImage, content_sha256, source_key
-from transforms.checks import is_int
+from transforms.checks import check_jpeg_quality, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class DecodeConfig:
         object.__setattr__(self, "formats", tuple(self.formats))
         if not is_int(self.max_pixels) or self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
-        if not is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be an integer in [1, 100], got {self.jpeg_quality!r}")
+        check_jpeg_quality(self.jpeg_quality)
         background = self.alpha_background
         if len(background) != 3 or not all(is_int(c) and 0 <= c <= 255 for c in background):
             raise ValueError(f"alpha_background must be three integers in [0, 255], got {background!r}")

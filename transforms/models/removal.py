@@ -32,7 +32,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
 from schemas.keys import derived_seed
-from transforms.checks import is_integral
+from transforms.checks import check_seed, is_integral
 from transforms.io.decode import decode_rgb
 from transforms.masks import decode_mask_png, dilate
 
@@ -57,8 +57,7 @@ class RemovalRequest:
     def __post_init__(self) -> None:
         if not is_integral(self.num_candidates) or self.num_candidates < 1:
             raise ValueError(f"num_candidates must be a positive integer, got {self.num_candidates!r}")
-        if not is_integral(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed)
         if self.mask.source_key != self.source.key:
             raise ValueError(f"mask {self.mask.key} belongs to source {self.mask.source_key}, not {self.source.key}")
 
@@ -168,8 +167,7 @@ class RemovalConfig:
             value = getattr(self, name)
             if not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not is_integral(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed)
         if self.num_candidates > self.max_candidates:
             raise ValueError(f"num_candidates {self.num_candidates} > {self.max_candidates} distinct parameter sets")
 

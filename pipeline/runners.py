@@ -26,13 +26,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_ha
 
 LOG = logging.getLogger(__name__)
 
-#: The timer flush period given to in-process workers: longer than any bundle (int32 milliseconds, ~25 days).
+#: The timer flush period of a run's data planes: longer than any bundle (int32 milliseconds, ~25 days).
 NO_TIMED_FLUSH_MS = 2**31 - 1
 #: Runners that, with several local workers, move records over the racy timed flush.
 _LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner", "SwitchingDirectRunner"})
 _WORKER_MODES = frozenset({"multi_threading", "multi_processing"})
-
-
 _flush_period_lock = threading.Lock()
 
 

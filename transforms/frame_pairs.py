@@ -25,7 +25,7 @@ import functools
 import hashlib
 import io
 import tempfile
-from typing import Any, BinaryIO, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -54,7 +54,7 @@ from transforms.mimic import (
     pair_ssim,
     static_reference,
 )
-from transforms.stage import RecordFunction, SplitOutcomes, Stage
+from transforms.stage import UNPAIRED_TAG, Paired, RecordFunction, SplitOutcomes, Stage
 from transforms.video import (
     CutConfig,
     Frame,
@@ -70,7 +70,6 @@ from transforms.video import (
 #: The ledger of candidate pairs (its counters are ``pairs.<counter>``).
 PAIRS = "pairs"
 #: The extra outputs of the pairing stages: inputs none of whose pairs is kept, and histogram counts.
-UNPAIRED_TAG = "unpaired"
 COUNTS_TAG = "counts"
 #: Lowest JPEG quality of a training pair.
 MIN_JPEG_QUALITY = 50
@@ -124,13 +123,6 @@ class InputPairs:
     @property
     def kept(self) -> int:
         return sum(isinstance(pair, EncodedSample) for pair in self.pairs)
-
-
-class PairedInputs(NamedTuple):
-    """A pairing stage's inputs that keep a pair, and those that keep none (already rejected in the main ledger)."""
-
-    paired: beam.PCollection
-    unpaired: beam.PCollection
 
 
 # --------------------------------------------------------------------------- one pair
@@ -285,10 +277,10 @@ class VideoPairs(Stage):
     def record_fn(self) -> RecordFunction:
         return functools.partial(_pair_video, *self._configs)
 
-    def expand(self, paths: beam.PCollection) -> PairedInputs:
+    def expand(self, paths: beam.PCollection) -> Paired:
         outputs = self.apply_stage(paths)
         RunAccounts.of(paths).add_counts(outputs.extra[COUNTS_TAG])
-        return PairedInputs(outputs.main, outputs.extra[UNPAIRED_TAG])
+        return Paired.of(outputs)
 
 
 # --------------------------------------------------------------------------- still images
@@ -350,10 +342,10 @@ class ImagePairs(Stage):
     def record_fn(self) -> RecordFunction:
         return functools.partial(_pair_image, *self._configs)
 
-    def expand(self, images: beam.PCollection) -> PairedInputs:
+    def expand(self, images: beam.PCollection) -> Paired:
         outputs = self.apply_stage(images)
         RunAccounts.of(images).add_counts(outputs.extra[COUNTS_TAG])
-        return PairedInputs(outputs.main, outputs.extra[UNPAIRED_TAG])
+        return Paired.of(outputs)
 
 
 # --------------------------------------------------------------------------- mix ratio
@@ -424,9 +416,8 @@ class CapImagePairs(Stage):
     def record_fn(self) -> RecordFunction:
         return _cap
 
-    def expand(self, images: beam.PCollection) -> PairedInputs:
-        outputs = self.apply_stage(images)
-        return PairedInputs(outputs.main, outputs.extra[UNPAIRED_TAG])
+    def expand(self, images: beam.PCollection) -> Paired:
+        return Paired.of(self.apply_stage(images))
 
 
 # --------------------------------------------------------------------------- the pair ledger

@@ -49,7 +49,7 @@ from transforms.io.decode import decode_rgb, encode_jpeg
 from transforms.io.shards import EncodedSample
 from transforms.ledger import record_uri
 from transforms.masks import encode_mask_png
-from transforms.stage import RecordFunction, SplitOutcomes, Stage
+from transforms.stage import UNPAIRED_TAG, Paired, RecordFunction, SplitOutcomes, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -500,8 +500,6 @@ BOXES = "boxes"
 #: Lowest JPEG quality of a pair's target and reference.
 MIN_JPEG_QUALITY = 50
 #: :class:`MakePairs` ' extra output: the records of images none of whose boxes is kept.
-UNPAIRED_TAG = "unpaired"
-
 #: What the stages take: a source image and its boxes (from its annotations, or the detector's).
 BoxedImage = tuple[SourceImage, tuple[LabelledBox, ...]]
 
@@ -544,13 +542,6 @@ class ImageBoxes:
     uri: str
     key: str
     boxes: tuple[EncodedSample | Rejection, ...]
-
-
-class PairedImages(NamedTuple):
-    """:class:`MakePairs` ' records: images with a pair, and images whose boxes were all rejected."""
-
-    paired: beam.PCollection
-    unpaired: beam.PCollection
 
 
 def _pair_sample(config: PbeConfig, settings: PairSettings, provenance: Mapping[str, Any], source: SourceImage,
@@ -620,9 +611,8 @@ class MakePairs(Stage):
     def record_fn(self) -> RecordFunction:
         return functools.partial(_make_pairs, self._config, self._settings, self._provenance)
 
-    def expand(self, images: beam.PCollection) -> PairedImages:
-        outputs = self.apply_stage(images)
-        return PairedImages(outputs.main, outputs.extra[UNPAIRED_TAG])
+    def expand(self, images: beam.PCollection) -> Paired:
+        return Paired.of(self.apply_stage(images))
 
 
 def _box_outcomes(record: ImageBoxes) -> tuple[EncodedSample | Rejection, ...]:

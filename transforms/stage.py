@@ -196,6 +196,21 @@ class Stage(beam.PTransform):
         return self.apply_stage(records).main
 
 
+#: The extra output of a stage that decides a record and its parts at once: records none of whose parts were kept.
+UNPAIRED_TAG = "unpaired"
+
+
+class Paired(NamedTuple):
+    """A deciding stage's records with a part kept, and those with none (their input already rejected)."""
+
+    paired: beam.PCollection
+    unpaired: beam.PCollection
+
+    @classmethod
+    def of(cls, outputs: StageOutputs) -> "Paired":
+        return cls(outputs.main, outputs.extra[UNPAIRED_TAG])
+
+
 def _pass_on(part: Any) -> Iterator[Any]:
     yield part
 

@@ -12,8 +12,9 @@ tuple per request: the classical remover works request by request, a GPU remover
 
 Candidate seeds come from :func:`candidate_seed` (base seed, object key, candidate index),
 so every remover shares one reproducible seed scheme and two objects of one run do not
-share noise. How a candidate was made is recorded in its ``remover`` string (for the
-classical remover, method and parameters: :attr:`CandidateParams.remover_id`), since
+share noise; the classical remover's PatchMatch fills draw their random search from it.
+How a candidate was made is recorded in its ``remover`` string (for the classical
+remover, method and parameters: :attr:`CandidateParams.remover_id`), since
 :class:`~schemas.RemovalCandidate` has no parameters field.
 """
 from __future__ import annotations
@@ -22,10 +23,12 @@ import dataclasses
 import io
 import itertools
 import logging
+import threading
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
+import patchmatch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 from skimage.restoration import inpaint_biharmonic
@@ -97,29 +100,59 @@ def decode_mask(mask_png: bytes, width: int, height: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Classical inpainting methods: rgb (HxWx3 uint8), mask (HxW bool), radius -> rgb.
+# Classical inpainting methods: rgb (HxWx3 uint8), mask (HxW bool), radius, seed -> rgb.
+
+#: A fill: (rgb, region, radius_px, seed) -> rgb; only randomized methods read the seed.
+Fill = Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
 
 
-def _opencv(flag: int) -> Callable[[np.ndarray, np.ndarray, int], np.ndarray]:
-    def inpaint(rgb: np.ndarray, mask: np.ndarray, radius: int) -> np.ndarray:
+def _opencv(flag: int) -> Fill:
+    def inpaint(rgb: np.ndarray, mask: np.ndarray, radius: int, seed: int) -> np.ndarray:
         return cv2.inpaint(rgb, mask.astype(np.uint8) * 255, radius, flag)
 
     return inpaint
 
 
-def _biharmonic(rgb: np.ndarray, mask: np.ndarray, radius: int) -> np.ndarray:
+def _biharmonic(rgb: np.ndarray, mask: np.ndarray, radius: int, seed: int) -> np.ndarray:
     # No neighbourhood radius: the fill solves a PDE over each masked component.
     filled = inpaint_biharmonic(rgb, mask, channel_axis=-1)
     return np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8)
 
 
+# The native PatchMatch reads one process-wide seed when a fill starts: fills started at the
+# same time from threads with different seeds gave neither seed's result (measured), so one
+# PatchMatch fill runs at a time per process (processes, not threads, parallelise it).
+_PATCHMATCH_LOCK = threading.Lock()
+
+
+def _patchmatch(rgb: np.ndarray, mask: np.ndarray, radius: int, seed: int) -> np.ndarray:
+    # Copies patches from the known pixels (Barnes et al. 2009, Content-Aware Fill): with none
+    # left, the library returns black without complaint.
+    if mask.all():
+        raise ValueError("patchmatch needs known pixels to copy from, but the region covers the whole image")
+    with _PATCHMATCH_LOCK:
+        patchmatch.set_random_seed(seed)
+        return patchmatch.inpaint(np.ascontiguousarray(rgb), mask, patch_size=radius)
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintMethod:
+    """A fill, what its radius means (a neighbourhood, or PatchMatch's patch) and whether its library loaded."""
+
+    fill: Fill
+    patch_based: bool = False
+    available: bool = True
+
+
 #: Inpainting methods by name. Measured at 512x512 on the 2-core dev machine, radius 3/9:
 #: telea and ns 10/65 ms for a 6%-of-image object, 70/510 ms for a 54% one (astronaut);
-#: biharmonic 0.17 s and 3.4 s. Biharmonic is therefore available but not a default.
-INPAINT_METHODS: Mapping[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
-    "telea": _opencv(cv2.INPAINT_TELEA),
-    "ns": _opencv(cv2.INPAINT_NS),
-    "biharmonic": _biharmonic,
+#: biharmonic 0.17 s and 3.4 s, so it is available but not a default. PatchMatch copies
+#: texture where the others blur it (docs/benchmarks.md has its cost against Telea's).
+INPAINT_METHODS: Mapping[str, InpaintMethod] = {
+    "telea": InpaintMethod(_opencv(cv2.INPAINT_TELEA)),
+    "ns": InpaintMethod(_opencv(cv2.INPAINT_NS)),
+    "biharmonic": InpaintMethod(_biharmonic),
+    "patchmatch": InpaintMethod(_patchmatch, patch_based=True, available=patchmatch.patchmatch_available),
 }
 
 
@@ -141,12 +174,17 @@ class RemovalConfig:
     """Classical removal: which methods, and the inclusive ranges their parameters are drawn from.
 
     ``dilation_px_range`` grows the object mask before inpainting so the object's halo
-    (anti-aliased edge, a mask that hugs too tightly) is repainted too. ``num_candidates``
-    and ``seed`` are the defaults that :meth:`request` puts into requests.
+    (anti-aliased edge, a mask that hugs too tightly) is repainted too. ``radius_px_range``
+    is the neighbourhood of the diffusion methods, ``patch_radius_px_range`` PatchMatch's
+    patch radius (patches of (2r+1)^2 px; its cost grows with r, 0.9 s at 3 and 3.7 s at 9
+    for a 512x512 image). PatchMatch is second so that two candidates already hold a blur
+    and a texture copy. ``num_candidates`` and ``seed`` are the defaults that
+    :meth:`request` puts into requests.
     """
 
-    methods: tuple[str, ...] = ("telea", "ns")
+    methods: tuple[str, ...] = ("telea", "patchmatch", "ns")
     radius_px_range: tuple[int, int] = (3, 9)
+    patch_radius_px_range: tuple[int, int] = (3, 5)
     dilation_px_range: tuple[int, int] = (5, 15)
     num_candidates: int = 4
     seed: int = 0
@@ -154,7 +192,7 @@ class RemovalConfig:
 
     def __post_init__(self) -> None:
         # Configs often come from YAML, which has lists and no tuples: accept any sequence.
-        for name in ("methods", "radius_px_range", "dilation_px_range"):
+        for name in ("methods", "radius_px_range", "patch_radius_px_range", "dilation_px_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be a non-empty list without repeats, got {self.methods!r}")
@@ -162,19 +200,30 @@ class RemovalConfig:
         if unknown:
             raise ValueError(f"unknown inpainting methods {unknown} (known: {sorted(INPAINT_METHODS)})")
         _check_range("radius_px_range", self.radius_px_range, minimum=1)
+        _check_range("patch_radius_px_range", self.patch_radius_px_range, minimum=1)
         _check_range("dilation_px_range", self.dilation_px_range, minimum=0)
         for name in ("num_candidates", "max_batch_size"):
             value = getattr(self, name)
             if not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_seed(self.seed)
+        missing = [m for m in self.methods if not INPAINT_METHODS[m].available]
+        if missing:
+            raise ValueError(f"inpainting methods {missing} are unavailable: their native library did not load")
         if self.num_candidates > self.max_candidates:
             raise ValueError(f"num_candidates {self.num_candidates} > {self.max_candidates} distinct parameter sets")
 
+    def radius_range(self, method: str) -> tuple[int, int]:
+        """The range ``method``'s radius is drawn from."""
+        return self.patch_radius_px_range if INPAINT_METHODS[method].patch_based else self.radius_px_range
+
+    def _grid(self, method: str) -> list[tuple[int, int]]:
+        return list(itertools.product(_values(self.radius_range(method)), _values(self.dilation_px_range)))
+
     @property
     def max_candidates(self) -> int:
-        """How many distinct candidates the methods and parameter ranges allow."""
-        return len(self.methods) * _span(self.radius_px_range) * _span(self.dilation_px_range)
+        """How many distinct candidates the methods and parameter ranges allow (methods take turns)."""
+        return len(self.methods) * min(len(self._grid(method)) for method in self.methods)
 
     def request(self, source: SourceImage, mask: ObjectMask) -> RemovalRequest:
         return RemovalRequest(source=source, mask=mask, num_candidates=self.num_candidates, seed=self.seed)
@@ -184,18 +233,18 @@ class RemovalConfig:
 
         Candidate k uses method ``k mod len(methods)``, so K >= len(methods) tries every
         method; its (radius, dilation) is the next entry of a per-method permutation of
-        the parameter grid, seeded from (seed, object key). The methods are deterministic,
-        so the per-candidate seed recorded beside these parameters chooses nothing here.
+        its parameter grid, seeded from (seed, object key). Only PatchMatch is randomized:
+        it draws from the candidate's own seed (:func:`candidate_seed`).
         """
         if num_candidates > self.max_candidates:
             raise ValueError(f"{num_candidates} candidates requested, only {self.max_candidates} are distinct")
-        grid = list(itertools.product(_values(self.radius_px_range), _values(self.dilation_px_range)))
+        grids = {method: self._grid(method) for method in self.methods}
         rng = np.random.default_rng(derived_seed(seed, "plan", object_key, bits=31))
-        orders = {method: rng.permutation(len(grid)) for method in self.methods}
+        orders = {method: rng.permutation(len(grids[method])) for method in self.methods}
         plan = []
         for k in range(num_candidates):
             method = self.methods[k % len(self.methods)]
-            radius, dilation = grid[orders[method][k // len(self.methods)]]
+            radius, dilation = grids[method][orders[method][k // len(self.methods)]]
             plan.append(CandidateParams(method, int(radius), int(dilation)))
         return tuple(plan)
 
@@ -203,10 +252,6 @@ class RemovalConfig:
 def _check_range(name: str, value: tuple, minimum: int) -> None:
     if len(value) != 2 or not all(is_integral(v) for v in value) or not minimum <= value[0] <= value[1]:
         raise ValueError(f"{name} must be two integers {minimum} <= low <= high, got {value!r}")
-
-
-def _span(bounds: tuple[int, int]) -> int:
-    return bounds[1] - bounds[0] + 1
 
 
 def _values(bounds: tuple[int, int]) -> range:
@@ -228,8 +273,9 @@ class ClassicalRemover:
         mask = decode_mask(obj.mask_png, source.width, source.height)
         candidates = []
         for k, params in enumerate(self._config.plan(obj.key, request.seed, request.num_candidates)):
+            seed = candidate_seed(request.seed, obj.key, k)
             region = dilate(mask, params.dilation_px)
-            filled = INPAINT_METHODS[params.method](rgb, region, params.radius_px)
+            filled = INPAINT_METHODS[params.method].fill(rgb, region, params.radius_px, seed)
             # Methods only repaint the region; compositing makes that a guarantee, not a hope.
             removed = np.where(region[..., None], filled, rgb)
             candidates.append(
@@ -237,7 +283,7 @@ class ClassicalRemover:
                     key=candidate_key(obj.key, k),
                     object_key=obj.key,
                     candidate_index=k,
-                    seed=candidate_seed(request.seed, obj.key, k),
+                    seed=seed,
                     remover=params.remover_id,
                     removed_png=encode_png(removed),
                 )
@@ -293,7 +339,7 @@ class RemovalHandler(ModelHandler[RemovalRequest, PredictionResult, Remover]):
 
 
 class ClassicalRemovalHandler(RemovalHandler):
-    """OpenCV (and optionally scikit-image) inpainting: no weights, CPU only, the embedded default.
+    """OpenCV Telea/NS and PatchMatch (optionally scikit-image) inpainting: no weights, CPU only, the embedded default.
 
     Nothing to share between processes and nothing gained from large batches; small
     batches keep the cost of a batch retried element by element low.

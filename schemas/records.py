@@ -187,7 +187,12 @@ class CandidateScores:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RemovalCandidate:
-    """One attempt at removing an object: the image with the object gone, and how it was made."""
+    """One attempt at removing an object: the image with the object gone, and how it was made.
+
+    ``region_png`` (1-bit, source size) is the region the remover repainted, the mask it
+    grew before inpainting: outside it ``removed_png`` is the source, pixel for pixel. A
+    remover that does not record it leaves ``None``, and the pixels that changed stand in.
+    """
 
     key: str
     object_key: str
@@ -196,6 +201,7 @@ class RemovalCandidate:
     remover: str
     removed_png: bytes
     scores: CandidateScores = dataclasses.field(default_factory=CandidateScores)
+    region_png: Optional[bytes] = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

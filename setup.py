@@ -37,7 +37,9 @@ TORCH = [
     "transformers>=4.44",
     "open_clip_torch>=2.26",
 ]
-REVIEW = ["fastapi>=0.110", "uvicorn>=0.29"]
+# selenium drives the system Chromium (Debian chromium + chromium-driver) in the review app's browser test;
+# httpx is the HTTP client of its other tests. 4.51: 4.52 needs a certifi newer than the index holds.
+REVIEW = ["fastapi>=0.110", "uvicorn>=0.29", "selenium>=4.40", "httpx>=0.27"]
 CLOUD = {"gcp": ["apache-beam[gcp]"], "aws": ["apache-beam[aws]"]}
 TEST = ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.16"]  # onnx: tests export tiny SAM-layout models
 
@@ -50,7 +52,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["schemas*", "transforms*", "pipeline*", "jobs*", "review*"]),
-    package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"], "review": ["templates/*.j2"]},
+    package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"], "review": ["templates/*.j2", "static/*"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={"torch": TORCH, "review": REVIEW, "test": TEST, "all": TORCH + REVIEW + TEST, **CLOUD},

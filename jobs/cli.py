@@ -40,6 +40,8 @@ COMMANDS: dict[str, Command] = {
     "video-pairs": Command("videos and still images -> MimicBrush frame pairs with SIFT-guided grid masks",
                            "jobs.video:main"),
     "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
+    "review": Command("review samples in the browser (decisions in SQLite); 'review export' writes the decisions "
+                      "file build reads", "jobs.review:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
 }
 

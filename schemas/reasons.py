@@ -29,6 +29,8 @@ class Reason(str, enum.Enum):
     DUPLICATE_CONTENT = "duplicate_content"
     # Annotations
     INVALID_BOX = "invalid_box"
+    INVALID_MASK = "invalid_mask"
+    CROWD_BOX = "crowd_box"
     # Object selection (per image, then per detection)
     IMAGE_TOO_SMALL = "image_too_small"
     NO_DETECTIONS = "no_detections"

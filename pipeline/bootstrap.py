@@ -1,8 +1,13 @@
 """The bootstrap-mining graph (ObjectDrop stage 1): images -> candidate shards.
 
-    ReadSources -> image size -> detect -> select objects -> segment -> check masks
+    ReadSources -> image size -> detect | annotated objects -> select objects
+      -> segment [-> annotated masks] -> check masks
       -> remove (K candidates) -> scores (SSIM/change/seam) [-> re-detection] [-> CLIP]
       -> encode -> write candidate shards -> finalize
+
+Where objects come from is ``BootstrapConfig.boxes`` (:class:`~transforms.annotated.BoxSource`):
+the detector, the images' annotations (boxes skip detection, masks skip segmentation), or
+annotations where an image has them and the detector elsewhere (``auto``).
 
 Two ledgers close for every run (docs/FORMAT.md):
 
@@ -11,6 +16,9 @@ Two ledgers close for every run (docs/FORMAT.md):
   ``no_object_kept`` when every object's mask failed ...) or a dead letter;
 * objects (selected detections): ``written``, ``rejected`` by a mask check, or a dead
   letter of removal, scoring or encoding.
+
+Objects left out before the object ledger (a rejected detection, a crowd or
+undecodable annotation) are recorded with their object keys as ``detections_rejected``.
 
 Nothing is thresholded after the mask checks: every candidate is scored and kept, so
 that choosing thresholds later (``counterfactory build``) never re-runs a model.
@@ -27,6 +35,7 @@ from apache_beam.pvalue import TaggedOutput
 from pipeline.finalize import FinalizeRun, RunInfo
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
 from schemas import Reason, Rejection, source_of
+from transforms.annotated import AnnotatedObjects, AnnotationMasks, BoxSource, needs_segmenter
 from transforms.candidates import OBJECTS, CandidateSampleEncoder, CheckMasks, ScoreCandidates
 from transforms.encode import EncodeSamples
 from transforms.io.shards import ShardWriterConfig, WriteShards
@@ -35,9 +44,9 @@ from transforms.mask_quality import MaskQualityConfig
 from transforms.models.removal import RemovalHandler
 from transforms.models.run_model import RunModel
 from transforms.quality import QualityConfig
-from transforms.selection import FilterImageSize, SelectionConfig, SelectObjects
+from transforms.selection import FilterImageSize, ImageObjects, SelectionConfig, SelectObjects
 
-FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "with_detections", "with_objects", "objects", "masks_kept",
+FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "with_detections", "with_objects", "objects", "annotated_masks", "masks_kept",
                 "objects_removed", "objects_written", "candidates_written")
 #: The dead-letter label of an image all of whose objects ended as dead letters.
 ALL_OBJECTS_DEAD = "objects"
@@ -48,7 +57,8 @@ class BootstrapConfig:
     """Every stage's config (each validated itself when built) and the model handlers.
 
     Models come as Beam ``ModelHandler`` s, built from their configs by the job: nothing
-    is loaded until a worker runs, and tests can give handlers of their own. The
+    is loaded until a worker runs, and tests can give handlers of their own. ``detector``
+    is ``None`` only when ``boxes`` is ``annotations`` (it never runs then). The
     detector's predictions are ``PredictionResult(SourceImage, tuple[Detection])``, the
     segmenter's ``PredictionResult(SegmentationRequest, tuple[ObjectMask])``, and each
     optional scorer's ``PredictionResult(ObjectCandidates, re-scored ObjectCandidates)``.
@@ -56,7 +66,7 @@ class BootstrapConfig:
 
     sources: SourcesConfig
     selection: SelectionConfig
-    detector: ModelHandler
+    detector: Optional[ModelHandler]
     segmenter: ModelHandler
     masks: MaskQualityConfig
     remover: RemovalHandler
@@ -65,6 +75,12 @@ class BootstrapConfig:
     run: RunInfo
     redetect: Optional[ModelHandler] = None
     clip: Optional[ModelHandler] = None
+    boxes: BoxSource = BoxSource.DETECTOR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "boxes", BoxSource(self.boxes))
+        if self.detector is None and self.boxes is not BoxSource.ANNOTATIONS:
+            raise ValueError(f"boxes {self.boxes.value!r} needs a detector")
 
 
 _IMAGE_REJECTED = "image_rejected"
@@ -114,13 +130,42 @@ def _scored(label: str, objects: beam.PCollection, handler: ModelHandler, stage:
 
 
 
+def _image_objects(sized: beam.PCollection, config: BootstrapConfig) -> beam.PCollection:
+    """Each image's objects to select from: detector predictions, annotated ``ImageObjects`` or both."""
+    if config.boxes is BoxSource.DETECTOR:
+        return sized | "Detect" >> RunModel(config.detector, "detect")
+    if config.boxes is BoxSource.ANNOTATIONS:
+        return sized | "AnnotatedObjects" >> AnnotatedObjects()
+    parts = sized | "SplitAnnotated" >> beam.Partition(lambda source, _: 0 if source.annotations else 1, 2)
+    annotated = parts[0] | "AnnotatedObjects" >> AnnotatedObjects()
+    detected = parts[1] | "Detect" >> RunModel(config.detector, "detect")
+    return flatten("ImageObjects", [annotated, detected])
+
+
+def _segmented(requests: beam.PCollection, config: BootstrapConfig) -> beam.PCollection:
+    """Segmenter predictions; with annotations, annotated masks in place of its masks (or of its run)."""
+    if config.boxes is BoxSource.DETECTOR:
+        return requests | "Segment" >> RunModel(config.segmenter, "segment")
+    parts = requests | "SplitMasked" >> beam.Partition(lambda request, _: 0 if needs_segmenter(request) else 1, 2)
+    segmented = parts[0] | "Segment" >> RunModel(config.segmenter, "segment")
+    return flatten("SegmentedOrMasked", [segmented, parts[1]]) | "AnnotationMasks" >> AnnotationMasks()
+
+
+def _with_detections(record) -> int:
+    return int(bool(ImageObjects.of(record).detections))
+
+
+def _annotated_masks(prediction) -> int:
+    return sum(mask.mask_source == "annotation" for mask in prediction.inference)
+
+
 def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollection:
     """Add the bootstrap graph to ``p``; returns the PCollection holding the run's stats dict."""
     sources = p | "ReadSources" >> ReadSources(config.sources)
     sized = sources | "ImageSize" >> FilterImageSize(config.selection)
-    detected = sized | "Detect" >> RunModel(config.detector, "detect")
-    requests = detected | "SelectObjects" >> SelectObjects(config.selection)
-    segmented = requests | "Segment" >> RunModel(config.segmenter, "segment")
+    objects_in = _image_objects(sized, config)
+    requests = objects_in | "SelectObjects" >> SelectObjects(config.selection)
+    segmented = _segmented(requests, config)
     checked = segmented | "CheckMasks" >> CheckMasks(config.masks, config.remover.config.request)
     removed = checked | "Remove" >> RunModel(config.remover, "remove", unit=OBJECTS)
     objects = removed | "Score" >> ScoreCandidates(config.quality)
@@ -144,9 +189,10 @@ def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollecti
     accounts.add_counts(image_outcomes)
     accounts.add_rejections(MAIN_LEDGER, no_object_kept)
     accounts.add_counts(flatten("FunnelCounts", [
-        count_funnel(detected, "FunnelDetections", "with_detections", lambda result: int(bool(result.inference))),
+        count_funnel(objects_in, "FunnelDetections", "with_detections", _with_detections),
         count_funnel(requests, "FunnelWithObjects", "with_objects"),
         count_funnel(requests, "FunnelObjects", "objects", lambda request: len(request.detections)),
+        count_funnel(segmented, "FunnelAnnotatedMasks", "annotated_masks", _annotated_masks),
         count_funnel(checked, "FunnelMasksKept", "masks_kept"),
         count_funnel(removed, "FunnelRemoved", "objects_removed"),
         count_funnel(shards, "FunnelWritten", "objects_written", lambda shard: shard.nsamples),

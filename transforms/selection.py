@@ -223,13 +223,22 @@ def iou(box: Box, other: Box) -> float:
     return inter / (box.area + other.area - inter)
 
 
+def _annotated(detection: Detection) -> bool:
+    return detection.box_source == "annotation"
+
+
 def duplicates(detections: Sequence[Detection], min_iou: float) -> tuple[Optional[int], ...]:
-    """Class-agnostic suppression: for each detection, the higher-scored one it repeats, or ``None``."""
+    """Class-agnostic suppression: for each detection, the higher-scored one it repeats, or ``None``.
+
+    Two annotated boxes are never duplicates: an annotator drew each for an object of its own
+    (a rider on a horse, a cup on a saucer), where a detector's two overlapping labels are one guess.
+    """
     order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
     primaries: list[int] = []
     duplicate_of: list[Optional[int]] = [None] * len(detections)
     for i in order:
-        duplicate_of[i] = next((j for j in primaries if iou(detections[i].box, detections[j].box) >= min_iou), None)
+        duplicate_of[i] = next((j for j in primaries if not (_annotated(detections[i]) and _annotated(detections[j]))
+                                and iou(detections[i].box, detections[j].box) >= min_iou), None)
         if duplicate_of[i] is None:
             primaries.append(i)
     return tuple(duplicate_of)
@@ -313,9 +322,45 @@ class FilterImageSize(Stage):
         return functools.partial(_check_image_size, self._min_side)
 
 
-def _select(config: SelectionConfig, result: PredictionResult) -> Iterator[object]:
-    source: SourceImage = result.example
-    detections: tuple[Detection, ...] = tuple(result.inference)
+@dataclasses.dataclass(frozen=True)
+class ImageObjects:
+    """One image's objects to select from, each with its object index (``object_indices[i]`` names ``detections[i]``).
+
+    A detector's objects are numbered 0, 1, ... in its order; annotated objects keep the
+    index of their annotation, so an object's key names the same box whatever was left out
+    before selection (a crowd box).
+    """
+
+    source: SourceImage
+    detections: tuple[Detection, ...]
+    object_indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.detections) != len(self.object_indices):
+            raise ValueError(f"{self.source.key}: {len(self.detections)} detections but "
+                             f"{len(self.object_indices)} object indices")
+
+    @classmethod
+    def of(cls, record: "ImageObjects | PredictionResult") -> "ImageObjects":
+        """A detector's prediction (``PredictionResult(source, detections)``) as numbered objects."""
+        if isinstance(record, ImageObjects):
+            return record
+        detections = tuple(record.inference)
+        return cls(record.example, detections, tuple(range(len(detections))))
+
+    # Read by the stage plumbing when it names a dead letter.
+    @property
+    def key(self) -> str:
+        return self.source.key
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri
+
+
+def _select(config: SelectionConfig, record: "ImageObjects | PredictionResult") -> Iterator[object]:
+    objects = ImageObjects.of(record)
+    source, detections, indices = objects.source, objects.detections, objects.object_indices
     stage = SelectObjects.stage
     if not detections:
         yield Rejection(source.uri, stage, Reason.NO_DETECTIONS, "", source.key)
@@ -325,17 +370,18 @@ def _select(config: SelectionConfig, result: PredictionResult) -> Iterator[objec
         detection = detections[index]
         yield TaggedOutput(DETECTIONS_REJECTED, Rejection(
             source.uri, stage, reason, f"{detection.label} {detection.score:.2f}: {detail}",
-            object_key(source.key, index)))
+            object_key(source.key, indices[index])))
     if not selection.kept:
         reasons = sorted({reason.value for _, reason, _ in selection.rejected})
         yield Rejection(source.uri, stage, Reason.NO_SUITABLE_OBJECT,
                         f"{len(detections)} detections, rejected as {', '.join(reasons)}", source.key)
         return
-    yield SegmentationRequest(source, tuple(detections[i] for i in selection.kept), selection.kept)
+    yield SegmentationRequest(source, tuple(detections[i] for i in selection.kept),
+                              tuple(indices[i] for i in selection.kept))
 
 
 class SelectObjects(Stage):
-    """Detector predictions (``PredictionResult(source, detections)``) -> segmentation requests.
+    """Detector predictions (``PredictionResult(source, detections)``) or annotated :class:`ImageObjects` -> segmentation requests.
 
     An image is kept or rejected as a whole; every detection it does not keep is recorded
     (counted as ``detections_rejected``) with its reason and the object key it would have had.

@@ -162,7 +162,7 @@ def test_every_image_and_object_ends_where_it_should(run):
     assert rejected == {"rocket.jpg": ["no_detections"], "coffee.jpg": ["mask_empty", "no_object_kept"],
                         "chelsea.jpg": ["invalid_box"]}
     funnel = {step["step"]: step["count"] for step in stats["funnel"]}
-    assert [funnel[step] for step in FUNNEL_STEPS] == [5, 5, 5, 5, 3, 3, 3, 2, 1, 1, 2]
+    assert [funnel[step] for step in FUNNEL_STEPS] == [5, 5, 5, 5, 3, 3, 3, 0, 2, 1, 1, 2]
 
 
 def test_every_stage_closes_record_by_record(run):

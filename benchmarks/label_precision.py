@@ -166,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  c.right, c.localised, _fraction(c.recall), c.found, c.annotations)
     result = {"detector": args.detector, "annotations": args.annotations, "images": len(images),
               "min_iou": args.min_iou, "unknown_class_annotations": unknown, "machine": platform.platform(),
-              "default": headline.to_json(), "default_deduplicated": selected.to_json(), "sweep": [c.to_json() for c in sweep]}
+              "default": headline.to_json(), "default_deduplicated": selected.to_json(),
+              "sweep": [c.to_json() for c in sweep]}
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -136,7 +136,8 @@ def needs_segmenter(request: SegmentationRequest) -> bool:
 def _annotation_masks(record: Union[PredictionResult, SegmentationRequest]) -> Iterator[object]:
     """The request's objects with annotated masks in place of the segmenter's (or of none)."""
     request: SegmentationRequest = record.example if isinstance(record, PredictionResult) else record
-    segmented = {} if isinstance(record, SegmentationRequest) else {mask.object_index: mask for mask in record.inference}
+    masks = () if isinstance(record, SegmentationRequest) else record.inference
+    segmented = {mask.object_index: mask for mask in masks}
     source = request.source
     objects, rejected = [], []
     for index, detection in zip(request.object_indices, request.detections):

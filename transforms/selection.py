@@ -21,6 +21,10 @@ An image smaller than ``min_image_side`` is rejected (``image_too_small``) befor
 detection; an image with no detection is ``no_detections``, one whose detections all
 fail is ``no_suitable_object``. Every rejected detection is recorded with its reason
 (key: the object key it would have had), so a reviewer can ask why a cup was not taken.
+
+Annotated objects (:mod:`transforms.annotated`) go through the same rules as
+:class:`ImageObjects` (score 1, so ``min_score`` passes them), keeping their annotation's
+index as their object index; two annotated boxes are never duplicates of each other.
 """
 from __future__ import annotations
 
@@ -381,7 +385,7 @@ def _select(config: SelectionConfig, record: "ImageObjects | PredictionResult") 
 
 
 class SelectObjects(Stage):
-    """Detector predictions (``PredictionResult(source, detections)``) or annotated :class:`ImageObjects` -> segmentation requests.
+    """Detector predictions (``PredictionResult(source, detections)``) or :class:`ImageObjects` -> segmentation requests.
 
     An image is kept or rejected as a whole; every detection it does not keep is recorded
     (counted as ``detections_rejected``) with its reason and the object key it would have had.

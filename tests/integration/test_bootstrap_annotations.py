@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import pathlib
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset
+from PIL import Image
 
 from jobs import bootstrap
 from jobs.common import SAMPLES
@@ -147,6 +150,31 @@ def test_auto_uses_annotations_where_an_image_has_them_and_the_detector_elsewher
     assert detectors["coffee.jpg"] == {"annotation:coco"}
     assert len(detectors["bikes_f0083.jpg"]) == 1 and next(iter(detectors["bikes_f0083.jpg"])).startswith("nanodet")
     assert {row["stage"]: row["in"] for row in stats["stages"]}["detect"] == 1, "the detector saw only the bikes"
+
+
+def test_openimages_mask_pngs_replace_segmentation(tmp_path):
+    """An OpenImages segmentation CSV: each box's mask PNG (smaller than the image, as theirs are) is its mask."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(IMAGES / "coffee.jpg", images / "coffee.jpg")
+    cup = mask_pixels(AnnotationMask("polygon", tuple(tuple(p) for p in next(
+        a for a in json.loads(MASKS_FILE.read_text())["annotations"] if a["id"] == 4)["segmentation"])), 600, 400)
+    Image.fromarray(cup).resize((300, 200), Image.NEAREST).save(images / "coffee_m02p5f1q_0.png")
+    csv = tmp_path / "masks.csv"
+    csv.write_text("MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+                   "coffee_m02p5f1q_0.png,coffee,/m/02p5f1q,0,0.288333,0.676667,0.045,0.7625,0.9,\n")
+    descriptions = tmp_path / "classes.csv"
+    descriptions.write_text("/m/02p5f1q,Coffee cup\n")
+    output = tmp_path / "candidates"
+    stats = bootstrap.run(["--annotations", str(csv), "--images_root", str(images), "--class_descriptions",
+                           str(descriptions), "--boxes", "annotations", "--output", str(output), *FAST])
+    assert stats["ledger"]["written"] == stats["objects_ledger"]["written"] == 1
+    [sample] = _samples(output)
+    meta = json.loads(sample["json"])
+    assert meta["detection"]["label"] == "Coffee cup" and meta["mask"]["segmenter"] == "annotation:openimages"
+    written = decode_mask_png(sample["mask.png"], 600, 400)
+    assert (written != cup).sum() < 0.02 * cup.sum(), "the half-size PNG, scaled back, is the drawn cup"
+    assert {row["stage"]: row["in"] for row in stats["stages"]}["segment"] == 0, "nothing was left to segment"
 
 
 @pytest.mark.parametrize(

@@ -500,5 +500,19 @@ def test_sample_masks_file_has_every_kind_of_mask_and_its_deliberate_faults():
     pixels = mask_pixels(rocket.mask, 640, 427)
     ys, xs = np.nonzero(pixels)
     # The mask lies inside its box, and fills the rocket's slender shape (a fifth of the box would be far too little).
-    assert rocket.box.x0 <= xs.min() and xs.max() < rocket.box.x1 and rocket.box.y0 <= ys.min() and ys.max() < rocket.box.y1
+    assert rocket.box.x0 <= xs.min() and xs.max() < rocket.box.x1
+    assert rocket.box.y0 <= ys.min() and ys.max() < rocket.box.y1
     assert pixels.sum() > 0.8 * rocket.box.area
+
+
+def test_sample_labels_file_is_complete_and_inside_its_images():
+    images, orphans = _split(parse_coco((SAMPLES / "coco-labels.json").read_bytes(), "jobs/samples/images"))
+    assert orphans == [] and all(image.rejections == () for image in images.values())
+    for path, image in images.items():
+        assert pathlib.Path(path).exists(), path
+        for annotation in image.annotations:
+            box = annotation.box
+            assert 0 <= box.x0 < box.x1 <= image.width and 0 <= box.y0 < box.y1 <= image.height
+            assert box.y1 - box.y0 >= 20, (path, annotation)
+    labels = sorted(a.label for image in images.values() for a in image.annotations)
+    assert len(labels) == 23 and labels.count("person") == 14 and labels.count("car") == 4

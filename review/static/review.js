@@ -118,11 +118,13 @@ class Review {
     document.getElementById("label").textContent = sample.label;
     const status = document.getElementById("status");
     status.className = sample.passed ? "pass" : "fail";
+    const number = (index) => (sample.candidates.find((c) => c.index === index) || {number: "?"}).number;
+    const distance = `${Math.abs(sample.margin).toFixed(2)} sd ${sample.passed ? "inside" : "outside"} the thresholds`;
     status.textContent = sample.passed
-      ? `kept by the thresholds (candidate ${sample.chosen}), margin ${fmt(sample.margin)} sd`
-      : `rejected by the thresholds: ${sample.reason}, margin ${fmt(sample.margin)} sd`;
+      ? `kept by the thresholds (candidate ${number(sample.chosen)}), ${distance}`
+      : `rejected by the thresholds: ${sample.reason}, ${distance}`;
     const decisions = sample.decisions.map((d) =>
-      `${d.mine ? "you" : d.reviewer}: ${d.action}${d.candidate !== null ? " " + d.candidate : ""}${d.reason ? " (" + d.reason + ")" : ""}`);
+      `${d.mine ? "you" : d.reviewer}: ${d.action}${d.candidate !== null ? " " + number(d.candidate) : ""}${d.reason ? " (" + d.reason + ")" : ""}`);
     document.getElementById("decisions").textContent = decisions.length ? decisions.join(" · ") : "not decided yet";
     this.renderMain();
     this.renderCandidates();
@@ -171,7 +173,7 @@ class Review {
         el("span", {class: c.passed ? "pass" : "fail"}, c.passed ? " passes" : " fails"),
         el("span", {}, ` · combined ${fmt(c.combined)}`), c.chosen ? el("b", {}, " · chosen") : "");
       const table = el("table", {class: "scores"});
-      for (const s of c.scores) {
+      for (const s of c.scores.filter((score) => score.value !== null || score.bound !== null)) {
         const row = el("tr", {class: s.passed === null ? "" : s.passed ? "pass" : "fail"});
         row.append(el("td", {}, s.name), el("td", {}, fmt(s.value)),
           el("td", {}, s.bound === null ? "" : `${s.op} ${fmt(s.bound)}`),

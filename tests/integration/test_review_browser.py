@@ -17,7 +17,7 @@ from jobs import review as review_job
 from pipeline.testing import write_candidate_set
 from review.store import REJECT_REASONS
 from schemas.sample import Field
-from tests.integration.test_review_server import Server
+from tests.integration.test_review_server import Server, login
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
@@ -134,3 +134,17 @@ def test_twenty_samples_by_keyboard_then_export_and_build(browser, tmp_path):
     lineage = json.loads((version / "lineage.json").read_text())
     assert lineage["decisions"]["sha256"] == hashlib.sha256(decisions.read_bytes()).hexdigest()
     assert lineage["decisions"]["keys"] == 20
+
+    # The built version is reviewable too: each pair with its insertion input, under its own version name.
+    built = Server(version, tmp_path / "built.sqlite")
+    try:
+        client, _ = login(built, "ann")
+        key = client.get("/api/next").json()["key"]
+        view = client.get(f"/api/sample/{key}").json()
+        assert view["kind"] == "pairs" and len(view["candidates"]) == 1
+        pasted = next(p["url"] for p in view["panels"] if p["title"].startswith("insertion"))
+        tar = {s["__key__"]: s for s in webdataset.WebDataset(urls, shardshuffle=False)}
+        assert client.get(pasted).content == tar[key][Field.PASTED]
+        assert "demo-v1@" in client.get("/dashboard").text
+    finally:
+        built.stop()

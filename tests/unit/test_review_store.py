@@ -1,6 +1,7 @@
 """The decisions store on a real SQLite file over a real index: queues, undo, export, audit figures, threads."""
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 
@@ -12,14 +13,18 @@ from review.index import open_index
 from review.store import Action, DecisionStore, Queue, export_all
 from schemas.decisions import decisions_jsonl, parse_decisions
 from schemas.keys import candidate_key
+from transforms.thresholds import Thresholds
 
 OBJECTS = 30
+#: Thresholds on the scores synthetic sets have (pinned: the build defaults may add scores they lack).
+BOUNDS = {"ssim_outside": 0.95, "change_inside": 0.05, "redetect_score": 0.3, "seam": 0.45}
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     folder = write_candidate_set(tmp_path_factory.mktemp("set") / "demo", OBJECTS, seed=5)
-    index = open_index(dataset_source(str(folder), {}), str(tmp_path_factory.mktemp("cache")))
+    source = dataclasses.replace(dataset_source(str(folder), {}), thresholds=Thresholds(BOUNDS))
+    index = open_index(source, str(tmp_path_factory.mktemp("cache")))
     yield index
     index.close()
 

@@ -54,7 +54,7 @@ class Review {
     this.sample = null;
     this.preview = null;      // the candidate shown in the removal panel
     this.before = false;      // removal panel shows the source
-    this.overlay = false;
+    this.overlays = {mask: false, region: false};  // object mask on the source, repainted region on the removal
     this.zoom = 1;
     this.flicker = null;
     this.peeked = null;       // {key, sample} of the next sample, fetched ahead
@@ -130,14 +130,14 @@ class Review {
     this.renderCandidates();
   }
 
-  panel(title, url, overlayUrl, id) {
+  panel(title, url, overlayUrl, id, overlayKind = null) {
     const figure = el("figure", {class: "panel", id});
     const viewport = el("div", {class: "viewport"});
     const stack = el("div", {class: "stack"});
     stack.append(el("img", {src: url, alt: title, class: "picture"}));
     if (overlayUrl) {
-      const overlay = el("img", {src: overlayUrl, alt: "", class: "overlay"});
-      overlay.hidden = !this.overlay;
+      const overlay = el("img", {src: overlayUrl, alt: "", class: `overlay ${overlayKind}`});
+      overlay.hidden = !this.overlays[overlayKind];
       stack.append(overlay);
     }
     stack.style.zoom = this.zoom;
@@ -151,8 +151,8 @@ class Review {
     const sample = this.sample, candidate = this.candidateShown();
     const main = document.getElementById("main");
     const removal = this.panel(this.removalTitle(candidate), this.before ? sample.source : candidate.full,
-      candidate.region, "removal");
-    main.replaceChildren(this.panel("source", sample.source, sample.mask, "source"), removal,
+      candidate.region, "removal", "region");
+    main.replaceChildren(this.panel("source", sample.source, sample.mask, "source", "mask"), removal,
       ...sample.panels.map((p) => this.panel(p.title, p.url, null, null)));
   }
 
@@ -243,7 +243,11 @@ class Review {
       else if (k === "ArrowRight") await this.next();
       else if (k === "ArrowLeft" && this.position > 0) { this.position -= 1; await this.go(this.history[this.position], true); }
       else if (k === "f") this.toggleFlicker();
-      else if (k === "m") { this.overlay = !this.overlay; for (const o of document.querySelectorAll("#main .overlay")) o.hidden = !this.overlay; }
+      else if (k === "m" || k === "r") {
+        const kind = k === "m" ? "mask" : "region";
+        this.overlays[kind] = !this.overlays[kind];
+        for (const o of document.querySelectorAll(`#main .overlay.${kind}`)) o.hidden = !this.overlays[kind];
+      }
       else if (k === "+" || k === "=") this.setZoom(this.zoom * 2);
       else if (k === "-") this.setZoom(this.zoom / 2);
       else if (k === "0") this.setZoom(1);

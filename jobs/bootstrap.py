@@ -49,7 +49,7 @@ from jobs.common import (
     sources_config,
     writer_config,
 )
-from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
+from pipeline.bootstrap import ANNOTATED, FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
 from pipeline.options import ConfigError, mapping_option
 from schemas.sample import CANDIDATE_METADATA_SCHEMA
 from transforms.mask_quality import MaskQualityConfig
@@ -152,6 +152,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
         redetect = build_config(RedetectConfig, {"detector": redetect_detector, "min_iou": min_iou}, "redetect_options")
     remover = _remover(job, detection.device)
     detects = boxes is not BoxSource.ANNOTATIONS
+    ledgers = (OBJECTS,) if boxes is BoxSource.DETECTOR else (OBJECTS, ANNOTATED)
     models = resolve_model_ids({
         "detector": detector.model if detects or redetect is not None else None,
         "segmenter": segmenter.model,
@@ -168,7 +169,7 @@ def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:
         quality=build_config(QualityConfig, job.quality, "quality"),
         writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
         run=run_info(options, "bootstrap", [InputOptions, DetectorOptions, BoxOptions, BootstrapOptions],
-                     sources.inputs, FUNNEL_STEPS, sub_ledgers=(OBJECTS,), models=models),
+                     sources.inputs, FUNNEL_STEPS, sub_ledgers=ledgers, models=models),
         redetect=None if redetect is None else RedetectHandler(redetect),
         clip=None if clip is None else ClipScorerHandler(clip),
         boxes=boxes,

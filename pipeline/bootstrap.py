@@ -19,6 +19,11 @@ Two ledgers close for every run (docs/FORMAT.md):
 
 Objects left out before the object ledger (a rejected detection, a crowd or
 undecodable annotation) are recorded with their object keys as ``detections_rejected``.
+With annotations (``boxes`` not ``detector``) a third ledger closes,
+:data:`ANNOTATED`: every annotation of an image that reached object selection ends
+``written``, ``rejected`` by its reason (``crowd_box``, a selection rule,
+``invalid_mask``, a mask check) or a dead letter (its own, or its image's). Annotations
+rejected when the file is parsed never get an object: they are ``boxes_rejected``.
 
 Nothing is thresholded after the mask checks: every candidate is scored and kept, so
 that choosing thresholds later (``counterfactory build``) never re-runs a model.
@@ -34,12 +39,21 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.finalize import FinalizeRun, RunInfo
 from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, flatten
-from schemas import Reason, Rejection, source_of
+from schemas import Reason, Rejection, SourceImage, object_key, source_of
 from transforms.annotated import AnnotatedObjects, AnnotationMasks, BoxSource, needs_segmenter
 from transforms.candidates import OBJECTS, CandidateSampleEncoder, CheckMasks, ScoreCandidates
 from transforms.encode import EncodeSamples
 from transforms.io.shards import ShardWriterConfig, WriteShards
-from transforms.ledger import DEAD_LETTER, MAIN_LEDGER, REJECTED, WRITTEN, RunAccounts, count_funnel
+from transforms.ledger import (
+    DEAD_LETTER,
+    INPUTS,
+    MAIN_LEDGER,
+    REJECTED,
+    WRITTEN,
+    RunAccounts,
+    count_funnel,
+    counter_name,
+)
 from transforms.mask_quality import MaskQualityConfig
 from transforms.models.removal import RemovalHandler
 from transforms.models.run_model import RunModel
@@ -50,6 +64,8 @@ FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "with_detections", "with_objects", "object
                 "objects_removed", "objects_written", "candidates_written")
 #: The dead-letter label of an image all of whose objects ended as dead letters.
 ALL_OBJECTS_DEAD = "objects"
+#: The ledger of annotated objects, kept when objects come from annotations.
+ANNOTATED = "annotated_objects"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,16 +146,18 @@ def _scored(label: str, objects: beam.PCollection, handler: ModelHandler, stage:
 
 
 
-def _image_objects(sized: beam.PCollection, config: BootstrapConfig) -> beam.PCollection:
-    """Each image's objects to select from: detector predictions, annotated ``ImageObjects`` or both."""
+def _image_objects(sized: beam.PCollection,
+                   config: BootstrapConfig) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
+    """Each image's objects to select from (detector predictions, annotated ``ImageObjects`` or both),
+    and the images whose objects are their annotations (``None`` when none can be)."""
     if config.boxes is BoxSource.DETECTOR:
-        return sized | "Detect" >> RunModel(config.detector, "detect")
+        return sized | "Detect" >> RunModel(config.detector, "detect"), None
     if config.boxes is BoxSource.ANNOTATIONS:
-        return sized | "AnnotatedObjects" >> AnnotatedObjects()
+        return sized | "AnnotatedObjects" >> AnnotatedObjects(), sized
     parts = sized | "SplitAnnotated" >> beam.Partition(lambda source, _: 0 if source.annotations else 1, 2)
     annotated = parts[0] | "AnnotatedObjects" >> AnnotatedObjects()
     detected = parts[1] | "Detect" >> RunModel(config.detector, "detect")
-    return flatten("ImageObjects", [annotated, detected])
+    return flatten("ImageObjects", [annotated, detected]), parts[0]
 
 
 def _segmented(requests: beam.PCollection, config: BootstrapConfig) -> beam.PCollection:
@@ -149,6 +167,64 @@ def _segmented(requests: beam.PCollection, config: BootstrapConfig) -> beam.PCol
     parts = requests | "SplitMasked" >> beam.Partition(lambda request, _: 0 if needs_segmenter(request) else 1, 2)
     segmented = parts[0] | "Segment" >> RunModel(config.segmenter, "segment")
     return flatten("SegmentedOrMasked", [segmented, parts[1]]) | "AnnotationMasks" >> AnnotationMasks()
+
+
+_IN = "in"
+_IMAGE_DEAD = "image_dead"
+
+
+def _annotation_inputs(source: SourceImage) -> Iterator[tuple[str, tuple[str, str, str]]]:
+    for index in range(len(source.annotations)):
+        yield source.key, (_IN, object_key(source.key, index), "")
+
+
+def _object_events(outcome: str, label_of):
+    """``(source key, (outcome, object key, label))`` of a record that names an object (others are skipped)."""
+    def events(record: Any) -> Iterator[tuple[str, tuple[str, str, str]]]:
+        if record.key:  # a box rejected when its file was parsed has no object
+            yield source_of(record.key), (outcome, record.key, label_of(record))
+
+    return events
+
+
+def _image_dead(dead: Any) -> Iterator[tuple[str, tuple[str, str, str]]]:
+    if dead.key:
+        yield dead.key, (_IMAGE_DEAD, "", dead.stage)
+
+
+def _annotated_outcomes(source_key_and_events: tuple[str, Any]) -> Iterator[tuple[tuple[str, str], int]]:
+    """The annotated ledger's counts for one image: each annotation's outcome, or its image's dead letter."""
+    _, events = source_key_and_events
+    inputs, outcomes, image_dead = [], {}, []
+    for kind, key, label in events:
+        if kind == _IN:
+            inputs.append(key)
+        elif kind == _IMAGE_DEAD:
+            image_dead.append(label)
+        else:
+            outcomes.setdefault(key, []).append((kind, label))
+    if not inputs:
+        return  # a detector's image: its objects are the objects ledger's alone
+    yield (counter_name(ANNOTATED, INPUTS), ""), len(inputs)
+    for key in inputs:
+        # None, or more than one, and the ledger does not close: an annotation lost or counted twice.
+        for outcome, label in outcomes.get(key) or [(DEAD_LETTER, stage) for stage in image_dead[:1]]:
+            yield (counter_name(ANNOTATED, outcome), label), 1
+
+
+def _annotated_ledger(annotated: beam.PCollection, encoded: beam.PCollection,
+                      accounts: RunAccounts) -> beam.PCollection:
+    """The counts of :data:`ANNOTATED`, from every record that names an annotated object or its image."""
+    return flatten("AnnotatedEvents", [
+        annotated | "AnnotatedInputs" >> beam.FlatMap(_annotation_inputs),
+        *(rejected | f"AnnotatedRejected{i}" >> beam.FlatMap(_object_events(REJECTED, lambda r: r.reason.value))
+          for i, rejected in enumerate(accounts.rejections(None) + accounts.rejections(OBJECTS))),
+        *(dead | f"AnnotatedDead{i}" >> beam.FlatMap(_object_events(DEAD_LETTER, lambda d: d.stage))
+          for i, dead in enumerate(accounts.dead_letters(OBJECTS))),
+        *(dead | f"AnnotatedImageDead{i}" >> beam.FlatMap(_image_dead)
+          for i, dead in enumerate(accounts.dead_letters(MAIN_LEDGER))),
+        encoded | "AnnotatedWritten" >> beam.FlatMap(_object_events(WRITTEN, lambda _: "")),
+    ]) | "AnnotatedBySource" >> beam.GroupByKey() | "AnnotatedOutcomes" >> beam.FlatMap(_annotated_outcomes)
 
 
 def _with_detections(record) -> int:
@@ -163,7 +239,7 @@ def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollecti
     """Add the bootstrap graph to ``p``; returns the PCollection holding the run's stats dict."""
     sources = p | "ReadSources" >> ReadSources(config.sources)
     sized = sources | "ImageSize" >> FilterImageSize(config.selection)
-    objects_in = _image_objects(sized, config)
+    objects_in, annotated = _image_objects(sized, config)
     requests = objects_in | "SelectObjects" >> SelectObjects(config.selection)
     segmented = _segmented(requests, config)
     checked = segmented | "CheckMasks" >> CheckMasks(config.masks, config.remover.config.request)
@@ -188,6 +264,8 @@ def build_bootstrap(p: beam.Pipeline, config: BootstrapConfig) -> beam.PCollecti
     ]) | "ImageOutcomes" >> _ImageOutcomes()
     accounts.add_counts(image_outcomes)
     accounts.add_rejections(MAIN_LEDGER, no_object_kept)
+    if annotated is not None:
+        accounts.add_counts(_annotated_ledger(annotated, encoded, accounts))
     accounts.add_counts(flatten("FunnelCounts", [
         count_funnel(objects_in, "FunnelDetections", "with_detections", _with_detections),
         count_funnel(requests, "FunnelWithObjects", "with_objects"),

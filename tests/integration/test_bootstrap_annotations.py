@@ -22,6 +22,8 @@ from PIL import Image
 from jobs import bootstrap
 from jobs.common import SAMPLES
 from pipeline.options import ConfigError
+from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
+from transforms.ledger import LedgerError
 from schemas import object_key
 from schemas.records import AnnotationMask
 from transforms.io.annotations import mask_pixels
@@ -39,7 +41,7 @@ EXPECTED = {
     6: ("written", "annotation"),  # rocket RLE: a class NanoDet does not know
     7: ("rejected", "invalid_mask"),  # a polygon of 5 numbers, rejected when the file is parsed
 }
-FAST = ["--skip_redetect", "--remover_options", "{num_candidates: 2, methods: [telea]}"]
+FAST = ["--skip_redetect", "--remover_options", "{num_candidates: 1, methods: [telea]}"]
 
 
 def _samples(output: pathlib.Path) -> list[dict]:
@@ -90,6 +92,10 @@ def test_every_annotated_object_reaches_a_shard_or_a_rejection_with_its_reason(a
     assert len(rejections) == 4
     assert stats["counts"]["detections_rejected"] == {"crowd_box": 1, "invalid_mask": 1, "occluded": 1}
     assert stats["counts"]["boxes_rejected"] == {"invalid_mask": 1}
+    # The run checks this itself: the annotated objects' ledger (the 6 annotations that got an object).
+    ledger = stats["annotated_objects_ledger"]
+    assert ledger["closed"] and (ledger["inputs"], ledger["written"]) == (6, 3)
+    assert ledger["rejected"] == {"crowd_box": 1, "invalid_mask": 1, "occluded": 1}
 
 
 def _indexed(annotations: list[dict]):
@@ -150,6 +156,32 @@ def test_auto_uses_annotations_where_an_image_has_them_and_the_detector_elsewher
     assert detectors["coffee.jpg"] == {"annotation:coco"}
     assert len(detectors["bikes_f0083.jpg"]) == 1 and next(iter(detectors["bikes_f0083.jpg"])).startswith("nanodet")
     assert {row["stage"]: row["in"] for row in stats["stages"]}["detect"] == 1, "the detector saw only the bikes"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(("stage", "dead"), [
+    ("annotations", {"annotations": 2}),  # the whole image: cup and spoon
+    ("annotation_masks", {"annotation_masks": 1}),  # the image after selection: the spoon was already rejected
+    ("mask_quality", {"mask_quality": 1}),  # the cup alone
+])
+def test_an_annotated_object_whose_stage_fails_is_a_dead_letter_of_the_annotated_ledger(stage, dead, monkeypatch,
+                                                                                         tmp_path):
+    fail_stage(monkeypatch, stage, lambda uri, key: uri.endswith("coffee.jpg"))
+    output = tmp_path / "candidates"
+    stats = bootstrap.run(["--annotations", str(MASKS_FILE), "--images_root", str(IMAGES), "--boxes", "annotations",
+                           "--output", str(output), *FAST])
+    assert len(injected_dead_letters(output)) == 1
+    ledger = stats["annotated_objects_ledger"]
+    assert ledger["closed"] and ledger["inputs"] == 6 and ledger["dead_letters"] == dead
+    assert ledger["written"] == 2, "the astronaut and the rocket are unaffected"
+
+
+@pytest.mark.network
+def test_an_annotated_object_that_vanishes_fails_the_run(monkeypatch, tmp_path):
+    drop_in_stage(monkeypatch, "annotation_masks", lambda uri, key: uri.endswith("coffee.jpg"))
+    with pytest.raises(LedgerError, match="annotated_objects_ledger does not close: 6 inputs but 2 written"):
+        bootstrap.run(["--annotations", str(MASKS_FILE), "--images_root", str(IMAGES), "--boxes", "annotations",
+                       "--output", str(tmp_path / "candidates"), *FAST])
 
 
 def test_openimages_mask_pngs_replace_segmentation(tmp_path):

@@ -241,6 +241,8 @@ class ReviewApp:
         if reason is not None and reason not in REJECT_REASONS:
             raise HTTPException(400, f"reason must be one of {', '.join(REJECT_REASONS)}")
         if candidate is not None:
+            if isinstance(candidate, bool) or not isinstance(candidate, int):
+                raise HTTPException(400, f"candidate must be an integer, got {candidate!r}")
             meta = json.loads(self.index.read(sample, Field.JSON))
             if candidate not in [image.index for image in self.index.kind.candidates(meta)]:
                 raise HTTPException(400, f"{sample.key} has no candidate {candidate!r}")

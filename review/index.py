@@ -220,7 +220,7 @@ def _scan(source: DatasetSource, connection: sqlite3.Connection) -> tuple[str, l
     skipped = 0
     for shard_id, (url, shard_path) in enumerate(source.shards()):
         connection.execute("INSERT INTO shards VALUES (?, ?, ?)", (shard_id, url, os.path.abspath(shard_path)))
-        rows = []
+        count = 0
         for key, members, meta_bytes in _tar_samples(shard_path):
             try:
                 meta = json.loads(meta_bytes or b"null")
@@ -236,13 +236,11 @@ def _scan(source: DatasetSource, connection: sqlite3.Connection) -> tuple[str, l
                 kind_name = meta["kind"]
             elif meta["kind"] != kind_name:
                 raise ValueError(f"{url}: sample {key!r} is of kind {meta['kind']!r}, the dataset's are {kind_name!r}")
-            rows.append((key, shard_id, json.dumps(members, separators=(",", ":")), label))
-            candidates.append((-1, key, images))
-        first = len(candidates) - len(rows)
-        for offset, row in enumerate(rows):
-            cursor = connection.execute("INSERT INTO samples(key, shard, members, label) VALUES (?, ?, ?, ?)", row)
-            candidates[first + offset] = (cursor.lastrowid, *candidates[first + offset][1:])
-        LOG.info("indexed %s: %d samples", url, len(rows))
+            cursor = connection.execute("INSERT INTO samples(key, shard, members, label) VALUES (?, ?, ?, ?)",
+                                        (key, shard_id, json.dumps(members, separators=(",", ":")), label))
+            candidates.append((cursor.lastrowid, key, images))
+            count += 1
+        LOG.info("indexed %s: %d samples", url, count)
     if kind_name is None:
         raise ValueError(f"{source.folder}: no reviewable sample in its shards (kinds: {', '.join(KINDS)})")
     return kind_name, candidates, skipped

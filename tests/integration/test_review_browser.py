@@ -17,7 +17,7 @@ from jobs import review as review_job
 from pipeline.testing import write_candidate_set
 from review.store import REJECT_REASONS
 from schemas.sample import Field
-from tests.integration.test_review_server import Server, login
+from tests.integration.test_review_server import EVIL_LABEL, Server, login, relabel
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
@@ -153,3 +153,39 @@ def test_twenty_samples_by_keyboard_then_export_and_build(browser, tmp_path):
         assert "demo-v1@" in client.get("/dashboard").text
     finally:
         built.stop()
+
+
+def test_labels_and_names_holding_markup_are_shown_as_text(browser, tmp_path):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    markup = '<img src=x onerror="window.pwned=1">'
+    folder = write_candidate_set(tmp_path / "set", 4, seed=2)
+    relabel(folder, [EVIL_LABEL, markup])
+    server = Server(folder, tmp_path / "review.sqlite")
+    try:
+        wait = WebDriverWait(browser, 15)
+        browser.delete_all_cookies()
+        browser.get(server.url)
+        wait.until(lambda d: d.current_url.endswith("/login"))
+        browser.find_element(By.ID, "name").send_keys(markup + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "key").text)
+        labels = set()
+        for _ in range(4):  # every object, each shown and accepted
+            key = browser.find_element(By.ID, "key").text
+            labels.add(browser.find_element(By.ID, "label").text)
+            browser.find_element(By.TAG_NAME, "body").send_keys("a")
+            wait.until(lambda d: d.find_element(By.ID, "key").text != key)
+        assert labels == {EVIL_LABEL, markup}
+        assert browser.find_element(By.ID, "done").is_displayed()
+        assert browser.find_element(By.ID, "reviewer").text == markup
+        browser.get(server.base + "/dashboard")
+        assert markup in browser.find_element(By.ID, "reviewers").text
+        assert EVIL_LABEL in browser.find_element(By.CLASS_NAME, "facets").text
+        assert browser.execute_script("return window.pwned === undefined")
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text
+    finally:
+        server.stop()

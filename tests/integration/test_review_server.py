@@ -55,6 +55,7 @@ class Server:
     """``counterfactory review FOLDER --db DB`` in a child process; ``url`` is the token URL it printed."""
 
     def __init__(self, folder: pathlib.Path, db: pathlib.Path) -> None:
+        self.db = db
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", "--log-level", "WARNING", "review", str(folder), "--db", str(db)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -157,6 +158,9 @@ def test_images_come_from_the_index_with_caching_headers(server, ann, dataset):
     assert client.get(sample["source"], headers={"If-None-Match": source.headers["etag"]}).status_code == 304
     thumb = client.get(sample["candidates"][0]["thumb"])
     assert thumb.headers["content-type"] == "image/jpeg" and thumb.content != source.content
+    pictures = server.db.parent / "review.cache" / "pictures"
+    assert len(list(pictures.rglob("*.thumb"))) == 1  # made once, on disk beside the database
+    assert client.get(sample["candidates"][0]["thumb"]).content == thumb.content
     overlay = client.get(sample["mask"])
     assert overlay.headers["content-type"] == "image/png" and overlay.content[:4] == b"\x89PNG"
 
@@ -202,7 +206,8 @@ def test_a_bad_decision_is_refused_before_anything_is_written(server, ann):
     headers = {"X-CSRF-Token": csrf}
     for body in ({"key": "nope", "action": "accept"}, {"key": key, "action": "maybe"},
                  {"key": key, "action": "reject"}, {"key": key, "action": "reject", "reason": "ugly"},
-                 {"key": key, "action": "pick", "candidate": 99}, {"key": key, "action": "accept", "candidate": 1}):
+                 {"key": key, "action": "pick", "candidate": 99}, {"key": key, "action": "pick", "candidate": True},
+                 {"key": key, "action": "accept", "candidate": 1}):
         assert client.post("/api/decide", json=body, headers=headers).status_code in (400, 404), body
     assert client.post("/api/decide", content=b"[1]", headers=headers).status_code == 400
 

@@ -113,9 +113,9 @@ class DatasetSource:
         return shards
 
     def digest(self) -> str:
-        """Names the index: the manifest (its shards' md5s), the folder, the thresholds and the index format."""
+        """Names the index: the manifest (its shards' md5s), the folder, the thresholds, the scores known, the format."""
         stamp = json.dumps({"format": INDEX_FORMAT, "folder": os.path.abspath(self.folder), "version": self.version,
-                            "thresholds": self.thresholds.to_json()}, sort_keys=True).encode()
+                            "thresholds": self.thresholds.to_json(), "scores": SCORE_NAMES}, sort_keys=True).encode()
         return hashlib.sha256(stamp + self.manifest_bytes()).hexdigest()
 
 

@@ -8,6 +8,7 @@ deciding the same sample at once.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -146,6 +147,22 @@ def test_no_request_path_reaches_the_filesystem(server, ann, path):
     response = client.get(path.replace("KEY", key))
     assert response.status_code in (400, 404), (path, response.status_code)
     assert SECRET not in response.text and "root:" not in response.text
+
+
+@pytest.mark.parametrize("raw", ["/img/../../secret.txt", "/img/KEY/../../secret.txt", "/static/../../review.sqlite",
+                                 "/img/KEY/../../../../../../etc/passwd", "/static/../app.py"])
+def test_dot_segments_sent_raw_reach_no_file(server, ann, raw):
+    """The same, with the path on the wire exactly as written (an HTTP client would normalise the dots away)."""
+    client, _ = ann
+    key = client.get("/api/next").json()["key"]
+    host, port = server.base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", raw.replace("KEY", key), headers={"Cookie": f"cf_session={client.cookies['cf_session']}"})
+    response = connection.getresponse()
+    body = response.read().decode("utf-8", "replace")
+    connection.close()
+    assert response.status in (400, 404), (raw, response.status)
+    assert SECRET not in body and "root:" not in body and "import" not in body
 
 
 def test_images_come_from_the_index_with_caching_headers(server, ann, dataset):

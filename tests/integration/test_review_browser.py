@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import shutil
 import sqlite3
 

@@ -55,7 +55,7 @@ _IMAGE_CACHE_CONTROL = "private, max-age=604800, immutable"
 _STATIC = {"review.js": "text/javascript", "login.js": "text/javascript", "review.css": "text/css"}
 #: Keys of the page: what the legend shows, and what review.js binds.
 KEYS = {"accept": "a", "skip": "Space", "undo": "u", "previous": "\u2190", "next": "\u2192",
-        "pick candidate": "1\u20139", "flicker before/after": "f", "object mask": "m", "repainted region": "r",
+        "pick candidate": "1\u20139", "flicker before/after": "f", "before/after slider": "v, [ ]", "object mask": "m", "repainted region": "r",
         "zoom": "+ / \u2212 / 0",
         "preview next candidate": "c"}
 

@@ -57,6 +57,7 @@ class Review {
     this.overlays = {mask: false, region: false};  // object mask on the source, repainted region on the removal
     this.zoom = 1;
     this.flicker = null;
+    this.slider = null;       // percent of the removal panel showing the source (before), or null: no slider
     this.peeked = null;       // {key, sample} of the next sample, fetched ahead
     this.reasons = {};
     for (const node of document.querySelectorAll("[data-reason]")) this.reasons[node.dataset.key] = node.dataset.reason;
@@ -152,13 +153,33 @@ class Review {
     const main = document.getElementById("main");
     const removal = this.panel(this.removalTitle(candidate), this.before ? sample.source : candidate.full,
       candidate.region, "removal", "region");
+    if (this.slider !== null) {
+      const before = el("img", {src: sample.source, alt: "before", class: "before"});
+      removal.querySelector(".stack").append(before, el("span", {class: "divider"}));
+      const range = el("input", {type: "range", min: "0", max: "100", value: String(this.slider), class: "slider"});
+      range.addEventListener("input", () => this.slide(Number(range.value)));
+      removal.querySelector("figcaption").before(range);
+    }
     main.replaceChildren(this.panel("source", sample.source, sample.mask, "source", "mask"), removal,
       ...sample.panels.map((p) => this.panel(p.title, p.url, null, null)));
+    if (this.slider !== null) this.slide(this.slider);
+  }
+
+  // The slider: the source over the removal, uncovered from the left up to ``percent``.
+  slide(percent) {
+    this.slider = Math.min(100, Math.max(0, percent));
+    const before = document.querySelector("#removal .before");
+    if (before) before.style.clipPath = `inset(0 ${100 - this.slider}% 0 0)`;
+    const divider = document.querySelector("#removal .divider");
+    if (divider) divider.style.left = `${this.slider}%`;
+    const range = document.querySelector("#removal .slider");
+    if (range) range.value = String(this.slider);
   }
 
   removalTitle(candidate) {
     const which = candidate.chosen ? "chosen removal" : `candidate ${candidate.number}`;
-    return this.before ? `before (source) · flicker of ${which}` : `after: ${which}`;
+    if (this.before) return `before (source) · flicker of ${which}`;
+    return this.slider === null ? `after: ${which}` : `before (left) | after (right): ${which}`;
   }
 
   renderCandidates() {
@@ -243,6 +264,8 @@ class Review {
       else if (k === "ArrowRight") await this.next();
       else if (k === "ArrowLeft" && this.position > 0) { this.position -= 1; await this.go(this.history[this.position], true); }
       else if (k === "f") this.toggleFlicker();
+      else if (k === "v") { this.slider = this.slider === null ? 50 : null; this.renderMain(); }
+      else if ((k === "[" || k === "]") && this.slider !== null) this.slide(this.slider + (k === "]" ? 10 : -10));
       else if (k === "m" || k === "r") {
         const kind = k === "m" ? "mask" : "region";
         this.overlays[kind] = !this.overlays[kind];

@@ -75,6 +75,14 @@ def test_twenty_samples_by_keyboard_then_export_and_build(browser, tmp_path):
         body.send_keys("f")
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#removal .picture").get_attribute("src") == source)
         body.send_keys("f")
+        body.send_keys("v")
+        before = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#removal .before"))[0]
+        assert before.get_attribute("src") == source and "inset(0px 50%" in before.value_of_css_property("clip-path")
+        body.send_keys("]")
+        wait.until(lambda d: "inset(0px 40%" in d.find_element(By.CSS_SELECTOR, "#removal .before")
+                   .value_of_css_property("clip-path"))
+        body.send_keys("v")
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#removal .before"))
         body.send_keys("+")
         zooms = [e.value_of_css_property("zoom") for e in browser.find_elements(By.CSS_SELECTOR, "#main .stack")]
         assert len(zooms) >= 2 and set(zooms) == {"2"}

@@ -27,7 +27,8 @@ from PIL import Image
 
 from jobs import build
 from pipeline.testing import write_candidate_set
-from transforms.io.decode import decode_rgb, encode_jpeg
+from transforms.io.decode import decode_rgb
+from transforms.models.removal import encode_png
 from transforms.repaste import repaste
 from transforms.thresholds import Thresholds
 
@@ -47,7 +48,8 @@ def baseline(candidates: pathlib.Path, output: pathlib.Path) -> int:
                 rgba = np.array(cutout.convert("RGBA"))
             pasted = repaste(decode_rgb(removed), rgba, tuple(meta["object"]["box"]))
             writer.write({"__key__": sample["__key__"], "src.jpg": sample["src.jpg"], "mask.png": sample["mask.png"],
-                          "removed.png": removed, "pasted.jpg": encode_jpeg(pasted, 95),
+                          "region.png": sample[passing[0]["region"]], "removed.png": removed,
+                          "pasted.png": encode_png(pasted),
                           "object.png": sample["object.png"], "json": meta})
             written += 1
     return written

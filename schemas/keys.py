@@ -57,3 +57,10 @@ def candidate_key(obj: str, candidate_index: int) -> str:
     if candidate_index < 0:
         raise ValueError(f"candidate index must be >= 0, got {candidate_index}")
     return f"{obj}_c{candidate_index:02d}"
+
+
+def composite_key(background: str, attempt_index: int) -> str:
+    """The key of composite attempt ``attempt_index`` on a background image (a source key)."""
+    if attempt_index < 0:
+        raise ValueError(f"attempt index must be >= 0, got {attempt_index}")
+    return f"{background}_p{attempt_index:02d}"

@@ -25,9 +25,10 @@ class Field:
 
     SRC = "src.jpg"
     MASK = "mask.png"
+    REGION = "region.png"
     REMOVED = "removed.png"
     OBJECT = "object.png"
-    PASTED = "pasted.jpg"
+    PASTED = "pasted.png"
     REF = "ref.jpg"
     JSON = "json"
 
@@ -120,6 +121,11 @@ def removed_field(candidate_index: int) -> str:
     return f"removed_{candidate_index:02d}.png"
 
 
+def region_field(candidate_index: int) -> str:
+    """Member name of the region candidate ``candidate_index`` repainted (each candidate grows the mask its own way)."""
+    return f"region_{candidate_index:02d}.png"
+
+
 #: The scores of every candidate, in the order of ``CandidateScores``' fields.
 SCORE_NAMES = tuple(field.name for field in dataclasses.fields(CandidateScores))
 
@@ -148,11 +154,15 @@ CANDIDATE_METADATA_SCHEMA = pa.schema(
 
 @dataclasses.dataclass(frozen=True)
 class ObjectCutout:
-    """The object's RGBA cut-out (``object.png``) and where it sits in the source, in pixels."""
+    """The object's RGBA cut-out (``object.png``), where it sits in the source, in pixels, and its soft edge.
+
+    ``area_px`` is the outline's area; ``matte_px`` the half-width of the alpha ramp across it.
+    """
 
     png: bytes
     box: tuple[int, int, int, int]
     area_px: int
+    matte_px: int
 
 
 def candidate_metadata(record: ObjectCandidates, cutout: ObjectCutout, provenance: Mapping[str, Any],
@@ -170,10 +180,11 @@ def candidate_metadata(record: ObjectCandidates, cutout: ObjectCutout, provenanc
                       "box": detection.box.as_list(), "detector": detection.detector},
         "mask": {"predicted_iou": obj.predicted_iou, "segmenter": obj.segmenter, "area_px": cutout.area_px,
                  "grown": obj.object_png is not None},
-        "object": {"box": list(cutout.box)},
+        "object": {"box": list(cutout.box), "matte_px": cutout.matte_px},
         "candidates": [
-            {"index": c.candidate_index, "key": c.key, "field": removed_field(c.candidate_index), "seed": c.seed,
-             "remover": c.remover, "scores": c.scores.to_json()}
+            {"index": c.candidate_index, "key": c.key, "field": removed_field(c.candidate_index),
+             "region": region_field(c.candidate_index), "seed": c.seed, "remover": c.remover,
+             "scores": c.scores.to_json()}
             for c in record.candidates
         ],
         "models": dict(models),
@@ -200,12 +211,16 @@ def candidate_metadata_row(record: ObjectCandidates, cutout: ObjectCutout) -> di
 
 def candidate_fields(record: ObjectCandidates, cutout: ObjectCutout, provenance: Mapping[str, Any],
                      models: Mapping[str, str]) -> dict[str, bytes]:
-    """The members of a candidate sample: source, removal mask, cut-out, every candidate, json."""
+    """The members of a candidate sample: source, removal mask, cut-out, every candidate and its region, json."""
+    unrecorded = [c.key for c in record.candidates if c.region_png is None]
+    if unrecorded:
+        raise ValueError(f"candidates {unrecorded} have no region")
     return {
         Field.SRC: record.source.jpeg,
         Field.MASK: record.mask.mask_png,
         Field.OBJECT: cutout.png,
         **{removed_field(c.candidate_index): c.removed_png for c in record.candidates},
+        **{region_field(c.candidate_index): c.region_png for c in record.candidates},
         Field.JSON: _json_bytes(candidate_metadata(record, cutout, provenance, models)),
     }
 
@@ -235,11 +250,17 @@ class CandidateSample:
     def removed_png(self, index: int) -> bytes:
         return self.fields[self.candidate(index)["field"]]
 
+    def region_png(self, index: int) -> Optional[bytes]:
+        """The region candidate ``index`` repainted; ``None`` in shards written before regions were recorded."""
+        field = self.candidate(index).get("region")
+        return None if field is None else self.fields[field]
+
     def keeping_only(self, index: int) -> "CandidateSample":
         """The same sample without the other candidates' images (they are ~1 MB each and no longer needed)."""
-        kept = self.candidate(index)["field"]
-        fields = {name: data for name, data in self.fields.items() if not name.startswith("removed_") or name == kept}
-        return dataclasses.replace(self, fields=fields)
+        candidate = self.candidate(index)
+        members = {name for c in self.meta["candidates"] for name in (c["field"], c.get("region"))}
+        dropped = members - {candidate["field"], candidate.get("region")}
+        return dataclasses.replace(self, fields={name: data for name, data in self.fields.items() if name not in dropped})
 
 
 _CANDIDATE_MEMBERS = (Field.SRC, Field.MASK, Field.OBJECT, Field.JSON)
@@ -259,7 +280,8 @@ def candidate_from_sample(key: str, fields: Mapping[str, bytes], uri: str) -> Ca
         raise ValueError(f"json key {meta.get('key')!r} does not match the sample key {key!r}")
     if not meta.get("candidates"):
         raise ValueError("the sample has no candidates")
-    absent = [c["field"] for c in meta["candidates"] if c["field"] not in fields]
+    absent = [name for c in meta["candidates"] for name in (c["field"], c.get("region"))
+              if name is not None and name not in fields]
     if absent:
         raise ValueError(f"candidate images {absent} are missing")
     return CandidateSample(key=key, uri=uri, meta=meta, fields=dict(fields))
@@ -267,10 +289,11 @@ def candidate_from_sample(key: str, fields: Mapping[str, bytes], uri: str) -> Ca
 
 # --------------------------------------------------------------------------- pair shards
 
-#: The two training pairs every pair sample holds, as (input, mask) -> target member names.
+#: The two training pairs every pair sample holds, as (input, mask) -> target member names. Both
+#: masks are the region the chosen candidate repainted: input and target differ nowhere else.
 PAIRS = {
-    "removal": {"input": Field.SRC, "mask": Field.MASK, "target": Field.REMOVED},
-    "insertion": {"input": Field.PASTED, "mask": Field.MASK, "target": Field.SRC},
+    "removal": {"input": Field.SRC, "mask": Field.REGION, "target": Field.REMOVED},
+    "insertion": {"input": Field.PASTED, "mask": Field.REGION, "target": Field.SRC},
 }
 
 #: Per-pair metadata of pair shards: one row per object, the chosen candidate's scores.
@@ -346,14 +369,15 @@ def pair_metadata_row(sample: CandidateSample, choice: PairChoice) -> dict[str, 
     }
 
 
-def pair_fields(sample: CandidateSample, choice: PairChoice, pasted_jpeg: bytes, selection: Mapping[str, Any],
-                provenance: Mapping[str, Any]) -> dict[str, bytes]:
-    """The members of a pair sample: both pairs' images (shared), the cut-out and the json."""
+def pair_fields(sample: CandidateSample, choice: PairChoice, pasted_png: bytes, region_png: bytes,
+                selection: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, bytes]:
+    """The members of a pair sample: both pairs' images and their mask (shared), the object mask, the cut-out, json."""
     return {
         Field.SRC: sample.fields[Field.SRC],
         Field.MASK: sample.fields[Field.MASK],
+        Field.REGION: region_png,
         Field.REMOVED: sample.removed_png(choice.candidate_index),
-        Field.PASTED: pasted_jpeg,
+        Field.PASTED: pasted_png,
         Field.OBJECT: sample.fields[Field.OBJECT],
         Field.JSON: _json_bytes(pair_metadata(sample, choice, selection, provenance)),
     }
@@ -423,6 +447,81 @@ def pbe_metadata_row(source: SourceImage, key: str, box: LabelledBox, record: Ma
         "seed": record["seed"],
         "reference_key": reference_key or key,
     }
+
+
+# --------------------------------------------------------------------------- composites (known counterfactuals)
+
+#: Per-composite metadata of composite shards: which background, which object, how large.
+COMPOSITE_METADATA_SCHEMA = pa.schema(
+    [
+        *_OBJECT_COLUMNS,
+        pa.field("object_key", pa.string()),
+        pa.field("object_uri", pa.string()),
+        pa.field("box", pa.list_(pa.int64())),
+        pa.field("seed", pa.int64()),
+    ]
+)
+
+
+def composite_fields(source: SourceImage, key: str, obj: Any, record: Mapping[str, Any], composite_jpeg: bytes,
+                     matte_png: bytes, truth_png: bytes, provenance: Mapping[str, Any]) -> dict[str, bytes]:
+    """The members of a composite sample: the composite, the pasted matte, the exact removal target, json.
+
+    ``obj`` is the pasted cut-out (its ``key``, ``label``, ``source_key`` and ``uri``);
+    ``source`` the background.
+    """
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": "composite",
+        "key": key,
+        "background": _source_fields(source),
+        "object": {"key": obj.key, "label": obj.label, "source_key": obj.source_key, "uri": obj.uri},
+        **dict(record),
+        "provenance": dict(provenance),
+    }
+    return {Field.SRC: composite_jpeg, Field.MASK: matte_png, Field.REMOVED: truth_png, Field.JSON: _json_bytes(meta)}
+
+
+def composite_metadata_row(source: SourceImage, key: str, obj: Any, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The Parquet row of a composite sample (``shard`` is added by the writer)."""
+    return {
+        "key": key,
+        "source_key": source.key,
+        "uri": source.uri,
+        "label": obj.label,
+        "detection_score": None,
+        "area_fraction": record["area_fraction"],
+        "object_key": obj.key,
+        "object_uri": obj.uri,
+        "box": list(record["box"]),
+        "seed": record["seed"],
+    }
+
+
+_COMPOSITE_MEMBERS = (Field.SRC, Field.MASK, Field.REMOVED, Field.JSON)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositeSample:
+    """A composite sample as read back: its members and its parsed json."""
+
+    key: str
+    uri: str
+    meta: Mapping[str, Any]
+    fields: Mapping[str, bytes]
+
+
+def composite_from_sample(key: str, fields: Mapping[str, bytes], uri: str) -> CompositeSample:
+    """Parse a composite sample read from a shard; raises ``ValueError`` naming what is wrong."""
+    missing = [name for name in _COMPOSITE_MEMBERS if name not in fields]
+    if missing:
+        raise ValueError(f"not a composite sample: no {', '.join(missing)}")
+    meta = json.loads(fields[Field.JSON])
+    if meta.get("kind") != "composite":
+        raise ValueError(f"not a composite sample: kind {meta.get('kind')!r}")
+    if meta.get("key") != key:
+        raise ValueError(f"json key {meta.get('key')!r} does not match the sample key {key!r}")
+    return CompositeSample(key=key, uri=uri, meta=meta, fields=dict(fields))
 
 
 # --------------------------------------------------------------------------- frame pairs (MimicBrush)

@@ -20,13 +20,15 @@ from PIL import Image
 
 from schemas import ObjectCandidates, ObjectMask, Rejection, SourceImage
 from schemas.sample import ObjectCutout, candidate_fields, candidate_metadata_row
+from transforms.checks import is_integral
 from transforms.io.decode import decode_rgb
 from transforms.io.shards import EncodedSample
 from transforms.mask_quality import MaskFailure, MaskQualityConfig, check_mask
-from transforms.masks import decode_mask_png, encode_mask_png
+from transforms.masks import changed_pixels, check_covers, decode_mask_png, encode_mask_png, soft_matte
 from transforms.models.removal import RemovalRequest
 from transforms.models.segmentation import SegmentationRequest
-from transforms.quality import QualityConfig, score_candidate
+from transforms.quality import QualityConfig, score_candidates
+from transforms.quality_model import load_model, with_quality
 from transforms.stage import RecordFunction, Stage
 
 #: The object ledger of bootstrap mining: every selected object ends written, rejected or dead.
@@ -108,15 +110,15 @@ def _score(config: QualityConfig, result: PredictionResult) -> Iterator[ObjectCa
     source = request.source
     src = decode_rgb(source.jpeg)
     mask = decode_mask_png(request.mask.mask_png, source.width, source.height)
-    candidates = tuple(
-        dataclasses.replace(candidate, scores=score_candidate(src, mask, decode_rgb(candidate.removed_png), config))
-        for candidate in result.inference
-    )
+    model = None if config.quality_model == "" else load_model(config.quality_model)
+    scores = score_candidates(src, mask, [decode_rgb(c.removed_png) for c in result.inference], config)
+    candidates = tuple(dataclasses.replace(candidate, scores=with_quality(candidate_scores, model))
+                       for candidate, candidate_scores in zip(result.inference, scores))
     yield ObjectCandidates(source, request.mask, candidates)
 
 
 class ScoreCandidates(Stage):
-    """Remover predictions -> :class:`~schemas.ObjectCandidates` with the model-free scores filled."""
+    """Remover predictions -> :class:`~schemas.ObjectCandidates` with the model-free scores and ``quality`` filled."""
 
     stage = "score"
     unit = OBJECTS
@@ -129,28 +131,62 @@ class ScoreCandidates(Stage):
         return functools.partial(_score, self._config)
 
 
-def object_cutout(record: ObjectCandidates) -> ObjectCutout:
-    """The object as RGBA (alpha = its outline mask), cropped to the outline's bounding box."""
+def object_cutout(record: ObjectCandidates, matte_px: int) -> ObjectCutout:
+    """The object as RGBA, cropped to where its alpha is nonzero; every candidate must have its region.
+
+    Alpha is a soft matte across the outline (:func:`~transforms.masks.soft_matte`), so a
+    re-pasted edge is anti-aliased, not a staircase. Outside the outline it is kept inside
+    every candidate's region: whichever candidate a build picks, the edge blends only into
+    pixels that candidate repainted, and the pasted image equals the source everywhere else.
+    """
     source = record.source
     outline = decode_mask_png(record.mask.outline_png, source.width, source.height)
-    rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
-    if not rows.size:
+    if not outline.any():
         raise ValueError(f"{record.key}: the object's mask is empty")
+    every_region = np.ones_like(outline)
+    for candidate in record.candidates:
+        every_region &= decode_mask_png(candidate.region_png, source.width, source.height)
+    alpha = np.where(outline | every_region, soft_matte(outline, matte_px), 0).astype(np.uint8)
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    rgba = np.dstack([decode_rgb(source.jpeg)[y0:y1, x0:x1], outline[y0:y1, x0:x1].astype(np.uint8) * 255])
+    rgba = np.dstack([decode_rgb(source.jpeg)[y0:y1, x0:x1], alpha[y0:y1, x0:x1]])
     buffer = io.BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", compress_level=6)
-    return ObjectCutout(png=buffer.getvalue(), box=(x0, y0, x1, y1), area_px=int(outline.sum()))
+    return ObjectCutout(png=buffer.getvalue(), box=(x0, y0, x1, y1), area_px=int(outline.sum()), matte_px=matte_px)
 
 
 class CandidateSampleEncoder:
-    """ObjectCandidates -> the candidate sample (docs/FORMAT.md), stamped with provenance and model ids."""
+    """ObjectCandidates -> the candidate sample (docs/FORMAT.md), stamped with provenance and model ids.
 
-    def __init__(self, provenance: Mapping[str, Any], models: Mapping[str, str]) -> None:
+    Each candidate's region is checked to hold every pixel it changed (a candidate that
+    breaks this is the object's dead letter, not a pair with a wrong mask); a remover that
+    recorded none gets the changed pixels. ``matte_px``: half-width of the cut-out's soft edge.
+    """
+
+    def __init__(self, provenance: Mapping[str, Any], models: Mapping[str, str], matte_px: int = 2) -> None:
+        if not is_integral(matte_px) or not 0 <= matte_px <= 16:
+            raise ValueError(f"matte_px must be an integer in [0, 16], got {matte_px!r}")
         self._provenance = dict(provenance)
         self._models = dict(models)
+        self._matte_px = int(matte_px)
 
     def __call__(self, record: ObjectCandidates) -> EncodedSample:
-        cutout = object_cutout(record)
+        record = self._with_regions(record)
+        cutout = object_cutout(record, self._matte_px)
         return EncodedSample(key=record.key, fields=candidate_fields(record, cutout, self._provenance, self._models),
                              metadata=candidate_metadata_row(record, cutout))
+
+    @staticmethod
+    def _with_regions(record: ObjectCandidates) -> ObjectCandidates:
+        source = record.source
+        src = decode_rgb(source.jpeg)
+        candidates = []
+        for candidate in record.candidates:
+            removed = decode_rgb(candidate.removed_png)
+            if candidate.region_png is None:
+                candidate = dataclasses.replace(candidate, region_png=encode_mask_png(changed_pixels(src, removed)))
+            else:
+                region = decode_mask_png(candidate.region_png, source.width, source.height)
+                check_covers(region, src, removed, f"candidate {candidate.key}")
+            candidates.append(candidate)
+        return dataclasses.replace(record, candidates=tuple(candidates))

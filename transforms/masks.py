@@ -21,6 +21,24 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def encode_matte_png(alpha: np.ndarray) -> bytes:
+    """A soft ``HxW`` uint8 matte (0 = background, 255 = object) as an 8-bit greyscale PNG.
+
+    :func:`decode_mask_png` reads it as a mask (nonzero = object); :func:`decode_matte_png` keeps the values.
+    """
+    if alpha.dtype != np.uint8 or alpha.ndim != 2:
+        raise ValueError(f"a matte is an HxW uint8 array, got {alpha.dtype} {alpha.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(alpha, mode="L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def decode_matte_png(data: bytes) -> np.ndarray:
+    """An 8-bit (or 1-bit) mask PNG as an ``HxW`` uint8 matte; a 1-bit mask gives 0 and 255."""
+    with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
+        return np.array(img.convert("L"))
+
+
 def decode_mask_png(data: bytes, width: Optional[int] = None, height: Optional[int] = None) -> np.ndarray:
     """A mask PNG (1-bit or 8-bit, nonzero = object) as a bool ``HxW`` array.
 
@@ -47,3 +65,40 @@ def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     if radius_px == 0:
         return binary.astype(bool)
     return cv2.dilate(binary, disc(radius_px)) > 0
+
+
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Where two ``HxWx3`` images differ in any channel: the region of a candidate that did not record its own."""
+    if before.shape != after.shape:
+        raise ValueError(f"images of shapes {before.shape} and {after.shape} cannot be compared")
+    return (before != after).any(axis=2)
+
+
+def check_covers(region: np.ndarray, before: np.ndarray, after: np.ndarray, what: str) -> None:
+    """Raise unless every pixel in which ``after`` differs from ``before`` lies inside ``region``.
+
+    A pair whose mask misses a changed pixel teaches a model to change what it was told to keep.
+    """
+    stray = changed_pixels(before, after) & ~region
+    if stray.any():
+        ys, xs = np.nonzero(stray)
+        raise ValueError(f"{what}: {int(stray.sum())} changed pixels lie outside its region, e.g. at x={xs[0]} y={ys[0]}")
+
+
+def soft_matte(outline: np.ndarray, matte_px: int) -> np.ndarray:
+    """A uint8 alpha that ramps linearly from 0 to 255 across the outline, ``matte_px`` on each side.
+
+    Centred on the boundary (alpha ~ 0.5 there), so a re-pasted object neither gains nor
+    loses area, and its staircase edge becomes an anti-aliased one. 0 farther than
+    ``matte_px`` outside the outline, 255 farther inside; ``matte_px`` 0 gives the binary mask.
+    """
+    outline = np.asarray(outline, dtype=bool)
+    if matte_px < 0:
+        raise ValueError(f"matte_px must be >= 0, got {matte_px}")
+    if matte_px == 0 or not outline.any() or outline.all():
+        return outline.astype(np.uint8) * 255
+    # Distances between pixel centres; the boundary lies half a pixel from either side's centre.
+    inside = cv2.distanceTransform(outline.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform((~outline).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    signed = np.where(outline, inside - 0.5, 0.5 - outside)
+    return np.round(255.0 * np.clip(0.5 + signed / (2.0 * matte_px), 0.0, 1.0)).astype(np.uint8)

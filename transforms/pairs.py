@@ -28,10 +28,12 @@ from schemas.sample import (
     pair_fields,
     pair_metadata_row,
 )
-from transforms.io.decode import decode_rgb, encode_jpeg
+from transforms.io.decode import decode_rgb
 from transforms.io.readers import read_tar_samples
 from transforms.io.shards import EncodedSample
 from transforms.ledger import FUNNEL, RunAccounts
+from transforms.masks import changed_pixels, check_covers, decode_mask_png, encode_mask_png
+from transforms.models.removal import encode_png
 from transforms.repaste import RepasteConfig, repaste
 from transforms.stage import RecordFunction, Stage
 from transforms.thresholds import CandidateView, SelectionRules
@@ -135,7 +137,13 @@ def _decode_rgba(png: bytes) -> np.ndarray:
 
 
 class PairEncoder:
-    """(candidate sample, choice) -> the pair sample: removal image as stored, object re-pasted on it."""
+    """(candidate sample, choice) -> the pair sample: removal image as stored, object re-pasted on it.
+
+    Both pairs' mask is the region the chosen candidate repainted (for candidate shards
+    written before regions were recorded, the pixels it changed); each pair is checked to
+    differ from its target nowhere outside it, so a pair that does not is a dead letter.
+    The pasted image is a PNG: a JPEG would differ from the source everywhere.
+    """
 
     def __init__(self, config: RepasteConfig, selection: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
         self._config = config
@@ -144,12 +152,18 @@ class PairEncoder:
 
     def __call__(self, element: tuple[CandidateSample, PairChoice]) -> EncodedSample:
         sample, choice = element
+        src = decode_rgb(sample.fields[Field.SRC])
         removed = decode_rgb(sample.removed_png(choice.candidate_index))
+        region_png = sample.region_png(choice.candidate_index)
+        if region_png is None:
+            region_png = encode_mask_png(changed_pixels(src, removed))
+        region = decode_mask_png(region_png, src.shape[1], src.shape[0])
         box = tuple(int(v) for v in sample.meta["object"]["box"])
         pasted = repaste(removed, _decode_rgba(sample.fields[Field.OBJECT]), box, self._config.feather_px)
-        jpeg = encode_jpeg(pasted, self._config.jpeg_quality)
-        return EncodedSample(key=sample.key, fields=pair_fields(sample, choice, jpeg, self._selection, self._provenance),
-                             metadata=pair_metadata_row(sample, choice))
+        check_covers(region, src, removed, f"{sample.key} removal pair")
+        check_covers(region, src, pasted, f"{sample.key} insertion pair")
+        fields = pair_fields(sample, choice, encode_png(pasted), region_png, self._selection, self._provenance)
+        return EncodedSample(key=sample.key, fields=fields, metadata=pair_metadata_row(sample, choice))
 
 
 def _encode_pair(encoder: PairEncoder, element: tuple[CandidateSample, PairChoice]) -> Iterator[EncodedSample]:

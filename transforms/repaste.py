@@ -4,8 +4,9 @@ Pasting the RGBA cut-out onto the removal at its original place gives an image t
 has the object but none of its effects (shadow, reflection, light it casts): the input
 of an insertion pair whose target is the original photo. Outside the cut-out's alpha
 the result *is* the removed image, pixel for pixel; inside full alpha it *is* the
-object. A feathered edge, when asked for, only ramps alpha down inside the outline, so
-the outside stays exact.
+object. The cut-out's alpha is already a soft matte across its outline, kept inside the
+removal's region (transforms/candidates.py), so pasted and photo differ only there. An
+extra feathered edge, when asked for, only ramps alpha down inside the outline.
 """
 from __future__ import annotations
 
@@ -14,21 +15,18 @@ import dataclasses
 import cv2
 import numpy as np
 
-from transforms.checks import check_jpeg_quality, is_integral
+from transforms.checks import is_integral
 
 
 @dataclasses.dataclass(frozen=True)
 class RepasteConfig:
-    """``feather_px``: width of the inward alpha ramp at the object's edge (0 = hard edge).
-    ``jpeg_quality``: of the pasted image (``pasted.jpg``), like the sources' JPEGs."""
+    """``feather_px``: width of an extra inward alpha ramp at the object's edge (0 = the cut-out's own matte)."""
 
     feather_px: int = 0
-    jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
         if not is_integral(self.feather_px) or not 0 <= self.feather_px <= 64:
             raise ValueError(f"feather_px must be an integer in [0, 64], got {self.feather_px!r}")
-        check_jpeg_quality(self.jpeg_quality, minimum=50)
 
 
 def feathered_alpha(alpha: np.ndarray, feather_px: int) -> np.ndarray:

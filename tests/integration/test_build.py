@@ -32,7 +32,7 @@ from transforms.repaste import repaste
 from transforms.thresholds import DEFAULT_THRESHOLDS, Ranking
 
 OBJECTS = 40
-HIGHER = {"ssim_outside", "change_inside"}
+HIGHER = {"ssim_outside", "change_inside", "quality", "agreement"}
 
 
 def passes(scores: dict, bounds: dict) -> bool:
@@ -117,14 +117,15 @@ def test_pairs_hold_the_best_passing_candidate_and_the_repasted_object(sets, v1)
         assert passes(chosen["scores"], DEFAULT_THRESHOLDS)
         assert chosen["combined_score"] == pytest.approx(best)
         assert pair[Field.REMOVED] == source[chosen["field"]]
+        assert pair[Field.REGION] == source[chosen["region"]]
         for field in (Field.SRC, Field.MASK, Field.OBJECT):
             assert pair[field] == source[field]
         with Image.open(io.BytesIO(source[Field.OBJECT])) as cutout:
             rgba = np.array(cutout.convert("RGBA"))
         expected = repaste(decode_rgb(pair[Field.REMOVED]), rgba, tuple(meta["object"]["box"]))
-        error = decode_rgb(pair[Field.PASTED]).astype(float) - expected
-        assert 10 * np.log10(255**2 / np.mean(error**2)) > 35  # dB: the re-paste, up to JPEG q95 on noisy pixels
-        assert meta["pairs"]["insertion"] == {"input": "pasted.jpg", "mask": "mask.png", "target": "src.jpg"}
+        np.testing.assert_array_equal(decode_rgb(pair[Field.PASTED]), expected)  # lossless PNG: the re-paste exactly
+        assert meta["pairs"] == {"removal": {"input": "src.jpg", "mask": "region.png", "target": "removed.png"},
+                                 "insertion": {"input": "pasted.png", "mask": "region.png", "target": "src.jpg"}}
         assert meta["selected_by"] == "thresholds" and meta["provenance"]["job"] == "build"
         assert meta["selection"]["thresholds"]["seam"] == {"max": DEFAULT_THRESHOLDS["seam"]}
 

@@ -37,7 +37,7 @@ from schemas import ObjectMask, RemovalCandidate, SourceImage, candidate_key
 from schemas.keys import derived_seed
 from transforms.checks import check_seed, is_integral
 from transforms.io.decode import decode_rgb
-from transforms.masks import decode_mask_png, dilate
+from transforms.masks import decode_mask_png, dilate, encode_mask_png
 
 LOG = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ class ClassicalRemover:
                     seed=seed,
                     remover=params.remover_id,
                     removed_png=encode_png(removed),
+                    region_png=encode_mask_png(region),
                 )
             )
         LOG.debug("removed %s: %d candidates", obj.key, len(candidates))

@@ -52,7 +52,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["schemas*", "transforms*", "pipeline*", "jobs*", "review*"]),
-    package_data={"transforms.models": ["*.yaml"], "jobs": ["samples/**/*"], "review": ["templates/*.j2", "static/*"]},
+    package_data={"transforms": ["*.json"], "transforms.models": ["*.yaml"], "jobs": ["samples/**/*"], "review": ["templates/*.j2", "static/*"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={"torch": TORCH, "review": REVIEW, "test": TEST, "all": TORCH + REVIEW + TEST, **CLOUD},

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: quiet library logging, timers that log or synchronise the device."""
+"""What the benchmark scripts share: quiet library logging, timers that log or synchronise the device, Beam metric sums."""
 from __future__ import annotations
 
 import io
@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
 from PIL import Image
 
 from schemas import SourceImage, content_sha256, source_key
@@ -63,3 +64,15 @@ def synthetic_source(rgb: np.ndarray) -> SourceImage:
     key = source_key(digest)
     height, width = rgb.shape[:2]
     return SourceImage(key=key, sha256=digest, uri=f"synthetic:{key}", width=width, height=height, jpeg=jpeg)
+
+
+def metric_sums(result, name: str) -> dict[str, tuple[float, int]]:
+    """Namespace -> (sum, count) of the ``name`` distributions (committed, else attempted) over the run."""
+    query = result.metrics().query(MetricsFilter().with_name(name))
+    sums: dict[str, tuple[float, int]] = {}
+    for entry in query["distributions"]:
+        value = entry.committed or entry.attempted
+        if value is not None:
+            total, count = sums.get(entry.key.metric.namespace, (0.0, 0))
+            sums[entry.key.metric.namespace] = (total + value.sum, count + value.count)
+    return sums

@@ -34,8 +34,7 @@ from pathlib import Path
 
 import cv2
 import torch
-from _common import quiet_logging, timed_calls
-from apache_beam.metrics.metric import MetricsFilter
+from _common import metric_sums, quiet_logging, timed_calls
 from removal_gpu import make_requests
 
 from jobs.bootstrap import BootstrapOptions, bootstrap_config
@@ -81,18 +80,6 @@ def removal_only_rate(config, shape: str, batch: int, device: torch.device) -> f
     rate = 4 * batch / timed_calls(lambda i: remover(calls[i]), 4, device)
     LOG.info("removal only: %.2f objects/s", rate)
     return rate
-
-
-def metric_sums(result, name: str) -> dict[str, tuple[float, int]]:
-    """Namespace -> (sum, count) of the ``name`` distributions (committed, else attempted) over the run."""
-    query = result.metrics().query(MetricsFilter().with_name(name))
-    sums: dict[str, tuple[float, int]] = {}
-    for entry in query["distributions"]:
-        value = entry.committed or entry.attempted
-        if value is not None:
-            total, count = sums.get(entry.key.metric.namespace, (0.0, 0))
-            sums[entry.key.metric.namespace] = (total + value.sum, count + value.count)
-    return sums
 
 
 def main() -> None:

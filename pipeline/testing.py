@@ -64,7 +64,7 @@ def object_candidates(rng: np.random.Generator, index: int, width: int, height: 
         scores = CandidateScores(
             ssim_outside=float(rng.uniform(0.9, 1.0)), change_inside=float(rng.uniform(0.0, 0.4)),
             redetect_score=float(rng.choice([0.0, rng.uniform(0.1, 0.7)])), clip_object_gone=None,
-            seam=float(rng.uniform(0.2, 0.6)))
+            seam=float(rng.uniform(0.2, 0.6)), quality=float(rng.uniform(0.0, 1.0)))
         candidates.append(RemovalCandidate(key=candidate_key(key, c), object_key=key, candidate_index=c, seed=c,
                                            remover="synthetic", removed_png=encode_png(removed), scores=scores))
     return ObjectCandidates(source, mask, tuple(candidates))

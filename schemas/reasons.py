@@ -59,6 +59,14 @@ class Reason(str, enum.Enum):
     OBJECT_STILL_DETECTED = "object_still_detected"
     OBJECT_NOT_GONE = "object_not_gone"
     VISIBLE_SEAM = "visible_seam"
+    HOLE_TOO_LARGE = "hole_too_large"
+    HOLE_TOO_DEEP = "hole_too_deep"
+    TEXTURED_SURROUND = "textured_surround"
+    CONTRASTED_SURROUND = "contrasted_surround"
+    CANDIDATES_DISAGREE = "candidates_disagree"
+    TEXTURE_MISMATCH = "texture_mismatch"
+    COLOUR_MISMATCH = "colour_mismatch"
+    LOW_QUALITY = "low_quality"
     SCORE_MISSING = "score_missing"
     # Build: a reviewer's decision
     REVIEW_REJECTED = "review_rejected"
@@ -85,6 +93,10 @@ class Reason(str, enum.Enum):
     FRAMES_UNRELATED = "frames_unrelated"
     TOO_FEW_MATCHES = "too_few_matches"
     OVER_MIX_RATIO = "over_mix_ratio"
+    # Composites with a known counterfactual
+    NO_CUTOUT = "no_cutout"
+    NO_PLACEMENT = "no_placement"
+    NOT_A_COMPOSITE_SAMPLE = "not_a_composite_sample"
 
     def __str__(self) -> str:
         return self.value

@@ -222,13 +222,25 @@ class ObjectMask:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CandidateScores:
-    """Quality scores of one removal candidate; ``None`` means not computed (never 'zero')."""
+    """Quality scores of one removal candidate; ``None`` means not computed (never 'zero').
+
+    Meanings and directions: transforms/quality.py, transforms/thresholds.py, docs/FORMAT.md.
+    ``quality`` is the fitted estimate that the removal matches the truth (transforms/quality_model.py).
+    """
 
     ssim_outside: Optional[float] = None
     change_inside: Optional[float] = None
     redetect_score: Optional[float] = None
     clip_object_gone: Optional[float] = None
     seam: Optional[float] = None
+    hole_fraction: Optional[float] = None
+    hole_depth: Optional[float] = None
+    surround_texture: Optional[float] = None
+    surround_contrast: Optional[float] = None
+    agreement: Optional[float] = None
+    texture_gap: Optional[float] = None
+    colour_gap: Optional[float] = None
+    quality: Optional[float] = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

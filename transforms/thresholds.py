@@ -19,6 +19,14 @@ score's *goodness* in [0, 1] (table in docs/FORMAT.md):
     redetect_score    1 - redetect_score
     clip_object_gone  clip(0.5 + 5 * clip_object_gone, 0, 1)
     seam              1 - seam
+    hole_fraction     1 - min(hole_fraction / 0.25, 1)
+    hole_depth        1 - min(hole_depth / 0.1, 1)
+    surround_texture  1 / (1 + surround_texture / 8)
+    surround_contrast 1 / (1 + surround_contrast / 32)
+    agreement         clip(agreement, 0, 1)
+    texture_gap       1 - min(texture_gap / 2, 1)
+    colour_gap        1 - min(colour_gap / 2, 1)
+    quality           clip(quality, 0, 1)
 """
 from __future__ import annotations
 
@@ -73,14 +81,25 @@ SCORES: Mapping[str, ScoreSpec] = {
         ScoreSpec("redetect_score", Better.LOWER, Reason.OBJECT_STILL_DETECTED, lambda v: 1.0 - _clip01(v)),
         ScoreSpec("clip_object_gone", Better.HIGHER, Reason.OBJECT_NOT_GONE, lambda v: _clip01(0.5 + 5.0 * v)),
         ScoreSpec("seam", Better.LOWER, Reason.VISIBLE_SEAM, lambda v: 1.0 - _clip01(v)),
+        ScoreSpec("hole_fraction", Better.LOWER, Reason.HOLE_TOO_LARGE, lambda v: 1.0 - _clip01(v / 0.25)),
+        ScoreSpec("hole_depth", Better.LOWER, Reason.HOLE_TOO_DEEP, lambda v: 1.0 - _clip01(v / 0.1)),
+        ScoreSpec("surround_texture", Better.LOWER, Reason.TEXTURED_SURROUND, lambda v: 1.0 / (1.0 + max(v, 0.0) / 8.0)),
+        ScoreSpec("surround_contrast", Better.LOWER, Reason.CONTRASTED_SURROUND,
+                  lambda v: 1.0 / (1.0 + max(v, 0.0) / 32.0)),
+        ScoreSpec("agreement", Better.HIGHER, Reason.CANDIDATES_DISAGREE, _clip01),
+        ScoreSpec("texture_gap", Better.LOWER, Reason.TEXTURE_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0)),
+        ScoreSpec("colour_gap", Better.LOWER, Reason.COLOUR_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0)),
+        ScoreSpec("quality", Better.HIGHER, Reason.LOW_QUALITY, _clip01),
     )
 }
 if tuple(SCORES) != SCORE_NAMES:  # a new score needs its selection meaning here
     raise ImportError(f"selection specs {tuple(SCORES)} do not match candidate scores {SCORE_NAMES}")
 
 #: Thresholds of the embedded default, on the scores the default bootstrap run computes.
+#: ``quality`` >= 0.5: the fitted estimate says the removal is more likely within 20 dB of the
+#: truth than not (precision-yield curve and the figures behind it: docs/benchmarks.md).
 DEFAULT_THRESHOLDS: Mapping[str, float] = {
-    "ssim_outside": 0.95, "change_inside": 0.05, "redetect_score": 0.3, "seam": 0.45,
+    "ssim_outside": 0.95, "change_inside": 0.05, "redetect_score": 0.3, "seam": 0.45, "quality": 0.5,
 }
 
 Scores = Mapping[str, Optional[float]]

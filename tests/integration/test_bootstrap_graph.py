@@ -27,7 +27,7 @@ from pipeline.finalize import RunInfo, check_ledgers
 from pipeline.sources import AnnotationSource, SourcesConfig
 from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
-from schemas.sample import CANDIDATE_METADATA_SCHEMA, removed_field
+from schemas.sample import CANDIDATE_METADATA_SCHEMA, SCORE_NAMES, removed_field
 from tests.chaos import dead_letters, drop_in_stage, fail_stage, injected_dead_letters
 from transforms.io.decode import decode_rgb
 from transforms.ledger import LedgerError
@@ -250,8 +250,9 @@ def test_candidate_sample_holds_source_mask_cutout_and_every_candidate(run):
         removed = decode_rgb(sample[removed_field(candidate["index"])])
         assert removed.shape == src.shape
         assert np.array_equal(removed[~repainted], src[~repainted]), "the classical remover repaints only the mask"
-        assert set(candidate["scores"]) == {"ssim_outside", "change_inside", "redetect_score", "clip_object_gone", "seam"}
+        assert set(candidate["scores"]) == set(SCORE_NAMES)
         assert candidate["scores"]["redetect_score"] is None  # no re-detection in this graph
+        assert 0.0 <= candidate["scores"]["quality"] <= 1.0 and candidate["scores"]["agreement"] is not None
     assert len({c["seed"] for c in meta["candidates"]}) == 2
     cutout = np.asarray(Image.open(io.BytesIO(sample["object.png"])))
     x0, y0, x1, y1 = meta["object"]["box"]

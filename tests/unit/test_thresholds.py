@@ -12,7 +12,7 @@ OBJECT = "a" * 24 + "_o000"
 
 def good(**overrides):
     return {"ssim_outside": 0.99, "change_inside": 0.3, "redetect_score": 0.0, "clip_object_gone": None, "seam": 0.3,
-            **overrides}
+            "quality": 0.9, **overrides}
 
 
 def views(*scores):
@@ -47,13 +47,15 @@ def test_bad_thresholds_are_refused(bounds):
 
 def test_combined_score_is_the_weighted_mean_goodness_of_the_scores_present():
     scores = good(ssim_outside=0.98, change_inside=0.1, redetect_score=0.2, seam=0.4)
-    expected = (0.98 + 0.5 + 0.8 + 0.6) / 4  # clip_object_gone is absent: not counted
+    expected = (0.98 + 0.5 + 0.8 + 0.6 + 0.9) / 5  # clip_object_gone and the hole scores are absent: not counted
     assert Ranking().combined(scores) == pytest.approx(expected)
     assert Ranking({"seam": 1.0}).combined(scores) == pytest.approx(0.6)
     assert Ranking({"seam": 0.0, "change_inside": 2.0}).combined(scores) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         Ranking({"seam": 0.0})
-    assert set(SCORES) == {"ssim_outside", "change_inside", "redetect_score", "clip_object_gone", "seam"}
+    assert set(SCORES) == {"ssim_outside", "change_inside", "redetect_score", "clip_object_gone", "seam",
+                           "hole_fraction", "hole_depth", "surround_texture", "surround_contrast", "agreement",
+                           "texture_gap", "colour_gap", "quality"}
 
 
 def test_the_best_passing_candidate_wins_not_the_best_overall():

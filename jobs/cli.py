@@ -39,6 +39,10 @@ COMMANDS: dict[str, Command] = {
                              "of the same class)", "jobs.pbe:benchmark_main"),
     "video-pairs": Command("videos and still images -> MimicBrush frame pairs with SIFT-guided grid masks",
                            "jobs.video:main"),
+    "composites": Command("candidate shards' cut-outs pasted onto other real images -> removal shards with an exact "
+                          "target", "jobs.composites:main"),
+    "evaluate": Command("removers and quality scores judged against composites' exact targets: PSNR/SSIM, "
+                        "rank correlation, AUC, precision and yield of the build defaults", "jobs.evaluate:main"),
     "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
     "review": Command("review samples in the browser (decisions in SQLite); 'review export' writes the decisions "
                       "file build reads", "jobs.review:main"),

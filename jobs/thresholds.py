@@ -4,7 +4,9 @@
 
 reads only the candidate shards' Parquet metadata and prints, per value, the share of
 candidates passing that threshold and the objects a build would keep with every other
-threshold and review decision as given (the same options as ``build``).
+threshold and review decision as given (the same options as ``build``). On an
+``evaluate`` output, whose removals have a known truth, it also prints the precision of
+what a build would keep at each value.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import sys
 from typing import Optional, Sequence
 
 from jobs.build import SelectionOptions, candidate_sets, selection_rules
+from pipeline.evaluate import read_rows
 from pipeline.options import ConfigError
 from review.report import plot_sweep
+from transforms.evaluation import precision_sweep
 from transforms.sweep import parse_sweep, read_object_scores, sweep, sweep_table
 from transforms.thresholds import SCORES
 
@@ -44,10 +48,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     objects = read_object_scores(shard[: -len(".tar")] + ".parquet" for s in sets for shard in s.shards)
     LOG.info("%d candidate objects in %d candidate sets", len(objects), len(sets))
+    truth = [row for candidate_set in sets for row in read_rows(candidate_set.path)]
     for name, values in sweeps:
         rows = sweep(objects, rules, name, values)
         current = rules.thresholds.bounds.get(name)
-        sys.stdout.write(sweep_table(name, rows, current, len(objects)) + "\n\n")
+        precisions = [result.precision for result in precision_sweep(truth, rules, name, values)] if truth else None
+        sys.stdout.write(sweep_table(name, rows, current, len(objects), precisions) + "\n\n")
         if args.plot:
             path = _plot_path(args.plot, name, len(sweeps) > 1)
             path.write_bytes(plot_sweep(name, str(SCORES[name].better), [r.value for r in rows],

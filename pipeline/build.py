@@ -34,6 +34,8 @@ from transforms.thresholds import SCORES, SelectionRules
 FUNNEL_STEPS = ("candidate_objects", "passed_thresholds", "kept", "pairs_written")
 #: Bootstrap funnel steps left out of the report's funnel: they count candidates, not images or objects.
 _UPSTREAM_SKIPPED = frozenset({"candidates_written"})
+#: Jobs whose output is a candidate set: bootstrap mining, and evaluate (candidates on composites).
+CANDIDATE_JOBS = ("bootstrap", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +65,8 @@ def load_candidate_set(path: str) -> CandidateSet:
     if not FileSystems.exists(FileSystems.join(path, STATS)):
         raise ValueError(f"{path} is not a finished bootstrap run (no {STATS})")
     stats = read_json(FileSystems.join(path, STATS))
-    if stats.get("job") != "bootstrap":
-        raise ValueError(f"{path} was written by {stats.get('job')!r}, not by bootstrap")
+    if stats.get("job") not in CANDIDATE_JOBS:
+        raise ValueError(f"{path} was written by {stats.get('job')!r}, not by {' or '.join(CANDIDATE_JOBS)}")
     manifest = read_json(FileSystems.join(path, MANIFEST))
     lineage = read_json(FileSystems.join(path, "lineage.json"))
     return CandidateSet(

@@ -133,13 +133,24 @@ def sweep(objects: Sequence[ObjectScores], rules: SelectionRules, name: str, val
     return rows
 
 
-def sweep_table(name: str, rows: Sequence[SweepRow], current: Optional[float], total_objects: int) -> str:
-    """The sweep as a fixed-width text table; the row of the current threshold is marked."""
+def sweep_table(name: str, rows: Sequence[SweepRow], current: Optional[float], total_objects: int,
+                precisions: Optional[Sequence[Optional[float]]] = None) -> str:
+    """The sweep as a fixed-width text table; the row of the current threshold is marked.
+
+    ``precisions`` (a candidate set with a known truth: ``evaluate``'s output) adds the
+    share of kept objects whose chosen removal is good.
+    """
     better = SCORES[name].better
     header = f"{name} ({'min' if better is Better.HIGHER else 'max'})  candidates passing  objects kept (of {total_objects})"
+    if precisions is not None:
+        header += "  precision (truth)"
     lines = [header, "-" * len(header)]
-    for row in rows:
+    for number, row in enumerate(rows):
         mark = "  <- current" if current is not None and math.isclose(row.value, current, abs_tol=1e-12) else ""
+        precision = ""
+        if precisions is not None:
+            value = precisions[number]
+            precision = f"  {'-' if value is None else f'{value:.1%}':>17}"
         lines.append(f"{row.value:>14.4g}  {row.candidate_pass_rate:>17.1%}  {row.objects_kept:>8d} "
-                     f"({row.object_pass_rate:.1%}){mark}")
+                     f"({row.object_pass_rate:.1%}){precision}{mark}")
     return "\n".join(lines)

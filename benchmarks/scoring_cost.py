@@ -66,13 +66,12 @@ def rescore(candidates: Path, config: QualityConfig) -> tuple[float, float, int]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="Write the figures here.")
     args = parser.parse_args()
     quiet_logging()
     work = Path(tempfile.mkdtemp(prefix="scoring-cost-"))
-    options = parse_job_options(["--output", str(work / "candidates"), f"--direct_num_workers={args.threads}"],
-                                "bootstrap", "", InputOptions, DetectorOptions, BootstrapOptions)
+    options = parse_job_options(["--output", str(work / "candidates")], "bootstrap", "", InputOptions,
+                                DetectorOptions, BootstrapOptions)
     config = bootstrap_config(options)
     pipeline = new_pipeline(options)
     build_bootstrap(pipeline, config)

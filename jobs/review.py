@@ -28,7 +28,7 @@ from transforms.thresholds import DEFAULT_THRESHOLDS, Thresholds
 LOG = logging.getLogger(__name__)
 
 #: Which finished runs can be reviewed: the job that wrote them -> where their thresholds come from.
-_REVIEWABLE = ("bootstrap", "build")
+_REVIEWABLE = ("bootstrap", "evaluate", "build")
 
 
 def _thresholds(job: str, lineage: Mapping[str, Any], overrides: Mapping[str, Any]) -> Thresholds:

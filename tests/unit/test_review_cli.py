@@ -35,8 +35,17 @@ def test_export_needs_an_existing_database(tmp_path, caplog):
 
 def test_a_build_folder_of_another_job_is_refused(tmp_path):
     (tmp_path / "stats.json").write_text('{"job": "ingest"}')
-    with pytest.raises(ValueError, match="review reads bootstrap or build outputs"):
+    with pytest.raises(ValueError, match="review reads bootstrap or evaluate or build outputs"):
         review_job.dataset_source(str(tmp_path), {})
+
+
+def test_an_evaluation_is_a_candidate_set_to_review(candidates, tmp_path):
+    """``evaluate`` writes a candidate set whose removals have a known truth: reviewers calibrate on it."""
+    for name in ("shardindex.json", "lineage.json", *(p.name for p in candidates.glob("shard-*"))):
+        (tmp_path / name).write_bytes((candidates / name).read_bytes())
+    (tmp_path / "stats.json").write_text('{"job": "evaluate"}')
+    source = review_job.dataset_source(str(tmp_path), {})
+    assert source.thresholds.bounds["quality"] == 0.5
 
 
 def test_the_cache_sits_beside_the_database(tmp_path):

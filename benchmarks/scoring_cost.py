@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -29,15 +28,20 @@ from pipeline.finalize import check_ledgers
 from pipeline.runners import new_pipeline
 from schemas.sample import Field
 from transforms.io.decode import decode_rgb
-from transforms.masks import decode_mask_png, dilate
-from transforms.quality import QualityConfig, change_inside, edit_region, score_candidates, seam, ssim_outside, _fit
-
-LOG = logging.getLogger("benchmark")
-
+from transforms.masks import decode_mask_png
+from transforms.quality import (
+    QualityConfig,
+    at_scoring_size,
+    change_inside,
+    edit_region,
+    score_candidates,
+    seam,
+    ssim_outside,
+)
 
 def legacy_scores(src, mask, removed, config: QualityConfig) -> None:
     """The three scores scoring computed before: SSIM outside, change inside, seam."""
-    src, mask, (removed,) = _fit(src, mask, [removed], config.max_side)
+    src, mask, (removed,) = at_scoring_size(src, mask, [removed], config.max_side)
     region = edit_region(src, removed, mask, config.outside_margin_px, config.change_tolerance)
     ssim_outside(src, removed, mask, margin_px=config.outside_margin_px)
     change_inside(src, removed, mask)

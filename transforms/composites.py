@@ -29,7 +29,7 @@ from PIL import Image
 
 from schemas import Box, Reason, Rejection, SourceImage
 from schemas.keys import composite_key, derived_seed
-from schemas.sample import COMPOSITE_METADATA_SCHEMA, Field, composite_fields, composite_metadata_row
+from schemas.sample import composite_fields, composite_metadata_row
 from transforms.checks import check_jpeg_quality, check_seed, is_integral, is_number
 from transforms.io.decode import decode_rgb, encode_jpeg
 from transforms.io.shards import EncodedSample
@@ -39,10 +39,6 @@ from transforms.stage import UNPAIRED_TAG, Paired, RecordFunction, SplitOutcomes
 
 #: The composite ledger: every attempt ends as a written composite or a rejection.
 COMPOSITES = "composites"
-
-__all__ = ["COMPOSITES", "COMPOSITE_METADATA_SCHEMA", "CompositeConfig", "Cutout", "MakeComposites",
-           "SplitComposites", "cutout_of", "make_composite", "place"]
-
 
 @dataclasses.dataclass(frozen=True)
 class Cutout:

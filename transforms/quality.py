@@ -104,7 +104,7 @@ def score_candidates(src_rgb: np.ndarray, mask: np.ndarray, removed: Sequence[np
         _check(src_rgb, mask, candidate)
     if not removed:
         return []
-    src, small_mask, fitted = _fit(src_rgb, mask, list(removed), config.max_side)
+    src, small_mask, fitted = at_scoring_size(src_rgb, mask, list(removed), config.max_side)
     hole = hole_stats(src, small_mask, config.surround_px)
     median = np.median(np.stack(fitted), axis=0) if len(fitted) > 1 else None
     scores = []
@@ -262,8 +262,8 @@ def _check(src: np.ndarray, mask: np.ndarray, removed: np.ndarray) -> None:
         raise ValueError(f"expected an HxW bool mask for a {src.shape} source, got {mask.dtype} {mask.shape}")
 
 
-def _fit(src: np.ndarray, mask: np.ndarray, removed: list[np.ndarray],
-         max_side: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def at_scoring_size(src: np.ndarray, mask: np.ndarray, removed: list[np.ndarray],
+                    max_side: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """All at most ``max_side`` on their longer side; a pixel the mask touches at all stays masked."""
     height, width = mask.shape
     scale = max_side / max(height, width)

@@ -162,8 +162,8 @@ def fit(rows: Sequence[Mapping[str, Optional[float]]], psnr_db: Sequence[float],
     if good.min() == good.max():
         raise ValueError(f"every candidate is on one side of {good_db} dB: nothing to calibrate against")
     x = _design(rows, features)
-    mean = np.nanmean(x, axis=0)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
+    present = (~np.isnan(x)).sum(axis=0)
+    mean = np.where(present > 0, np.nansum(x, axis=0) / np.maximum(present, 1), 0.0)  # a never-computed feature: 0
     x = np.where(np.isnan(x), mean, x)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)

@@ -6,7 +6,9 @@
 
 Runs bootstrap's remover and scorers (the same options: ``--remover``, ``--remover_options``,
 ``--masks``, ``--quality``, ``--skip_redetect``, ``--clip``) on composites made by
-``counterfactory composites``, with the pasted object's matte as the mask, and judges every
+``counterfactory composites``, with the pasted object's matte as the mask (or, with
+``--masks_from segmenter``, the segmenter's mask from its box, so that the removals carry
+bootstrap's mask errors), and judges every
 candidate against the photo before the paste. Writes a candidate set (``build`` reads it),
 ``truth/rows-*.parquet`` (one row per candidate: every score, PSNR and SSIM in the hole)
 and ``evaluation.json``, and prints:
@@ -66,6 +68,9 @@ class EvaluateOptions(PipelineOptions):
                             help="A composites output folder (counterfactory composites); repeatable.")
         parser.add_argument("--good_db", type=float, default=GOOD_PSNR_DB,
                             help="PSNR in the hole (dB) from which a removal counts as good.")
+        parser.add_argument("--masks_from", default="truth", choices=["truth", "segmenter"],
+                            help="The removal mask: the pasted matte, or the segmenter's (--segmenter) from the "
+                                 "pasted object's box, as bootstrap would mask it.")
         parser.add_argument("--fit", action="store_true",
                             help="Fit a quality model on these candidates (quality_model.json), reported "
                                  "leave-one-background-out.")
@@ -93,13 +98,14 @@ def evaluate_config(options: PipelineOptions) -> EvaluateConfig:
     except ValueError as error:
         raise ConfigError(f"--truth: {error}") from error
     bootstrap = bootstrap_config(options)
-    models = {role: model for role, model in bootstrap.run.models.items() if role != "segmenter"}
+    with_segmenter = job.masks_from == "segmenter"
+    models = {role: model for role, model in bootstrap.run.models.items() if with_segmenter or role != "segmenter"}
     return EvaluateConfig(
         shards=shards, masks=bootstrap.masks, remover=bootstrap.remover, quality=bootstrap.quality,
         writer=writer_config(options, CANDIDATE_METADATA_SCHEMA),
         run=run_info(options, "evaluate", [DetectorOptions, BootstrapOptions, EvaluateOptions], tuple(job.truth),
                      FUNNEL_STEPS, models=models),
-        redetect=bootstrap.redetect, clip=bootstrap.clip)
+        redetect=bootstrap.redetect, clip=bootstrap.clip, segmenter=bootstrap.segmenter if with_segmenter else None)
 
 
 # --------------------------------------------------------------------------- report

@@ -1,6 +1,7 @@
 """The evaluation graph: composite shards -> the job's remover and scores -> judged against the exact truth.
 
-    ReadComposites -> truth requests (the matte is the mask) -> remove (K candidates)
+    ReadComposites -> truth requests (the matte is the mask, or --masks_from segmenter: the
+      segmenter's mask from the true box) -> remove (K candidates)
       -> scores [-> re-detection] [-> CLIP] -> judge against the truth -> candidate shards
       + truth rows (Parquet: one row per candidate, every score, PSNR and SSIM in the hole)
 
@@ -26,7 +27,14 @@ from pipeline.sources import flatten
 from schemas.sample import SCORE_NAMES
 from transforms.candidates import CandidateSampleEncoder, ScoreCandidates
 from transforms.encode import EncodeSamples
-from transforms.evaluation import JudgeCandidates, ReadComposites, TruthRequests, truth_of
+from transforms.evaluation import (
+    JudgeCandidates,
+    ReadComposites,
+    SegmentationRequests,
+    SegmentedRequests,
+    TruthRequests,
+    truth_of,
+)
 from transforms.io.shards import ShardWriterConfig, WriteShards
 from transforms.ledger import RunAccounts, count_funnel
 from transforms.mask_quality import MaskQualityConfig
@@ -64,6 +72,8 @@ class EvaluateConfig:
     run: RunInfo
     redetect: Optional[ModelHandler] = None
     clip: Optional[ModelHandler] = None
+    #: Masks from this segmenter, prompted with the pasted object's true box; ``None``: the true matte.
+    segmenter: Optional[ModelHandler] = None
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -80,7 +90,12 @@ def build_evaluate(p: beam.Pipeline, config: EvaluateConfig) -> beam.PCollection
     tars = p | "CompositeShards" >> beam.Create(list(config.shards)) | "Spread" >> beam.Reshuffle()
     samples = tars | "ReadComposites" >> ReadComposites()
     truths = samples | "Truths" >> beam.Map(truth_of)
-    requests = samples | "TruthRequests" >> TruthRequests(config.masks, config.remover.config.request)
+    if config.segmenter is None:
+        requests = samples | "TruthRequests" >> TruthRequests(config.masks, config.remover.config.request)
+    else:
+        segmented = (samples | "SegmentationRequests" >> SegmentationRequests()
+                     | "Segment" >> RunModel(config.segmenter, "segment"))
+        requests = segmented | "SegmentedRequests" >> SegmentedRequests(config.masks, config.remover.config.request)
     removed = requests | "Remove" >> RunModel(config.remover, "remove")
     objects = removed | "Score" >> ScoreCandidates(config.quality)
     if config.redetect is not None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 from scipy import stats as scipy_stats
 from skimage.metrics import structural_similarity
@@ -34,6 +35,7 @@ from transforms.io.readers import read_tar_samples
 from transforms.mask_quality import MaskQualityConfig, dilate_mask
 from transforms.masks import decode_mask_png, dilate, encode_mask_png
 from transforms.models.removal import RemovalRequest
+from transforms.models.segmentation import SegmentationRequest
 from transforms.stage import RecordFunction, Stage
 from transforms.thresholds import CandidateView, SelectionRules
 
@@ -87,9 +89,8 @@ class Truth:
     removed_png: bytes
 
 
-def truth_request(masks: MaskQualityConfig, make_request: Callable[[SourceImage, ObjectMask], RemovalRequest],
-                  sample: CompositeSample) -> RemovalRequest:
-    """The removal request of a composite's pasted object, its mask the truth (grown as bootstrap grows masks)."""
+def _truth_object(sample: CompositeSample) -> tuple[SourceImage, Detection, np.ndarray]:
+    """The composite as a source image, its pasted object as a detection (box of the matte), and the matte."""
     src = sample.fields[Field.SRC]
     rgb = decode_rgb(src)
     height, width = rgb.shape[:2]
@@ -99,13 +100,97 @@ def truth_request(masks: MaskQualityConfig, make_request: Callable[[SourceImage,
     ys, xs = np.nonzero(matte)
     if not ys.size:
         raise ValueError(f"{sample.key}: the composite's matte is empty")
-    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-    detection = Detection(label=sample.meta["object"]["label"], class_id=-1, score=1.0, box=Box(*box), detector=TRUTH)
-    grown = dilate_mask(matte, masks.dilate_px)
+    box = Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    detection = Detection(label=sample.meta["object"]["label"], class_id=-1, score=1.0, box=box, detector=TRUTH)
+    return source, detection, matte
+
+
+def _grown(masks: MaskQualityConfig, obj: ObjectMask, mask: np.ndarray) -> ObjectMask:
+    """The object with its mask grown as bootstrap's mask checks grow it (the outline kept for the cut-out)."""
+    if not masks.dilate_px:
+        return dataclasses.replace(obj, mask_png=encode_mask_png(mask))
+    return dataclasses.replace(obj, mask_png=encode_mask_png(dilate_mask(mask, masks.dilate_px)),
+                               object_png=encode_mask_png(mask))
+
+
+def truth_request(masks: MaskQualityConfig, make_request: Callable[[SourceImage, ObjectMask], RemovalRequest],
+                  sample: CompositeSample) -> RemovalRequest:
+    """The removal request of a composite's pasted object, its mask the truth (grown as bootstrap grows masks)."""
+    source, detection, matte = _truth_object(sample)
     obj = ObjectMask(key=object_key(sample.key, 0), source_key=sample.key, object_index=0, detection=detection,
-                     mask_png=encode_mask_png(grown), predicted_iou=1.0, segmenter=TRUTH,
-                     object_png=encode_mask_png(matte) if masks.dilate_px else None)
-    return make_request(source, obj)
+                     mask_png=b"", predicted_iou=1.0, segmenter=TRUTH)
+    return make_request(source, _grown(masks, obj, matte))
+
+
+def _segmentation_request(sample: CompositeSample) -> Iterator[SegmentationRequest]:
+    source, detection, _ = _truth_object(sample)
+    yield SegmentationRequest.numbered(source, [detection])
+
+
+class SegmentationRequests(Stage):
+    """Composite samples -> segmentation requests from the pasted object's true box (``--masks_from segmenter``).
+
+    The segmenter masks the object from its box, as it does in bootstrap, so the removals
+    judged carry its mask errors (the truth they are judged against does not change).
+    """
+
+    stage = "segmentation_requests"
+
+    def record_fn(self) -> RecordFunction:
+        return _segmentation_request
+
+
+class SegmentedObject(NamedTuple):
+    """A segmenter's prediction for a composite's one object, named by the object's key."""
+
+    prediction: PredictionResult
+
+    @property
+    def uri(self) -> str:
+        return self.prediction.example.uri
+
+    @property
+    def key(self) -> str:
+        return object_key(self.prediction.example.source.key, 0)
+
+
+def _segmented_object(prediction: PredictionResult) -> SegmentedObject:
+    return SegmentedObject(prediction)
+
+
+def _object_key_of_prediction(prediction: PredictionResult) -> tuple[str]:
+    return (object_key(prediction.example.source.key, 0),)
+
+
+def _segmented_request(masks: MaskQualityConfig, make_request, segmented: SegmentedObject) -> Iterator[Any]:
+    request: SegmentationRequest = segmented.prediction.example
+    obj: ObjectMask = segmented.prediction.inference[0]
+    mask = decode_mask_png(obj.mask_png, request.source.width, request.source.height)
+    if not mask.any():
+        yield Rejection(request.source.uri, SegmentedRequests.stage, Reason.MASK_EMPTY,
+                        "the segmenter's mask of the pasted object is empty", obj.key)
+        return
+    yield make_request(request.source, _grown(masks, obj, mask))
+
+
+class SegmentedRequests(Stage):
+    """Segmenter predictions -> removal requests with the segmenter's mask, grown as bootstrap grows masks."""
+
+    stage = "segmented_requests"
+
+    def __init__(self, masks: MaskQualityConfig, make_request: Callable[[SourceImage, ObjectMask], RemovalRequest]):
+        super().__init__()
+        self._masks = masks
+        self._make_request = make_request
+
+    def prepare(self, predictions: beam.PCollection) -> beam.PCollection:
+        return predictions | "AsObjects" >> beam.Map(_segmented_object)
+
+    def input_keys(self):
+        return _object_key_of_prediction
+
+    def record_fn(self) -> RecordFunction:
+        return functools.partial(_segmented_request, self._masks, self._make_request)
 
 
 class PastedObject(NamedTuple):

@@ -8,6 +8,7 @@ rely on them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any, Mapping, Optional
 
@@ -33,11 +34,38 @@ class Field:
     JSON = "json"
 
 
+#: Where a sample lies and what it held, recorded by the shard writer in every metadata row
+#: (docs/FORMAT.md, "Locating and verifying one sample"): its tar, the byte range of its
+#: members in that tar (headers and padding included, so a range read is a valid tar), and
+#: :func:`sample_digest` of its members at write time.
+LOCATION_COLUMNS = (
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("tar_offset", pa.int64(), nullable=False),
+    pa.field("tar_length", pa.int64(), nullable=False),
+    pa.field("sample_sha256", pa.string(), nullable=False),
+)
+
+
+def sample_digest(sample: Mapping[str, Any]) -> str:
+    """The ``sample_sha256`` of a sample dict as webdataset reads it (undecoded bytes).
+
+    sha256 over its members in field-name order, each as the UTF-8 field name, a NUL byte,
+    its length as 8 bytes big-endian, then its bytes; ``__key__`` and the other ``__``
+    entries readers add are not members. A reader recomputes it to verify a sample.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(name for name in sample if not name.startswith("__")):
+        value = sample[name]
+        digest.update(name.encode("utf-8") + b"\0" + len(value).to_bytes(8, "big"))
+        digest.update(value)
+    return digest.hexdigest()
+
+
 #: Per-sample metadata of source shards (``{shard}.parquet`` beside each tar).
 SOURCE_METADATA_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
+        *LOCATION_COLUMNS,
         pa.field("sha256", pa.string(), nullable=False),
         pa.field("uri", pa.string()),
         pa.field("origin", pa.string()),
@@ -133,7 +161,7 @@ SCORE_NAMES = tuple(field.name for field in dataclasses.fields(CandidateScores))
 #: The leading columns of every per-object Parquet (candidate and pair shards).
 _OBJECT_COLUMNS = (
     pa.field("key", pa.string(), nullable=False),
-    pa.field("shard", pa.string(), nullable=False),
+    *LOCATION_COLUMNS,
     pa.field("source_key", pa.string(), nullable=False),
     pa.field("uri", pa.string()),
     pa.field("label", pa.string()),
@@ -530,7 +558,7 @@ def composite_from_sample(key: str, fields: Mapping[str, bytes], uri: str) -> Co
 MIMIC_METADATA_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
+        *LOCATION_COLUMNS,
         pa.field("source_key", pa.string(), nullable=False),
         pa.field("uri", pa.string()),
         pa.field("branch", pa.string()),

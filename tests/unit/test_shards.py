@@ -1,4 +1,5 @@
 """The shard writer: deterministic bytes, limits, atomic publish, resume, and readers' view."""
+import io
 import json
 import os
 import pathlib
@@ -16,6 +17,8 @@ import pytest
 import webdataset
 import wids
 
+from schemas.sample import LOCATION_COLUMNS, sample_digest
+
 from transforms.io.files import with_retries
 from transforms.io.files import PARTIAL_SUFFIX, publish, remove_partials
 from transforms.io.shards import (
@@ -28,7 +31,7 @@ from transforms.io.shards import (
     write_shard,
 )
 
-SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("n", pa.int64())])
+SCHEMA = pa.schema([pa.field("key", pa.string()), *LOCATION_COLUMNS, pa.field("n", pa.int64())])
 
 
 def sample(i: int, size: int = 100) -> EncodedSample:
@@ -53,6 +56,41 @@ def test_same_samples_give_byte_identical_shards(tmp_path):
     assert not any(m.pax_headers for m in members)
     padded = sum(512 + -(-m.size // 512) * 512 for m in members)
     assert padded <= first.filesize <= padded + 10240  # + the end-of-archive blocks and record padding
+
+
+def test_each_sample_reads_alone_from_its_recorded_byte_range(tmp_path):
+    """tar_offset/tar_length cut one sample out of the tar; sample_sha256 verifies it; ranges tile the tar."""
+    samples = [sample(i, size=100 + 300 * i) for i in range(7)]
+    info = write_shard(config(tmp_path), "shard-000000-00.tar", samples)
+    table = pq.read_table(tmp_path / "shard-000000-00.parquet")
+    for name in ("tar_offset", "tar_length"):
+        assert table.schema.field(name).type == pa.int64() and table.column(name).null_count == 0
+    rows = table.to_pylist()
+    assert rows[0]["tar_offset"] == 0
+    for row, following in zip(rows, rows[1:]):
+        assert row["tar_offset"] + row["tar_length"] == following["tar_offset"]
+    assert rows[-1]["tar_offset"] + rows[-1]["tar_length"] <= info.filesize
+    with open(tmp_path / "shard-000000-00.tar", "rb") as shard:
+        for row, written in zip(rows, samples):
+            shard.seek(row["tar_offset"])
+            piece = shard.read(row["tar_length"])
+            with tarfile.open(fileobj=io.BytesIO(piece)) as archive:
+                names = archive.getnames()
+                members = {m.name.split(".", 1)[1]: archive.extractfile(m).read() for m in archive.getmembers()}
+            assert {name.split(".", 1)[0] for name in names} == {row["key"]} == {written.key}
+            assert members == dict(written.fields)
+            assert sample_digest(members) == row["sample_sha256"] == sample_digest({"__key__": row["key"], **members})
+            members["bin"] = bytes(byte ^ 0xFF for byte in members["bin"][:10]) + members["bin"][10:]
+            assert sample_digest(members) != row["sample_sha256"]
+
+
+def test_sample_digest_is_defined_by_names_lengths_and_bytes():
+    import hashlib
+
+    expected = hashlib.sha256(b"a.png\0" + (2).to_bytes(8, "big") + b"xy" + b"json\0" + (1).to_bytes(8, "big") + b"z")
+    assert sample_digest({"json": b"z", "a.png": b"xy", "__key__": "k", "__url__": "u"}) == expected.hexdigest()
+    # The framing keeps a byte moving from one member to the next from giving the same digest.
+    assert sample_digest({"a": b"xy", "b": b"z"}) != sample_digest({"a": b"x", "b": b"yz"})
 
 
 def test_rewrite_of_identical_shard_is_skipped(tmp_path):
@@ -92,7 +130,7 @@ def test_config_validation(tmp_path):
         config(tmp_path, max_count=0)
     with pytest.raises(ValueError, match="whole seconds"):
         config(tmp_path, mtime=0.5)
-    with pytest.raises(ValueError, match="'key' and 'shard'"):
+    with pytest.raises(ValueError, match=r"lacks the columns \['key', 'shard', 'tar_offset'"):
         ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([("x", pa.int64())]))
     with pytest.raises(ValueError, match="invalid sample key"):
         EncodedSample(key="a.b", fields={}, metadata={})
@@ -162,7 +200,8 @@ def test_killed_writer_leaves_no_partial_tar(tmp_path):
             def __enter__(self): return self
             def __exit__(self, *exc): self.inner.close()
         files.FileSystems.create = lambda *a, **k: Slow(real_create(*a, **k))
-        schema = pa.schema([("key", pa.string()), ("shard", pa.string())])
+        from schemas.sample import LOCATION_COLUMNS
+        schema = pa.schema([pa.field("key", pa.string()), *LOCATION_COLUMNS])
         cfg = ShardWriterConfig(output_dir={str(tmp_path)!r}, metadata_schema=schema)
         samples = [EncodedSample(key=f"k{{i}}", fields={{"bin": b"x" * 20000}}, metadata={{}}) for i in range(20)]
         write_shard(cfg, "shard-000000-00.tar", samples)
@@ -177,7 +216,7 @@ def test_killed_writer_leaves_no_partial_tar(tmp_path):
     assert list(tmp_path.glob(f"*{PARTIAL_SUFFIX}")), "the writer never started its partial file"
     assert not list(tmp_path.glob("*.tar"))
     assert remove_partials(str(tmp_path)) == 1
-    cfg = ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([("key", pa.string()), ("shard", pa.string())]))
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), metadata_schema=pa.schema([pa.field("key", pa.string()), *LOCATION_COLUMNS]))
     samples = [EncodedSample(key=f"k{i}", fields={"bin": b"x" * 20000}, metadata={}) for i in range(20)]
     info = write_shard(cfg, "shard-000000-00.tar", samples)
     with tarfile.open(tmp_path / "shard-000000-00.tar") as archive:

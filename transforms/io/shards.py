@@ -12,7 +12,9 @@ How samples become shards (docs/FORMAT.md):
    final name: an identical shard is left untouched (a re-run rewrites nothing and
    duplicates nothing); otherwise it is written under a unique ``.partial`` name and
    renamed into place, so a killed worker never leaves a truncated ``.tar`` behind.
-4. Next to every tar, ``{name}.parquet`` holds the per-sample metadata rows.
+4. Next to every tar, ``{name}.parquet`` holds the per-sample metadata rows, each with
+   the sample's place in its tar (``shard``, ``tar_offset``, ``tar_length``) and its
+   ``sample_sha256`` (:data:`schemas.sample.LOCATION_COLUMNS`).
 
 Tars are byte-identical for identical samples: members in key then field order, fixed
 mtime, fixed owner and mode.
@@ -36,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from schemas.sample import LOCATION_COLUMNS, sample_digest
 from transforms.checks import is_integral
 from transforms.io.files import list_files, md5_of, publish
 from transforms.ledger import MAIN_LEDGER, RunAccounts
@@ -48,6 +51,7 @@ _HASH_CHUNK_BYTES = 8 << 20
 STAGE = "write"
 #: The tag of the sample keys each finished shard holds (the writer's side of the stage table).
 _WRITTEN_KEYS = "written_keys"
+_LOCATION_NAMES = tuple(field.name for field in LOCATION_COLUMNS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +115,9 @@ class ShardWriterConfig:
             raise ValueError(f"fill must be in (0, 1], got {self.fill}")
         if not is_integral(self.mtime) or self.mtime < 0:
             raise ValueError(f"mtime must be whole seconds >= 0, got {self.mtime!r}")
-        if "key" not in self.metadata_schema.names or "shard" not in self.metadata_schema.names:
-            raise ValueError("metadata_schema must have 'key' and 'shard' columns")
+        missing = [name for name in ("key", *_LOCATION_NAMES) if name not in self.metadata_schema.names]
+        if missing:
+            raise ValueError(f"metadata_schema lacks the columns {missing} (see schemas.sample.LOCATION_COLUMNS)")
 
     def bucket_count(self, total_samples: int) -> int:
         return max(1, math.ceil(total_samples / (self.fill * self.max_count)))
@@ -148,13 +153,18 @@ def split_parts(samples: Sequence[EncodedSample], max_count: int, max_size: int)
 
 
 class _TarSpool:
-    """A tar assembled in a spooled temp file, with its md5 and size."""
+    """A tar assembled in a spooled temp file, with its md5, size and each sample's location row."""
 
     def __init__(self, samples: Iterable[EncodedSample], mtime: int) -> None:
         self.file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES)
         writer = webdataset.TarWriter(self.file, user="", group="", mode=0o444, mtime=int(mtime), encoder=False)
+        #: ``tar_offset``, ``tar_length`` and ``sample_sha256`` of each sample, in order.
+        self.locations: list[dict[str, Any]] = []
         for sample in samples:
+            offset = writer.tarstream.offset
             writer.write({"__key__": sample.key, **sample.fields})
+            self.locations.append({"tar_offset": offset, "tar_length": writer.tarstream.offset - offset,
+                                   "sample_sha256": sample_digest(sample.fields)})
         writer.tarstream.close()  # not writer.close(): that would close our spool too
         self.size = self.file.tell()
         self.file.seek(0)
@@ -180,7 +190,8 @@ def write_shard(config: ShardWriterConfig, name: str, samples: Sequence[EncodedS
     parquet_path = config.path(name[: -len(".tar")] + ".parquet")
     spool = _TarSpool(samples, config.mtime)
     try:
-        rows = [{**sample.metadata, "key": sample.key, "shard": name} for sample in samples]
+        rows = [{**sample.metadata, "key": sample.key, "shard": name, **location}
+                for sample, location in zip(samples, spool.locations)]
         parquet = _parquet_bytes(rows, config.metadata_schema)
         tar_unchanged = md5_of(tar_path) == spool.md5
         parquet_unchanged = md5_of(parquet_path) == hashlib.md5(parquet).hexdigest()

@@ -130,7 +130,8 @@ def writer_config(options: PipelineOptions, metadata_schema: pa.Schema, director
     run = options.view_as(RunOptions)
     try:
         return ShardWriterConfig(output_dir=directory or output_dir(options), metadata_schema=metadata_schema,
-                                 prefix=run.shard_prefix, max_count=run.max_shard_count, max_size=run.max_shard_bytes)
+                                 prefix=run.shard_prefix, max_count=run.max_shard_count, max_size=run.max_shard_bytes,
+                                 min_shards=run.min_shards)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

@@ -36,6 +36,8 @@ class RunOptions(PipelineOptions):
         parser.add_argument("--shard_prefix", default="shard", help="Shard file names: PREFIX-BUCKET-PART.tar.")
         parser.add_argument("--max_shard_count", type=int, default=1000, help="Most samples in one shard.")
         parser.add_argument("--max_shard_bytes", type=int, default=1 << 30, help="Most bytes in one shard.")
+        parser.add_argument("--min_shards", type=int, default=8,
+                            help="Fewest shards a run of at least that many samples writes (one per DataLoader worker).")
 
 
 def _yaml_to_argv(path: str) -> list[str]:

@@ -242,3 +242,31 @@ def test_with_retries_retries_oserror_then_raises():
     assert with_retries(flaky, base_delay_s=0) == "ok" and len(calls) == 3
     with pytest.raises(OSError):
         with_retries(lambda: (_ for _ in ()).throw(OSError("down")), attempts=2, base_delay_s=0)
+
+
+@pytest.mark.parametrize("count, shards", [(3, 3), (8, 8), (50, 8), (900, 8)])
+def test_small_run_writes_min_shards(tmp_path, count, shards):
+    infos = _run_writer(tmp_path, [sample(i, size=10) for i in range(count)])
+    assert len(infos) == shards and sum(i["nsamples"] for i in infos) == count
+    if count < 800:  # one bucket: even parts, not one full shard and crumbs
+        sizes = sorted(i["nsamples"] for i in infos)
+        assert sizes[-1] - sizes[0] <= 1
+
+
+def test_min_shards_feed_every_dataloader_worker(tmp_path):
+    """DataLoader(num_workers=4) over a 10-sample run: one shard starved three workers (ValueError)."""
+    import torch.utils.data
+
+    samples = [sample(i) for i in range(10)]
+    infos = _run_writer(tmp_path, samples)
+    urls = sorted(str(tmp_path / i["url"]) for i in infos)
+    dataset = webdataset.WebDataset(urls, shardshuffle=False).to_tuple("__key__")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=4)
+    assert sorted(key for (key,) in loader) == [s.key for s in samples]
+
+
+def test_min_shards_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="min_shards"):
+        config(tmp_path, min_shards=0)
+    with pytest.raises(ValueError, match="min_shards"):
+        config(tmp_path, min_shards=101)

@@ -8,6 +8,9 @@ How samples become shards (docs/FORMAT.md):
    runner, worker count or input order.
 2. Inside a bucket, samples are sorted by key and cut into parts when ``max_count``
    samples or ``max_size`` bytes are reached: ``{prefix}-{bucket:06d}-{part:02d}.tar``.
+   A run of fewer buckets than ``min_shards`` first cuts each bucket into
+   ``ceil(min_shards / buckets)`` even parts, so that a small run still has a shard for
+   each of a few DataLoader workers (``min(min_shards, samples)`` shards).
 3. Each part is assembled in a spool, hashed, and compared with the file already at its
    final name: an identical shard is left untouched (a re-run rewrites nothing and
    duplicates nothing); otherwise it is written under a unique ``.partial`` name and
@@ -52,6 +55,8 @@ STAGE = "write"
 #: The tag of the sample keys each finished shard holds (the writer's side of the stage table).
 _WRITTEN_KEYS = "written_keys"
 _LOCATION_NAMES = tuple(field.name for field in LOCATION_COLUMNS)
+#: Parts of a bucket have two-digit numbers.
+_MAX_PARTS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,8 @@ class ShardWriterConfig:
     prefix: str = "shard"
     max_count: int = 1000
     max_size: int = 1 << 30
+    #: Fewest shards of a run with at least that many samples (a run of fewer has one per sample).
+    min_shards: int = 8
     fill: float = 0.8
     #: Whole seconds: a float mtime (even 0.0) gives every member a PAX header of its own,
     #: 1 KiB more per member and half of a reader's tar parsing time.
@@ -111,6 +118,8 @@ class ShardWriterConfig:
             raise ValueError(f"max_count must be >= 1, got {self.max_count}")
         if self.max_size < 1024:
             raise ValueError(f"max_size must be >= 1024 bytes, got {self.max_size}")
+        if not is_integral(self.min_shards) or not 1 <= self.min_shards <= _MAX_PARTS:
+            raise ValueError(f"min_shards must be a whole number in [1, {_MAX_PARTS}], got {self.min_shards!r}")
         if not 0.0 < self.fill <= 1.0:
             raise ValueError(f"fill must be in (0, 1], got {self.fill}")
         if not is_integral(self.mtime) or self.mtime < 0:
@@ -121,6 +130,10 @@ class ShardWriterConfig:
 
     def bucket_count(self, total_samples: int) -> int:
         return max(1, math.ceil(total_samples / (self.fill * self.max_count)))
+
+    def min_parts(self, total_samples: int) -> int:
+        """How many even parts each bucket is cut into at least, for ``min_shards`` shards in all."""
+        return math.ceil(min(self.min_shards, total_samples) / self.bucket_count(total_samples))
 
     def shard_name(self, bucket: int, part: int) -> str:
         return f"{self.prefix}-{bucket:06d}-{part:02d}.tar"
@@ -135,21 +148,24 @@ def bucket_of(key: str, buckets: int) -> int:
     return int.from_bytes(digest, "big") % buckets
 
 
-def split_parts(samples: Sequence[EncodedSample], max_count: int, max_size: int) -> Iterator[list[EncodedSample]]:
-    """Cut key-sorted samples into consecutive parts within the count and size limits.
+def split_parts(samples: Sequence[EncodedSample], max_count: int, max_size: int,
+                min_parts: int = 1) -> Iterator[list[EncodedSample]]:
+    """Cut key-sorted samples into ``min_parts`` even runs, then each into parts within the limits.
 
     A single sample larger than ``max_size`` gets a part of its own rather than an error.
     """
-    part: list[EncodedSample] = []
-    size = 0
-    for sample in samples:
-        if part and (len(part) >= max_count or size + sample.nbytes > max_size):
+    runs = min(min_parts, len(samples)) or 1
+    for index in range(runs):
+        part: list[EncodedSample] = []
+        size = 0
+        for sample in samples[index * len(samples) // runs:(index + 1) * len(samples) // runs]:
+            if part and (len(part) >= max_count or size + sample.nbytes > max_size):
+                yield part
+                part, size = [], 0
+            part.append(sample)
+            size += sample.nbytes
+        if part:
             yield part
-            part, size = [], 0
-        part.append(sample)
-        size += sample.nbytes
-    if part:
-        yield part
 
 
 class _TarSpool:
@@ -211,11 +227,14 @@ class _WriteBucketFn(beam.DoFn):
         super().__init__()
         self._config = config
 
-    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]]) -> Iterator[ShardInfo | TaggedOutput]:
+    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]],
+                total_samples: int) -> Iterator[ShardInfo | TaggedOutput]:
         bucket, samples = bucket_and_samples
         ordered = sorted(samples, key=lambda sample: sample.key)
-        for part_index, part in enumerate(split_parts(ordered, self._config.max_count, self._config.max_size)):
-            info = write_shard(self._config, self._config.shard_name(bucket, part_index), part)
+        config = self._config
+        parts = split_parts(ordered, config.max_count, config.max_size, config.min_parts(total_samples))
+        for part_index, part in enumerate(parts):
+            info = write_shard(config, config.shard_name(bucket, part_index), part)
             Metrics.counter("counterfactory.write", "shards_written_count" if info.written else "shards_kept_count").inc()
             Metrics.counter("counterfactory.write", "samples_written_count").inc(info.nsamples)
             Metrics.counter("counterfactory.write", "shard_bytes_total_bytes").inc(info.filesize)
@@ -237,17 +256,16 @@ class WriteShards(beam.PTransform):
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
-        buckets = (
-            samples
-            | "CountSamples" >> beam.combiners.Count.Globally()
-            | "BucketCount" >> beam.Map(config.bucket_count)
-        )
+        total = samples | "CountSamples" >> beam.combiners.Count.Globally()
+        buckets = total | "BucketCount" >> beam.Map(config.bucket_count)
         written = (
             samples
             | "AssignBucket"
             >> beam.Map(lambda sample, n: (bucket_of(sample.key, n), sample), n=beam.pvalue.AsSingleton(buckets))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "WriteBuckets" >> beam.ParDo(_WriteBucketFn(config)).with_outputs(_WRITTEN_KEYS, main="shards")
+            | "WriteBuckets"
+            >> beam.ParDo(_WriteBucketFn(config), total_samples=beam.pvalue.AsSingleton(total)).with_outputs(
+                _WRITTEN_KEYS, main="shards")
         )
         accounts = RunAccounts.of(samples.pipeline)
         accounts.add_stage(STAGE, self._unit, samples, main=written[_WRITTEN_KEYS], output_keys=lambda keys: keys)

@@ -25,7 +25,7 @@ from pipeline.runners import new_pipeline
 from pipeline.sources import AnnotationSource, SourcesConfig
 from transforms.annotated import BoxSource
 from transforms.io.decode import DecodeConfig
-from transforms.io.files import list_files
+from transforms.io.files import list_files, storage_failure
 from transforms.io.readers import expand_pattern
 from transforms.io.shards import ShardWriterConfig
 from transforms.models.catalog import ModelError, resolve_model
@@ -200,4 +200,10 @@ def cli_main(run: Callable[[Optional[Sequence[str]]], object], argv: Optional[Se
     except ConfigError as error:
         LOG.error("%s", error)
         return 2
+    except Exception as error:  # noqa: BLE001 - only a full disk or a refused write is told in one line
+        line = storage_failure(error)
+        if line is None:
+            raise
+        LOG.error("%s", line)
+        return 1
     return 0

@@ -1,10 +1,12 @@
 """Small file operations on any Beam filesystem: read, hash, publish atomically."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, BinaryIO, Callable, Optional, TypeVar
@@ -18,23 +20,68 @@ _CHUNK_BYTES = 8 << 20
 
 T = TypeVar("T")
 
+#: Errors no retry can fix, with the words that name them in :class:`StorageError`.
+_PERMANENT_ERRORS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
+_STORAGE_ERROR_TEXT = re.compile(r"StorageError: \[Errno \d+\] (.+?)(?: \[while running .*)?$", re.MULTILINE)
+
+
+class StorageError(OSError):
+    """A write that cannot succeed by retrying (full disk, no permission): one line says which file."""
+
+
+def permanent_error(error: OSError, what: str) -> Optional[StorageError]:
+    """``error`` as a one-line :class:`StorageError` if no retry can fix it, else None."""
+    words = _PERMANENT_ERRORS.get(error.errno)
+    return None if words is None else StorageError(error.errno, f"{words} {what}: {error.strerror or error}")
+
 
 def with_retries(operation: Callable[[], T], *, attempts: int = 3, base_delay_s: float = 0.5, what: str = "") -> T:
     """Run an I/O operation, retrying ``OSError`` with exponential backoff.
 
     For transient storage errors (a GCS 503, an NFS hiccup). The last error propagates:
-    inside a stage it becomes a dead letter for that one record.
+    inside a stage it becomes a dead letter for that one record. A full disk or a refused
+    permission is raised at once as a :class:`StorageError` (retrying only fills the disk).
     """
     for attempt in range(1, attempts + 1):
         try:
             return operation()
+        except StorageError:
+            raise
         except OSError as error:
+            permanent = permanent_error(error, what or "I/O")
+            if permanent is not None:
+                raise permanent from error
             if attempt == attempts:
                 raise
             delay = base_delay_s * 2 ** (attempt - 1)
             LOG.warning("retrying %s after %s (attempt %d/%d, %.1fs)", what or "I/O", error, attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def storage_failure(error: BaseException) -> Optional[str]:
+    """The one line of the :class:`StorageError` that ended a run, if one did.
+
+    Runners re-raise a worker's exception as text (FnApiRunner: a ``RuntimeError`` holding
+    ``...StorageError: [Errno 28] disk full writing ...``), so the text is searched too.
+    """
+    cause: Optional[BaseException] = error
+    while cause is not None:
+        if isinstance(cause, StorageError):
+            return cause.strerror
+        match = _STORAGE_ERROR_TEXT.search(str(cause))
+        if match:
+            return match.group(1)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def read_bytes(path: str) -> bytes:
@@ -80,12 +127,24 @@ def publish(path: str, source: BinaryIO | bytes) -> None:
     def write() -> None:
         partial = f"{path}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
         stream.seek(0)
-        with FileSystems.create(partial, mime_type="application/octet-stream", compression_type="uncompressed") as out:
-            for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-                out.write(chunk)
-        FileSystems.rename([partial], [path])
+        try:
+            with FileSystems.create(partial, mime_type="application/octet-stream", compression_type="uncompressed") as out:
+                for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
+                    out.write(chunk)
+            FileSystems.rename([partial], [path])
+        except BaseException:
+            _remove_quietly(partial)  # a failed attempt's partial would only fill the disk further
+            raise
 
     with_retries(write, what=f"writing {path}")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except OSError as error:
+        LOG.warning("could not remove %s: %s", path, error)
 
 
 def list_files(pattern: str) -> list[str]:

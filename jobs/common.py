@@ -18,7 +18,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipeline.finalize import RunInfo, check_ledgers
+from pipeline.finalize import STATS, RunInfo, check_ledgers, holds_finished_run, retire_finished_run
 from pipeline.options import ConfigError, RunOptions, mapping_option, parse_options, resolved_config
 from pipeline.provenance import code_version
 from pipeline.runners import new_pipeline
@@ -186,7 +186,14 @@ def parse_job_options(argv: Optional[Sequence[str]], job: str, description: str,
 
 
 def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any], output: str) -> Mapping[str, Any]:
-    """Build with ``build(pipeline)``, run to the end, and return the stats once every ledger closes."""
+    """Build with ``build(pipeline)``, run to the end, and return the stats once every ledger closes.
+
+    A finished run already in ``output`` is refused unless ``--overwrite``, which retires it first.
+    """
+    if holds_finished_run(output):
+        if not options.view_as(RunOptions).overwrite:
+            raise ConfigError(f"{output} already holds a finished run ({STATS}); pass --overwrite to replace it")
+        retire_finished_run(output)
     pipeline = new_pipeline(options)
     build(pipeline)
     pipeline.run().wait_until_finish()

@@ -265,6 +265,22 @@ def read_stats(output_dir: str) -> dict[str, Any]:
         return json.loads(stream.read())
 
 
+def holds_finished_run(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a finished run: its stats.json, written last, is there."""
+    return FileSystems.exists(FileSystems.join(output_dir, STATS))
+
+
+def retire_finished_run(output_dir: str) -> None:
+    """Delete a finished run's completion marker before a new run replaces it.
+
+    From then on the folder reads as an unfinished run until the new run's finalize writes
+    stats.json again, so a reader (``build``, ``check_ledgers``) refuses a run killed half
+    way instead of taking the old stats, manifest and lineage beside replaced shards.
+    """
+    FileSystems.delete([FileSystems.join(output_dir, STATS)])
+    LOG.warning("replacing the finished run in %s: it reads as unfinished until this run ends", output_dir)
+
+
 def check_ledgers(output_dir: str) -> dict[str, Any]:
     """The stats of a finished run; raises ``LedgerError`` if any of its stages or ledgers does not close.
 

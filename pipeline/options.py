@@ -27,6 +27,9 @@ class RunOptions(PipelineOptions):
         parser.add_argument("--output", help="Output directory (local, gs://, s3://, ...).")
         parser.add_argument("--config", help="YAML file of option values; command-line flags override it.")
         parser.add_argument("--name", help="Dataset name recorded in the manifest and lineage (default: output folder name).")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="Replace a finished run already in --output (refused without it; build versions "
+                                 "are never overwritten).")
         parser.add_argument(
             "--local_workers",
             type=int,
@@ -134,6 +137,10 @@ def parse_options(
     return options
 
 
+#: Options that say how to run, not what the run is: left out of config.yaml and its checksum.
+_NOT_RECORDED = frozenset({"config", "overwrite"})
+
+
 def resolved_config(options: PipelineOptions, *option_classes: Type[PipelineOptions]) -> dict[str, Any]:
     """Our options' values (defaults included) plus the runner, for ``config.yaml``."""
     names: set[str] = set()
@@ -142,6 +149,6 @@ def resolved_config(options: PipelineOptions, *option_classes: Type[PipelineOpti
         options_class._add_argparse_args(parser)
         names.update(action.dest for action in parser._actions)
     values = options.get_all_options(drop_default=False, retain_unknown_options=False)
-    config = {name: values[name] for name in sorted(names) if name in values and name != "config"}
+    config = {name: values[name] for name in sorted(names) if name in values and name not in _NOT_RECORDED}
     config["runner"] = options.view_as(StandardOptions).runner
     return config

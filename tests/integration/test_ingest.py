@@ -86,7 +86,7 @@ def test_outputs_are_complete_and_consistent(default_run):
 
 def test_rerun_is_idempotent(default_run):
     before = {p.name: p.read_bytes() for p in default_run.glob("shard-*")}
-    ingest.run(["--output", str(default_run)])
+    ingest.run(["--output", str(default_run), "--overwrite"])
     stats = read_stats(str(default_run))
     assert stats["shards"]["written"] == 0 and stats["shards"]["kept_identical"] == stats["shards"]["count"]
     assert {p.name: p.read_bytes() for p in default_run.glob("shard-*")} == before

@@ -31,6 +31,8 @@ COMMANDS: dict[str, Command] = {
                      "jobs.build:main"),
     "versions": Command("the finished versions of a built dataset (and its versions.json index)",
                         "jobs.versions:main"),
+    "publish": Command("copy a finished version to a dataset repository (local, gs://, s3://) with a sha256 "
+                       "manifest written last", "jobs.publish:main"),
     "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
                           "jobs.thresholds:main"),
     "pbe-pairs": Command("images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented "

@@ -18,6 +18,9 @@ class Reason(str, enum.Enum):
     IMAGE_MISSING = "image_missing"
     CORRUPT_SHARD = "corrupt_shard"
     SAMPLE_WITHOUT_IMAGE = "sample_without_image"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    DANGLING_SYMLINK = "dangling_symlink"
+    SYMLINK_LOOP = "symlink_loop"
     # Decoding
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"

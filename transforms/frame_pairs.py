@@ -30,7 +30,6 @@ from typing import Any, BinaryIO, Iterator, Optional, Sequence
 import apache_beam as beam
 import cv2
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import Reason, Rejection, SourceImage
@@ -38,6 +37,7 @@ from schemas.keys import SOURCE_KEY_HEX_DIGITS, derived_seed
 from schemas.sample import mimic_fields
 from transforms.checks import check_jpeg_quality, check_seed, is_unit
 from transforms.io.decode import decode_rgb, encode_jpeg
+from transforms.io.files import NotARegularFile, open_input
 from transforms.io.shards import EncodedSample
 from transforms.ledger import RunAccounts, record_uri
 from transforms.masks import encode_mask_png
@@ -198,7 +198,7 @@ def local_copy(path: str) -> tuple[BinaryIO, str]:
     digest = hashlib.sha256()
     copy = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY_BYTES)
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as stream:
+        with open_input(path) as stream:
             for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
                 digest.update(chunk)
                 copy.write(chunk)
@@ -216,7 +216,11 @@ def _frame_json(frame: Frame) -> dict[str, Any]:
 def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSamplingConfig, rules: PairRules,
                 settings: FramePairSettings, path: str) -> Iterator[Any]:
     stage = VideoPairs.stage
-    copy, key = local_copy(path)
+    try:
+        copy, key = local_copy(path)
+    except NotARegularFile as error:
+        yield Rejection(path, stage, error.reason, error.detail)
+        return
     with copy:
         if not copy.seek(0, io.SEEK_END):
             yield Rejection(path, stage, Reason.EMPTY_FILE, "zero bytes")

@@ -1,9 +1,11 @@
 """The ingest job end to end on the local runners, on the bundled real samples."""
 import json
+import os
 import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -206,3 +208,28 @@ def test_multiprocess_runner_writes_identical_shards(default_run, tmp_path):
     ingest.run(["--output", str(output), "--name", default_run.name, "--local_workers", "2"])
     index = lambda d: {s["url"]: s["md5sum"] for s in json.loads((d / "shardindex.json").read_text())["shardlist"]}  # noqa: E731
     assert index(output) == index(default_run)
+
+
+@pytest.mark.timeout(300)
+def test_fifos_sockets_and_broken_links_are_rejected_with_their_reasons_and_the_run_finishes(samples_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((samples_dir / "images" / "coffee.jpg").read_bytes())
+    os.mkfifo(folder / "x.jpg")
+    (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "loop1.jpg").symlink_to(folder / "loop2.jpg")
+    (folder / "loop2.jpg").symlink_to(folder / "loop1.jpg")
+    # Were the FIFO opened, the job would block until a writer comes: this one comes late, so the test fails.
+    writer = threading.Timer(120, lambda: os.close(os.open(folder / "x.jpg", os.O_WRONLY | os.O_NONBLOCK)))
+    writer.start()
+    try:
+        output = tmp_path / "out"
+        ingest.run(["--input", str(folder), "--output", str(output)])
+    finally:
+        writer.cancel()
+    ledger = check_ledgers(str(output))["ledger"]
+    assert ledger["inputs"] == 5 and ledger["written"] == 1
+    rejected = {pathlib.Path(row["uri"]).name: row["reason"]
+                for row in pq.read_table(output / "rejected.parquet").to_pylist()}
+    assert rejected == {"x.jpg": "not_a_regular_file", "dangling.jpg": "dangling_symlink",
+                        "loop1.jpg": "symlink_loop", "loop2.jpg": "symlink_loop"}

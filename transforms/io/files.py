@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import errno
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
+import re
+import stat
 import re
 import time
 import uuid
 from typing import Any, BinaryIO, Callable, Optional, TypeVar
 
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from schemas import Reason
 
 LOG = logging.getLogger(__name__)
 
@@ -157,3 +165,82 @@ def remove_partials(directory: str) -> int:
     if paths:
         FileSystems.delete(paths)
     return len(paths)
+
+
+class NotARegularFile(Exception):
+    """An input name that is not a regular file (a FIFO, socket, device, directory, broken link), with its reason."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _is_local(path: str) -> bool:
+    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _open_local(path: str) -> BinaryIO:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(path):
+            raise NotARegularFile(Reason.DANGLING_SYMLINK, f"a link to {os.readlink(path)!r}, which does not exist")
+        if error.errno == errno.ELOOP:
+            raise NotARegularFile(Reason.SYMLINK_LOOP, "a symlink loop")
+        if error.errno == errno.ENXIO:
+            raise NotARegularFile(Reason.NOT_A_REGULAR_FILE, "a socket")
+        raise
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise NotARegularFile(Reason.NOT_A_REGULAR_FILE, _kind(mode))
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def open_input(path: str) -> BinaryIO:
+    """An input file for reading; on local disk only a regular file is opened, else :class:`NotARegularFile`.
+
+    Checked on the opened descriptor, so a name swapped after listing cannot slip through.
+    """
+    if _is_local(path):
+        return _open_local(path)
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
+def read_input(path: str) -> bytes:
+    """All bytes of an input file (see :func:`open_input`), retrying transient errors."""
+
+    def read() -> bytes:
+        with open_input(path) as stream:
+            return stream.read()
+
+    return with_retries(read, what=f"reading {path}")
+
+
+def list_inputs(pattern: str) -> list[str]:
+    """Paths matching ``pattern``, as :func:`list_files`, but on local disk every name, regular or not.
+
+    Beam's local listing drops names it cannot stat (broken links, link loops) without a word;
+    here they are listed so that the reader rejects them with a reason.
+    """
+    if not _is_local(pattern):
+        return list_files(pattern)
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:
+        return [pattern] if os.path.lexists(pattern) else []
+    matches = re.compile(FileSystem.translate_pattern(pattern)).match
+    folder = prefix if prefix.endswith("/") else os.path.dirname(prefix)
+    names = []
+    for directory, subdirectories, files in os.walk(folder or "."):
+        links = [name for name in subdirectories if os.path.islink(os.path.join(directory, name))]
+        names += [os.path.join(directory, name) for name in files + links]
+    return sorted(name for name in names if matches(name))

@@ -13,14 +13,13 @@ import tarfile
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import RawInput, Reason, Rejection, SourceImage
 from schemas.sample import Field, source_from_sample
 from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
-from transforms.io.files import read_bytes
+from transforms.io.files import NotARegularFile, list_inputs, read_bytes, read_input
 from transforms.ledger import RunAccounts
 from transforms.stage import RecordFunction, Stage
 
@@ -54,8 +53,7 @@ class MatchPaths(beam.PTransform):
         return (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Match" >> beam.FlatMap(list_inputs)  # every name, so a broken link is rejected, not lost
             | "DropDuplicatePaths" >> beam.Distinct()
             | "Spread" >> beam.Reshuffle()
         )
@@ -66,7 +64,12 @@ def _read_file(extensions: frozenset[str], path: str) -> Iterator[RawInput | Rej
     if extension not in extensions:
         yield Rejection(path, ReadFiles.stage, Reason.UNSUPPORTED_EXTENSION, f"extension {extension or '(none)'!r}")
         return
-    yield RawInput(uri=path, data=read_bytes(path), origin="file")
+    try:
+        data = read_input(path)
+    except NotARegularFile as error:
+        yield Rejection(path, ReadFiles.stage, error.reason, error.detail)
+        return
+    yield RawInput(uri=path, data=data, origin="file")
 
 
 class ReadFiles(Stage):

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset
-from apache_beam.io.filesystems import FileSystems
 
 from jobs import video
 from pipeline.finalize import check_ledgers
@@ -192,13 +191,13 @@ def test_an_exception_in_any_stage_is_its_records_dead_letter_and_every_ledger_c
 
 def test_each_video_is_read_once_for_its_key_and_its_frames(videos, tmp_path, monkeypatch):
     opened = []
-    open_file = FileSystems.open
+    open_file = frame_pairs.open_input
 
-    def counting_open(path, *args, **kwargs):
+    def counting_open(path):
         opened.append(pathlib.Path(path).name)
-        return open_file(path, *args, **kwargs)
+        return open_file(path)
 
-    monkeypatch.setattr(FileSystems, "open", staticmethod(counting_open))
+    monkeypatch.setattr(frame_pairs, "open_input", counting_open)
     video.run([f"--videos={videos}/*.mp4", "--skip_images", f"--output={tmp_path / 'run'}",
                "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}", "--decode={short_side: 160}"])
     assert sorted(name for name in opened if name.endswith(".mp4")) == sorted(p.name for p in videos.glob("*.mp4"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import errno
 import hashlib
 import io
 import json
@@ -10,7 +9,6 @@ import logging
 import os
 import re
 import stat
-import re
 import time
 import uuid
 from typing import Any, BinaryIO, Callable, Optional, TypeVar

@@ -28,22 +28,24 @@ import dataclasses
 import hashlib
 import io
 import logging
+import contextlib
 import math
 import posixpath
+import tarfile
 import tempfile
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from schemas.sample import LOCATION_COLUMNS, sample_digest
 from transforms.checks import is_integral
-from transforms.io.files import list_files, md5_of, publish
+from transforms.io.files import PARTIAL_SUFFIX, list_files, md5_of, permanent_error, publish
 from transforms.ledger import MAIN_LEDGER, RunAccounts
 
 LOG = logging.getLogger(__name__)
@@ -168,20 +170,106 @@ def split_parts(samples: Sequence[EncodedSample], max_count: int, max_size: int,
             yield part
 
 
-class _TarSpool:
-    """A tar assembled in a spooled temp file, with its md5, size and each sample's location row."""
+def tar_records(sample: EncodedSample, mtime: int) -> bytes:
+    """The tar records of one sample: a header and zero-padded data per member, in field order.
 
-    def __init__(self, samples: Iterable[EncodedSample], mtime: int) -> None:
-        self.file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES)
-        writer = webdataset.TarWriter(self.file, user="", group="", mode=0o444, mtime=int(mtime), encoder=False)
-        #: ``tar_offset``, ``tar_length`` and ``sample_sha256`` of each sample, in order.
-        self.locations: list[dict[str, Any]] = []
+    Byte for byte what ``webdataset.TarWriter`` writes for it, and independent of where in
+    a tar it goes, so a sample can be spooled once and copied into its shard later.
+    """
+    records = bytearray()
+    for name in sorted(sample.fields):
+        value = sample.fields[name]
+        info = tarfile.TarInfo(f"{sample.key}.{name}")
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(value), mtime, 0o444, "", ""
+        records += info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        records += value
+        records += bytes(-len(value) % tarfile.BLOCKSIZE)
+    return bytes(records)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpooledSample:
+    """A sample whose tar records wait in a spool file: what crosses the writer's shuffle instead of its bytes."""
+
+    key: str
+    nbytes: int
+    sample_sha256: str
+    metadata: Mapping[str, Any]
+    spool: str
+    offset: int
+    length: int
+
+
+def _storage_io(operation: Callable[[], Any], what: str) -> Any:
+    """Run a spool write; a full disk or a refused write becomes its one-line ``StorageError``."""
+    try:
+        return operation()
+    except OSError as error:
+        permanent = permanent_error(error, what)
+        if permanent is None:
+            raise
+        raise permanent from error
+
+
+class _SpoolFn(beam.DoFn):
+    """Append each sample's tar records to one spool file per bundle (``*.partial`` beside the shards)."""
+
+    def __init__(self, config: ShardWriterConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def start_bundle(self) -> None:
+        self._path: Optional[str] = None
+        self._file: Any = None
+        self._offset = 0
+
+    def process(self, sample: EncodedSample) -> Iterator[SpooledSample]:
+        if self._file is None:
+            self._path = self._config.path(f"{self._config.prefix}-spool-{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+            self._file = _storage_io(lambda: FileSystems.create(self._path, mime_type="application/octet-stream",
+                                                                compression_type="uncompressed"), f"writing {self._path}")
+        records = tar_records(sample, self._config.mtime)
+        _storage_io(lambda: self._file.write(records), f"writing {self._path}")
+        yield SpooledSample(key=sample.key, nbytes=sample.nbytes, sample_sha256=sample_digest(sample.fields),
+                            metadata=dict(sample.metadata), spool=self._path, offset=self._offset, length=len(records))
+        self._offset += len(records)
+
+    def finish_bundle(self) -> None:
+        if self._file is not None:
+            _storage_io(self._file.close, f"writing {self._path}")
+            self._file = None
+
+
+def _spooled_records(samples: Sequence[SpooledSample]) -> Iterator[bytes]:
+    """The tar records of spooled samples, read back one sample at a time."""
+    with contextlib.ExitStack() as stack:
+        spools: dict[str, Any] = {}
         for sample in samples:
-            offset = writer.tarstream.offset
-            writer.write({"__key__": sample.key, **sample.fields})
-            self.locations.append({"tar_offset": offset, "tar_length": writer.tarstream.offset - offset,
-                                   "sample_sha256": sample_digest(sample.fields)})
-        writer.tarstream.close()  # not writer.close(): that would close our spool too
+            if sample.spool not in spools:
+                spools[sample.spool] = stack.enter_context(FileSystems.open(sample.spool, compression_type="uncompressed"))
+            spool = spools[sample.spool]
+            spool.seek(sample.offset)
+            records = spool.read(sample.length)
+            if len(records) != sample.length:
+                raise OSError(f"spool {sample.spool} ends inside sample {sample.key}")
+            yield records
+
+
+class _TarSpool:
+    """A tar assembled in a spooled temp file from samples' tar records, with its md5, size and locations."""
+
+    def __init__(self, samples_records: Iterable[bytes]) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES)
+        #: ``tar_offset`` and ``tar_length`` of each sample, in order.
+        self.locations: list[dict[str, int]] = []
+        offset = 0
+        for records in samples_records:
+            self.file.write(records)
+            self.locations.append({"tar_offset": offset, "tar_length": len(records)})
+            offset += len(records)
+        # The end of archive as tarfile writes it: two zero blocks, then zeros to a whole record.
+        end = offset + 2 * tarfile.BLOCKSIZE
+        self.file.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
         self.size = self.file.tell()
         self.file.seek(0)
         digest = hashlib.md5()
@@ -201,13 +289,19 @@ def _parquet_bytes(rows: list[Mapping[str, Any]], schema: pa.Schema) -> bytes:
 
 
 def write_shard(config: ShardWriterConfig, name: str, samples: Sequence[EncodedSample]) -> ShardInfo:
+    """Write one shard of in-memory samples and its Parquet metadata (see :func:`_publish_shard`)."""
+    rows = [{**sample.metadata, "key": sample.key, "sample_sha256": sample_digest(sample.fields)} for sample in samples]
+    return _publish_shard(config, name, rows, (tar_records(sample, config.mtime) for sample in samples))
+
+
+def _publish_shard(config: ShardWriterConfig, name: str, rows: Sequence[Mapping[str, Any]],
+                   samples_records: Iterable[bytes]) -> ShardInfo:
     """Write one shard and its Parquet metadata atomically; skip both if identical ones exist."""
     tar_path = config.path(name)
     parquet_path = config.path(name[: -len(".tar")] + ".parquet")
-    spool = _TarSpool(samples, config.mtime)
+    spool = _TarSpool(samples_records)
     try:
-        rows = [{**sample.metadata, "key": sample.key, "shard": name, **location}
-                for sample, location in zip(samples, spool.locations)]
+        rows = [{**row, "shard": name, **location} for row, location in zip(rows, spool.locations)]
         parquet = _parquet_bytes(rows, config.metadata_schema)
         tar_unchanged = md5_of(tar_path) == spool.md5
         parquet_unchanged = md5_of(parquet_path) == hashlib.md5(parquet).hexdigest()
@@ -216,10 +310,17 @@ def write_shard(config: ShardWriterConfig, name: str, samples: Sequence[EncodedS
         if not parquet_unchanged:
             publish(parquet_path, parquet)
         written = not (tar_unchanged and parquet_unchanged)
-        LOG.info("%s %s: %d samples, %d bytes", "wrote" if written else "kept identical", name, len(samples), spool.size)
-        return ShardInfo(url=name, md5sum=spool.md5, nsamples=len(samples), filesize=spool.size, written=written)
+        LOG.info("%s %s: %d samples, %d bytes", "wrote" if written else "kept identical", name, len(rows), spool.size)
+        return ShardInfo(url=name, md5sum=spool.md5, nsamples=len(rows), filesize=spool.size, written=written)
     finally:
         spool.close()
+
+
+def _remove_spools(_: None, spools: list[str], shards: list[ShardInfo]) -> None:
+    """Delete the spool files once every shard is written (``shards`` is there to wait for them)."""
+    if spools:
+        FileSystems.delete(spools)
+    LOG.debug("removed %d spool files after %d shards", len(spools), len(shards))
 
 
 class _WriteBucketFn(beam.DoFn):
@@ -227,14 +328,15 @@ class _WriteBucketFn(beam.DoFn):
         super().__init__()
         self._config = config
 
-    def process(self, bucket_and_samples: tuple[int, Iterable[EncodedSample]],
+    def process(self, bucket_and_samples: tuple[int, Iterable[SpooledSample]],
                 total_samples: int) -> Iterator[ShardInfo | TaggedOutput]:
         bucket, samples = bucket_and_samples
         ordered = sorted(samples, key=lambda sample: sample.key)
         config = self._config
         parts = split_parts(ordered, config.max_count, config.max_size, config.min_parts(total_samples))
         for part_index, part in enumerate(parts):
-            info = write_shard(config, config.shard_name(bucket, part_index), part)
+            rows = [{**sample.metadata, "key": sample.key, "sample_sha256": sample.sample_sha256} for sample in part]
+            info = _publish_shard(config, config.shard_name(bucket, part_index), rows, _spooled_records(part))
             Metrics.counter("counterfactory.write", "shards_written_count" if info.written else "shards_kept_count").inc()
             Metrics.counter("counterfactory.write", "samples_written_count").inc(info.nsamples)
             Metrics.counter("counterfactory.write", "shard_bytes_total_bytes").inc(info.filesize)
@@ -258,14 +360,22 @@ class WriteShards(beam.PTransform):
         config = self._config
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
         buckets = total | "BucketCount" >> beam.Map(config.bucket_count)
+        spooled = samples | "Spool" >> beam.ParDo(_SpoolFn(config))
         written = (
-            samples
+            spooled
             | "AssignBucket"
             >> beam.Map(lambda sample, n: (bucket_of(sample.key, n), sample), n=beam.pvalue.AsSingleton(buckets))
             | "GroupByBucket" >> beam.GroupByKey()
             | "WriteBuckets"
             >> beam.ParDo(_WriteBucketFn(config), total_samples=beam.pvalue.AsSingleton(total)).with_outputs(
                 _WRITTEN_KEYS, main="shards")
+        )
+        spools = spooled | "SpoolFiles" >> beam.Map(lambda sample: sample.spool) | "DistinctSpools" >> beam.Distinct()
+        _ = (
+            samples.pipeline
+            | "AfterWrite" >> beam.Create([None])
+            | "RemoveSpools" >> beam.Map(_remove_spools, spools=beam.pvalue.AsList(spools),
+                                         shards=beam.pvalue.AsList(written.shards))
         )
         accounts = RunAccounts.of(samples.pipeline)
         accounts.add_stage(STAGE, self._unit, samples, main=written[_WRITTEN_KEYS], output_keys=lambda keys: keys)

@@ -87,7 +87,7 @@ def test_samples_hold_target_mask_and_reference_at_their_sizes(coco_run):
         assert meta["reference"]["seed"] == meta["seed"]
         x0, y0, x1, y1 = meta["crop_box"]
         assert x1 - x0 == y1 - y0  # square crop
-    rows = pq.read_table(next(coco_run.glob("*.parquet"))).to_pylist()
+    rows = [row for path in sorted(coco_run.glob("shard-*.parquet")) for row in pq.read_table(path).to_pylist()]
     assert {row["key"] for row in rows} == set(samples(coco_run))
 
 

@@ -226,18 +226,38 @@ class _SpoolFn(beam.DoFn):
     def process(self, sample: EncodedSample) -> Iterator[SpooledSample]:
         if self._file is None:
             self._path = self._config.path(f"{self._config.prefix}-spool-{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
-            self._file = _storage_io(lambda: FileSystems.create(self._path, mime_type="application/octet-stream",
-                                                                compression_type="uncompressed"), f"writing {self._path}")
         records = tar_records(sample, self._config.mtime)
-        _storage_io(lambda: self._file.write(records), f"writing {self._path}")
+        try:
+            if self._file is None:
+                self._file = _storage_io(lambda: FileSystems.create(self._path, mime_type="application/octet-stream",
+                                                                    compression_type="uncompressed"),
+                                         f"writing {self._path}")
+            _storage_io(lambda: self._file.write(records), f"writing {self._path}")
+        except BaseException:
+            self._discard()
+            raise
         yield SpooledSample(key=sample.key, nbytes=sample.nbytes, sample_sha256=sample_digest(sample.fields),
                             metadata=dict(sample.metadata), spool=self._path, offset=self._offset, length=len(records))
         self._offset += len(records)
 
     def finish_bundle(self) -> None:
         if self._file is not None:
-            _storage_io(self._file.close, f"writing {self._path}")
+            try:
+                _storage_io(self._file.close, f"writing {self._path}")
+            except BaseException:
+                self._discard()
+                raise
             self._file = None
+
+    def _discard(self) -> None:
+        """Delete a failed bundle's spool at once: a retried bundle writes a new one, and a full disk stays full."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        with contextlib.suppress(OSError):
+            if FileSystems.exists(self._path):
+                FileSystems.delete([self._path])
 
 
 def _spooled_records(samples: Sequence[SpooledSample]) -> Iterator[bytes]:

@@ -214,6 +214,11 @@ def open_input(path: str) -> BinaryIO:
     return FileSystems.open(path, compression_type="uncompressed")
 
 
+def input_exists(path: str) -> bool:
+    """Whether an input name exists; on local disk a broken link does, so that reading it says why it fails."""
+    return os.path.lexists(path) if _is_local(path) else FileSystems.exists(path)
+
+
 def read_input(path: str) -> bytes:
     """All bytes of an input file (see :func:`open_input`), retrying transient errors."""
 

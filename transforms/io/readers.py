@@ -19,7 +19,7 @@ from apache_beam.pvalue import TaggedOutput
 from schemas import RawInput, Reason, Rejection, SourceImage
 from schemas.sample import Field, source_from_sample
 from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
-from transforms.io.files import NotARegularFile, list_inputs, read_bytes, read_input
+from transforms.io.files import NotARegularFile, input_exists, list_inputs, open_input, read_bytes, read_input
 from transforms.ledger import RunAccounts
 from transforms.stage import RecordFunction, Stage
 
@@ -126,9 +126,15 @@ def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
 def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, bytes]] | Rejection]:
     """``(key, fields)`` per sample of a tar, streaming; a damaged tail ends it as one ``corrupt_shard`` rejection.
 
-    Samples before the damage are kept: a truncated upload loses only what is missing.
+    Samples before the damage are kept: a truncated upload loses only what is missing. A
+    name that is no regular file (a FIFO named ``x.tar``) is one rejection with its reason.
     """
-    with FileSystems.open(path, compression_type="uncompressed") as stream:
+    try:
+        opened = open_input(path)
+    except NotARegularFile as error:
+        yield Rejection(path, stage, error.reason, error.detail)
+        return
+    with opened as stream:
         samples = tar_samples(stream)
         while True:
             try:
@@ -232,13 +238,18 @@ class _ParseAnnotationsFn(beam.DoFn):
 
 
 def _read_annotated_image(origin: str, image: AnnotatedImage) -> Iterator[RawInput | Rejection]:
-    if not FileSystems.exists(image.path):
+    if not input_exists(image.path):
         yield Rejection(image.path, ReadAnnotatedImages.stage, Reason.IMAGE_MISSING,
                         "named by the annotation file but not found")
         return
+    try:
+        data = read_input(image.path)
+    except NotARegularFile as error:
+        yield Rejection(image.path, ReadAnnotatedImages.stage, error.reason, error.detail)
+        return
     yield RawInput(
         uri=image.path,
-        data=read_bytes(image.path),
+        data=data,
         annotations=image.annotations,
         origin=origin,
         boxes_normalized=image.normalized,

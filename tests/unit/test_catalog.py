@@ -153,6 +153,31 @@ def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, 
     assert "not the catalog's reference" in caplog.text
 
 
+def test_converted_model_without_its_sources_still_resolves_and_keeps_its_manifest(weights: Path, cache: Path,
+                                                                                  monkeypatch) -> None:
+    """A cache copied without ``source/`` where the sources cannot be fetched again (offline)."""
+    class Reverse(sources._Converter):
+        inputs = ("weights",)
+
+        def fingerprint(self) -> str:
+            return "v1"
+
+        def convert(self, files, out_dir, cache_dir):
+            out = out_dir / "converted.bin"
+            out.write_bytes(files["weights"].read_bytes()[::-1])
+            return {"model": out}
+
+    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
+    spec = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse")
+    converted = fetch_model(spec, cache)
+    shutil.rmtree(cache / "models" / "demo" / "source")
+    weights.unlink()  # the source is gone too: a refetch would fail, as npm does offline
+    assert is_cached(spec, cache)
+    again = resolve_model("demo", cache, catalog={"demo": spec})
+    assert again.files == converted.files and again.file_sha256 == converted.file_sha256
+    assert files_under(cache / "models" / "demo") == ["converted.bin", "manifest.json"]
+
+
 # --------------------------------------------------------------------------- package registries (local)
 
 

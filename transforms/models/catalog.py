@@ -356,12 +356,16 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _read_manifest(path: Path, fingerprint: str) -> Optional[dict[str, Any]]:
-    """The manifest if it is complete, current and its files are all there with their sizes."""
+    """The manifest if it is complete, current and its files are all there with their sizes.
+
+    Only the files handlers load count: a converted model's ``sources`` are provenance, so an
+    entry copied or installed without ``source/`` stays valid (refetching them offline would fail).
+    """
     try:
         manifest = json.loads(path.read_text())
         if manifest.get("fingerprint") != fingerprint:
             return None
-        for entry in [*manifest["files"].values(), *manifest.get("sources", {}).values()]:
+        for entry in manifest["files"].values():
             local = path.parent / entry["path"]
             if not local.exists() or (local.is_file() and local.stat().st_size != entry["bytes"]):
                 return None

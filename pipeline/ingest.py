@@ -1,6 +1,6 @@
 """The ingest graph: raw images, tars or annotated datasets -> normalised source shards.
 
-    ReadSources (read -> decode/normalise -> dedup) -> encode -> write shards -> finalize
+    ReadSources (read -> decode/normalise -> dedup) -> image size -> encode -> write shards -> finalize
 """
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ from schemas.sample import source_metadata_row, source_to_sample
 from transforms.encode import EncodeSamples
 from transforms.io.shards import EncodedSample, ShardWriterConfig, WriteShards
 from transforms.ledger import RunAccounts, count_funnel
+from transforms.selection import FilterImageSize, SelectionConfig
 
-FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "written")
+FUNNEL_STEPS = (*SOURCE_FUNNEL_STEPS, "sized", "written")
+
+#: Ingest's default shortest side: the smallest any job makes a sample from (a PbE crop, a video-pairs
+#: frame: 16 px). Bootstrap applies its own, larger ``selection.min_image_side`` to the shards.
+MIN_IMAGE_SIDE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +32,8 @@ class IngestConfig:
     sources: SourcesConfig
     writer: ShardWriterConfig
     run: RunInfo
+    #: Bootstrap's image-size rule (only ``min_image_side`` is read): smaller images are ``image_too_small``.
+    image_size: SelectionConfig
 
 
 class _SourceSampleEncoder:
@@ -44,7 +51,9 @@ class _SourceSampleEncoder:
 def build_ingest(p: beam.Pipeline, config: IngestConfig) -> beam.PCollection:
     """Add the ingest graph to ``p``; returns the PCollection holding the run's stats dict."""
     sources = p | "ReadSources" >> ReadSources(config.sources)
-    encoded = sources | "EncodeSamples" >> EncodeSamples(_SourceSampleEncoder(config.run.provenance))
+    sized = sources | "ImageSize" >> FilterImageSize(config.image_size)
+    RunAccounts.of(p).add_counts(count_funnel(sized, "FunnelSized", "sized"))
+    encoded = sized | "EncodeSamples" >> EncodeSamples(_SourceSampleEncoder(config.run.provenance))
     shards = encoded | "WriteShards" >> WriteShards(config.writer)
     RunAccounts.of(p).add_counts(count_funnel(shards, "FunnelWritten", "written", lambda shard: shard.nsamples))
     return shards | "Finalize" >> FinalizeRun(config.run, config.writer)

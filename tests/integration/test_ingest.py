@@ -11,6 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import webdataset
+from PIL import Image
 
 from jobs import ingest
 from pipeline.finalize import check_ledgers, read_stats
@@ -233,3 +234,20 @@ def test_fifos_sockets_and_broken_links_are_rejected_with_their_reasons_and_the_
                 for row in pq.read_table(output / "rejected.parquet").to_pylist()}
     assert rejected == {"x.jpg": "not_a_regular_file", "dangling.jpg": "dangling_symlink",
                         "loop1.jpg": "symlink_loop", "loop2.jpg": "symlink_loop"}
+
+
+def test_an_image_smaller_than_min_image_side_is_rejected_as_bootstrap_rejects_it(samples_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((samples_dir / "images" / "coffee.jpg").read_bytes())
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "dot.png")
+    Image.new("RGB", (40, 16), (10, 200, 10)).save(folder / "strip.png")
+    output = tmp_path / "out"
+    ingest.run(["--input", str(folder), "--output", str(output)])
+    ledger = check_ledgers(str(output))["ledger"]
+    assert ledger["inputs"] == 3 and ledger["written"] == 2 and ledger["rejected"] == {"image_too_small": 1}
+    (row,) = pq.read_table(output / "rejected.parquet").to_pylist()
+    assert pathlib.Path(row["uri"]).name == "dot.png" and row["stage"] == "image_size"
+    strict = tmp_path / "strict"
+    ingest.run(["--input", str(folder), "--output", str(strict), "--min_image_side", "64"])
+    assert check_ledgers(str(strict))["ledger"]["rejected"] == {"image_too_small": 2}

@@ -40,11 +40,12 @@ from _common import LOG, quiet_logging
 
 from jobs.common import SAMPLES
 from schemas import Annotation, Detection, RawInput, SourceImage
+from transforms.duplicates import iou
 from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
 from transforms.io.decode import DecodeConfig, decode_source
 from transforms.io.files import read_bytes
 from transforms.models.detection import DetectorConfig, make_detector_handler
-from transforms.selection import SelectionConfig, duplicates, iou
+from transforms.selection import SelectionConfig, duplicates
 
 
 @dataclasses.dataclass(frozen=True)

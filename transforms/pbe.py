@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -45,6 +45,7 @@ from schemas.keys import derived_seed
 from schemas.sample import LabelledBox, pbe_fields, pbe_metadata_row
 from transforms.augment import HUE_SHIFT, A, augment
 from transforms.checks import check_jpeg_quality, check_rgb, check_seed, check_units, is_int, is_integral, is_number
+from transforms.duplicates import DUPLICATE_IOU, duplicate_detail, duplicate_of
 from transforms.io.decode import decode_rgb, encode_jpeg
 from transforms.io.shards import EncodedSample
 from transforms.ledger import record_uri
@@ -102,15 +103,18 @@ class BoxFilterConfig:
     Too small: the reference is a smudge once enlarged to 224 px. Too large: the masked
     region leaves no context to inpaint from. ``max_aspect_ratio`` bounds
     ``max(w / h, h / w)``: slivers make references that are mostly stretching.
+    ``duplicate_iou``: a detected box with at least this IoU with a higher-scored one is the
+    same object under another label (bootstrap's rule, :mod:`transforms.duplicates`); 1 disables it.
     """
 
     min_area_fraction: float = 0.02
     max_area_fraction: float = 0.8
     min_side_px: int = 32
     max_aspect_ratio: float = 4.0
+    duplicate_iou: float = DUPLICATE_IOU
 
     def __post_init__(self) -> None:
-        check_units(self, ("min_area_fraction", "max_area_fraction"))
+        check_units(self, ("min_area_fraction", "max_area_fraction", "duplicate_iou"))
         if self.min_area_fraction > self.max_area_fraction:
             raise ValueError(f"min_area_fraction {self.min_area_fraction} > max_area_fraction {self.max_area_fraction}")
         if not (is_int(self.min_side_px) and self.min_side_px >= 0):
@@ -553,6 +557,18 @@ def _pair_sample(config: PbeConfig, settings: PairSettings, provenance: Mapping[
     return EncodedSample(key=key, fields=fields, metadata=pbe_metadata_row(source, key, box, pair.record))
 
 
+def _duplicates(boxes: Sequence[LabelledBox], min_iou: float) -> list[Optional[tuple[Reason, str]]]:
+    """Per box, its ``duplicate_detection`` failure (the same object as a higher-scored box), or ``None``."""
+    if min_iou >= 1:
+        return [None] * len(boxes)
+    # An annotation carries no score: annotated boxes are never duplicates of each other.
+    repeats = duplicate_of([b.box for b in boxes], [1.0 if b.score is None else b.score for b in boxes],
+                           [b.score is None for b in boxes], min_iou)
+    return [None if j is None else
+            (Reason.DUPLICATE_DETECTION, duplicate_detail(box.box, boxes[j].box, j, boxes[j].label, boxes[j].score))
+            for box, j in zip(boxes, repeats)]
+
+
 def _make_pairs(config: PbeConfig, settings: PairSettings, provenance: Mapping[str, Any],
                 image: BoxedImage) -> Iterator[Any]:
     source, boxes = image
@@ -562,9 +578,10 @@ def _make_pairs(config: PbeConfig, settings: PairSettings, provenance: Mapping[s
         return
     outcomes: list[EncodedSample | Rejection] = []
     kept = []
+    repeats = _duplicates(boxes, config.boxes.duplicate_iou)
     for index, box in enumerate(boxes):
         key = object_key(source.key, index)
-        failure = check_box(box.box, source.width, source.height, config.boxes)
+        failure = repeats[index] or check_box(box.box, source.width, source.height, config.boxes)
         if failure is None:
             kept.append((key, box))
         else:
@@ -585,7 +602,8 @@ def _make_pairs(config: PbeConfig, settings: PairSettings, provenance: Mapping[s
 class MakePairs(Stage):
     """Images with their boxes -> one :class:`ImageBoxes` per image: a pair per kept box, each other box's rejection.
 
-    Boxes pass the filters (:func:`check_box`), then the largest ``max_boxes`` are kept.
+    Boxes pass the filters (a detected box repeating a higher-scored one is ``duplicate_detection``,
+    as in bootstrap; then :func:`check_box`), then the largest ``max_boxes`` are kept.
     An image without boxes is rejected ``no_boxes``; one none of whose boxes is kept,
     ``no_suitable_box``, its record going to ``unpaired`` so that its boxes are still
     accounted. All pairs of an image are made before its record is emitted: an error is

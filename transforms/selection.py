@@ -39,6 +39,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from schemas import Box, Detection, Reason, Rejection, SourceImage, object_key
 from transforms.checks import is_int, is_unit
+from transforms.duplicates import DUPLICATE_IOU, duplicate_detail, duplicate_of, intersection
 from transforms.ledger import RunAccounts
 from transforms.models.segmentation import SegmentationRequest
 from transforms.stage import RecordFunction, Stage
@@ -71,7 +72,7 @@ class SelectionConfig:
     min_area_fraction: float = 0.005
     max_area_fraction: float = 0.7
     min_border_fraction: float = 0.0
-    duplicate_iou: float = 0.7
+    duplicate_iou: float = DUPLICATE_IOU
     max_overlap: float = 0.5
     max_objects: int = 8
     min_image_side: int = 64
@@ -203,15 +204,9 @@ class BorderDistance(Rule):
         return None if distance >= self.minimum else f"box is {max(distance, 0.0):.4f} of the image from its border < {self.minimum}"
 
 
-def _intersection(box: Box, other: Box) -> float:
-    width = min(box.x1, other.x1) - max(box.x0, other.x0)
-    height = min(box.y1, other.y1) - max(box.y0, other.y0)
-    return max(width, 0.0) * max(height, 0.0)
-
-
 def overlap_share(box: Box, other: Box) -> float:
     """The share of ``box``'s area that ``other`` covers."""
-    return _intersection(box, other) / box.area
+    return intersection(box, other) / box.area
 
 
 #: The share of an object's box that a larger box must cover to be taken for what is behind it.
@@ -222,30 +217,10 @@ def _behind(share: float, box: Box, other: Box) -> bool:
     return share >= CONTAINED_SHARE and other.area > box.area
 
 
-def iou(box: Box, other: Box) -> float:
-    inter = _intersection(box, other)
-    return inter / (box.area + other.area - inter)
-
-
-def _annotated(detection: Detection) -> bool:
-    return detection.box_source == "annotation"
-
-
 def duplicates(detections: Sequence[Detection], min_iou: float) -> tuple[Optional[int], ...]:
-    """Class-agnostic suppression: for each detection, the higher-scored one it repeats, or ``None``.
-
-    Two annotated boxes are never duplicates: an annotator drew each for an object of its own
-    (a rider on a horse, a cup on a saucer), where a detector's two overlapping labels are one guess.
-    """
-    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    primaries: list[int] = []
-    duplicate_of: list[Optional[int]] = [None] * len(detections)
-    for i in order:
-        duplicate_of[i] = next((j for j in primaries if not (_annotated(detections[i]) and _annotated(detections[j]))
-                                and iou(detections[i].box, detections[j].box) >= min_iou), None)
-        if duplicate_of[i] is None:
-            primaries.append(i)
-    return tuple(duplicate_of)
+    """For each detection, the higher-scored one it repeats, or ``None`` (:func:`transforms.duplicates.duplicate_of`)."""
+    return duplicate_of([d.box for d in detections], [d.score for d in detections],
+                        [d.box_source == "annotation" for d in detections], min_iou)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +233,7 @@ class NotDuplicate(Rule):
         if j is None:
             return None
         other = image.detections[j]
-        return f"IoU {iou(detection.box, other.box):.3f} with detection {j} ({other.label} {other.score:.2f})"
+        return duplicate_detail(detection.box, other.box, j, other.label, other.score)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 
-from schemas import Box, Reason, Rejection, SourceImage, object_key
+from schemas import Box, Detection, Reason, Rejection, SourceImage, object_key
 from schemas.sample import LabelledBox
 from transforms.io.decode import encode_jpeg
 from transforms.io.shards import EncodedSample
@@ -31,6 +32,7 @@ from transforms.pbe import (
     bezier_mask,
     check_box,
     crop_and_resize,
+    detected_boxes,
     extended_box,
     make_pair,
     object_mask,
@@ -38,6 +40,7 @@ from transforms.pbe import (
     reference_crop,
     square_crop,
 )
+from transforms.selection import SelectionConfig, select_objects
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 1000, 500  # 500_000 px: 0.02 of it is 10_000, 0.8 is 400_000
@@ -471,3 +474,19 @@ def test_an_image_without_a_usable_box_is_rejected_and_its_boxes_still_named():
     assert (rejection.reason, rejection.key) == (Reason.NO_SUITABLE_BOX, IMAGE_KEY)
     (no_boxes,) = run_pairs_stage(boxed_image())
     assert (no_boxes.reason, no_boxes.key) == (Reason.NO_BOXES, IMAGE_KEY)
+
+
+@pytest.mark.parametrize("truck_box, expected_iou", [((100, 100, 300, 300), 1.0), ((100, 100, 300, 290), 0.95)])
+def test_one_object_under_two_labels_is_a_duplicate_detection_as_in_bootstrap(truck_box, expected_iou):
+    car = Detection(label="car", class_id=2, score=0.9, box=Box(100, 100, 300, 300), detector="test")
+    truck = Detection(label="truck", class_id=7, score=0.6, box=Box(*truck_box), detector="test")
+    source, _ = boxed_image()
+    bootstrap = select_objects([car, truck], source.width, source.height, SelectionConfig())
+    assert [(index, reason) for index, reason, _ in bootstrap.rejected] == [(1, Reason.DUPLICATE_DETECTION)]
+    (record,) = run_pairs_stage(detected_boxes(PredictionResult(source, [car, truck])))
+    first, second = (next(box for box in record.boxes if box.key == object_key(IMAGE_KEY, i)) for i in (0, 1))
+    assert isinstance(first, EncodedSample) and second.reason == Reason.DUPLICATE_DETECTION
+    assert second.detail.endswith(f"IoU {expected_iou:.3f} with detection 0 (car 0.90)")
+    # Annotators' boxes are never duplicates of each other, in either job.
+    (annotated,) = run_pairs_stage(boxed_image((100, 100, 300, 300), (100, 100, 300, 290)))
+    assert all(isinstance(box, EncodedSample) for box in annotated.boxes)

@@ -18,7 +18,7 @@ CORE = [
     "pyyaml>=6",
     "webdataset>=1.0",
     "wids>=0.1.10",
-    "opencv-python-headless>=4.9",
+    "opencv-python-headless>=4.9",  # the only OpenCV flavour, in every extra too (tests/unit/test_install.py)
     "scikit-image>=0.23",
     "pypatchmatch>=2.2",  # PatchMatch inpainting, a removal candidate of the embedded default (651 kB wheel, MIT)
     "onnxruntime>=1.18",
@@ -31,7 +31,9 @@ CORE = [
 TORCH = [
     "torch>=2.4,!=2.13.*",  # 2.13's CPU wheel has no matching torchvision (docs/FACTS).
     "torchvision",
-    "ultralytics>=8.3",
+    # Ultralytics' own build of ultralytics that needs opencv-python-headless, not opencv-python: one cv2 (the
+    # two wheels ship the same module, and whichever installs last wins); its import name is ultralytics.
+    "ultralytics-opencv-headless>=8.4",
     "segment-anything>=1.0",
     "diffusers>=0.30",
     "transformers>=4.44",

@@ -47,6 +47,8 @@ def thresholds_option(text: str) -> dict[str, Any]:
 class SelectionOptions(PipelineOptions):
     """How the candidate of each object is chosen: what ``build`` and ``thresholds`` share."""
 
+    INPUTS = ("candidates", "decisions")  # checked by pipeline.preflight
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         bounds = ", ".join(f"{name}: {bound}" for name, bound in DEFAULT_THRESHOLDS.items())

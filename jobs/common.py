@@ -18,8 +18,9 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipeline.finalize import STATS, RunInfo, check_ledgers, holds_finished_run, retire_finished_run
-from pipeline.options import ConfigError, RunOptions, mapping_option, parse_options, resolved_config
+from pipeline.finalize import RunInfo, check_ledgers, holds_finished_run, retire_finished_run
+from pipeline.options import ConfigError, RunOptions, device_option, mapping_option, parse_options, resolved_config
+from pipeline.preflight import preflight, refuse_finished_run
 from pipeline.provenance import code_version
 from pipeline.runners import new_pipeline
 from pipeline.sources import AnnotationSource, SourcesConfig
@@ -40,6 +41,8 @@ SAMPLE_BROKEN = str(SAMPLES / "broken")
 
 class InputOptions(PipelineOptions):
     """Where a job's images come from and how they are decoded."""
+
+    INPUTS = ("input", "shards", "annotations")  # checked by pipeline.preflight
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -65,7 +68,8 @@ class DetectorOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", default="cpu", help="Where every model runs: cpu, cuda or cuda:N.")
+        parser.add_argument("--device", default="cpu", type=device_option,
+                            help="Where every model runs: cpu, cuda or cuda:N.")
         parser.add_argument("--detector", default="nanodet-coco80", help="Detector: catalog id or path (.pt/.onnx/.engine).")
         parser.add_argument("--detector_options", type=mapping_option, default={},
                             help="DetectorConfig settings, e.g. '{score_threshold: 0.3, max_batch_size: 32}'.")
@@ -182,6 +186,7 @@ def parse_job_options(argv: Optional[Sequence[str]], job: str, description: str,
                       *option_classes: type[PipelineOptions]) -> PipelineOptions:
     options = parse_options(argv, f"counterfactory {job}", description, *option_classes)
     options.view_as(SetupOptions).save_main_session = False
+    preflight(options, option_classes)  # before any model resolves or input is listed
     return options
 
 
@@ -190,9 +195,8 @@ def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any]
 
     A finished run already in ``output`` is refused unless ``--overwrite``, which retires it first.
     """
+    refuse_finished_run(output, options.view_as(RunOptions).overwrite)
     if holds_finished_run(output):
-        if not options.view_as(RunOptions).overwrite:
-            raise ConfigError(f"{output} already holds a finished run ({STATS}); pass --overwrite to replace it")
         retire_finished_run(output)
     pipeline = new_pipeline(options)
     build(pipeline)

@@ -38,6 +38,8 @@ DESCRIPTION = "Object cut-outs pasted onto other real images -> removal shards w
 
 
 class CompositesOptions(PipelineOptions):
+    INPUTS = ("objects",)  # checked by pipeline.preflight
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--objects", action="append", default=None,

@@ -62,6 +62,8 @@ CURVE_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class EvaluateOptions(PipelineOptions):
+    INPUTS = ("truth",)  # checked by pipeline.preflight
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--truth", action="append", default=None,

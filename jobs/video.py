@@ -59,6 +59,8 @@ def sample_videos() -> list[str]:
 
 
 class VideoOptions(PipelineOptions):
+    INPUTS = ("videos",)  # checked by pipeline.preflight
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--videos", action="append", default=None,

@@ -3,16 +3,28 @@
 A YAML file given with ``--config`` holds option names as keys (``max_shard_count: 500``);
 flags on the command line override it. The resolved options are saved as ``config.yaml``
 with every output, and that file can be passed back with ``--config`` to repeat a run.
+
+A job knows its own options and every option of the ``PipelineOptions`` classes Beam ships
+(``--runner``, ``--project``, ``--temp_location``, ...); anything else, on the command line
+or as a YAML key, is refused before the job does any work (Beam alone would drop it with a
+warning), and so are abbreviations (``--inp``).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any, Iterable, Optional, Sequence, Type
 
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
+
+from pipeline.arguments import argument_error, did_you_mean, option_strings, unknown_argument
+from transforms.checks import check_device
+
+#: Beam modules whose options classes are not imported with ``pipeline_options`` (their runner's options).
+_RUNNER_OPTION_MODULES = ("apache_beam.runners.render", "apache_beam.runners.dask.dask_runner")
 
 
 class ConfigError(ValueError):
@@ -43,7 +55,7 @@ class RunOptions(PipelineOptions):
                             help="Fewest shards a run of at least that many samples writes (one per DataLoader worker).")
 
 
-def _yaml_to_argv(path: str) -> list[str]:
+def _read_config(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as stream:
             values = yaml.safe_load(stream) or {}
@@ -53,6 +65,10 @@ def _yaml_to_argv(path: str) -> list[str]:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option names to values")
+    return values
+
+
+def _yaml_to_argv(values: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for name, value in values.items():
         flag = f"--{name}"
@@ -88,8 +104,61 @@ def mapping_option(text: str) -> dict[str, Any]:
     return value
 
 
+def device_option(text: str) -> str:
+    """argparse ``type`` of ``--device``, so a wrong device is blamed on that flag."""
+    try:
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
+class _CheckingParser(_BeamArgumentParser):
+    """Beam's parser (it knows value-provider arguments) with its errors raised as :class:`ConfigError`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(argument_error(message))
+
+
+def _beam_option_classes() -> list[Type[PipelineOptions]]:
+    """Every options class Beam ships that declares options (each once; subclasses searched recursively)."""
+    for module in _RUNNER_OPTION_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional runner that is not installed: its options cannot be used either
+            pass
+    found: dict[int, Type[PipelineOptions]] = {}
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        if cls.__module__.startswith("apache_beam.") and "_add_argparse_args" in cls.__dict__:
+            found.setdefault(id(cls), cls)
+    return list(found.values())
+
+
+def _check_arguments(argv: Sequence[str], config: Optional[str], values: dict[str, Any],
+                     option_classes: Sequence[Type[PipelineOptions]]) -> None:
+    """Refuse an unknown flag or config key, an abbreviation, or a value its option's type refuses."""
+    ours, parser = _CheckingParser(allow_abbrev=False), _CheckingParser(allow_abbrev=False)
+    for options_class in option_classes:
+        options_class._add_argparse_args(ours)
+        options_class._add_argparse_args(parser)
+    for options_class in _beam_option_classes():
+        options_class._add_argparse_args(parser)
+    own, known = option_strings(ours), option_strings(parser)
+    for key in values:
+        if f"--{key}" not in known:
+            names = [flag[2:] for flag in own]
+            raise ConfigError(f"unknown option {key!r} in config file {config}"
+                              f"{did_you_mean(str(key), names, [flag[2:] for flag in known])}")
+    _, extras = parser.parse_known_args(list(argv))
+    if extras:
+        raise ConfigError(unknown_argument(extras, own, known))
+
+
 def _config_path(argv: Sequence[str]) -> Optional[str]:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--config")
     known, _ = parser.parse_known_args(argv)
     return known.config
@@ -116,7 +185,9 @@ def parse_options(
         _print_help(prog, description, (RunOptions, *option_classes))
         raise SystemExit(0)
     config = _config_path(argv)
-    argv = (_yaml_to_argv(config) if config else []) + argv
+    values = _read_config(config) if config else {}
+    argv = _yaml_to_argv(values) + argv
+    _check_arguments(argv, config, values, (RunOptions, *option_classes))
     options = PipelineOptions(argv)
     run = options.view_as(RunOptions)
     if not run.output:

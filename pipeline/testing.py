@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from types import MappingProxyType
@@ -75,8 +76,8 @@ def write_candidate_set(folder: pathlib.Path, objects: int, *, width: int = 96, 
                         extra_shards: Optional[dict[str, bytes]] = None) -> pathlib.Path:
     """Write a finished candidate set of ``objects`` objects to ``folder``; returns the folder.
 
-    ``extra_shards`` (name -> tar bytes) are listed in the manifest too: a test's way to
-    slip damaged or foreign shards into an otherwise valid set.
+    ``extra_shards`` (name -> tar bytes) are listed in the manifest too, with their md5 and
+    size: a test's way to slip damaged or foreign shards into an otherwise valid set.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -89,7 +90,8 @@ def write_candidate_set(folder: pathlib.Path, objects: int, *, width: int = 96, 
     entries = manifest(shards, folder.name)
     for name, data in (extra_shards or {}).items():
         (folder / name).write_bytes(data)
-        entries["shardlist"].append({"url": name, "md5sum": "", "nsamples": 0, "filesize": len(data)})
+        entries["shardlist"].append({"url": name, "md5sum": hashlib.md5(data).hexdigest(), "nsamples": 0,
+                                     "filesize": len(data)})
     (folder / MANIFEST).write_text(json.dumps(entries))
     (folder / LINEAGE).write_text(json.dumps({"content_sha256": content_digest(shards), "models": MODELS}))
     funnel = [{"step": "images_in", "count": objects}, {"step": "objects_written", "count": objects},

@@ -17,6 +17,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_EXTENSION = "unsupported_extension"
     IMAGE_MISSING = "image_missing"
     CORRUPT_SHARD = "corrupt_shard"
+    SAMPLE_DIGEST_MISMATCH = "sample_digest_mismatch"
     SAMPLE_WITHOUT_IMAGE = "sample_without_image"
     NOT_A_REGULAR_FILE = "not_a_regular_file"
     DANGLING_SYMLINK = "dangling_symlink"
@@ -91,6 +92,7 @@ class Reason(str, enum.Enum):
     CORRUPT_VIDEO = "corrupt_video"
     VIDEO_TOO_SHORT = "video_too_short"
     NO_FRAME_PAIR = "no_frame_pair"
+    NEAR_DUPLICATE_VIDEO = "near_duplicate_video"
     # Video frame pairs (MimicBrush), pairs
     FRAMES_TOO_SIMILAR = "frames_too_similar"
     FRAMES_UNRELATED = "frames_unrelated"

@@ -6,6 +6,7 @@ drops the wrong objects, not just one that crashes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pathlib
@@ -257,3 +258,44 @@ def test_versions_index_lists_finished_versions_and_points_at_their_shards(sets,
     assert cli.main(["versions", str(dataset), "--reindex"]) == 0
     assert json.loads((dataset / "versions.json").read_text())["latest"] == "v1"
     assert cli.main(["versions", str(tmp_path / "nothing")]) == 2
+
+
+def _zero_bytes_of_a_src_jpg(tar_path: pathlib.Path, count: int = 400) -> str:
+    """The issue's damage: ``count`` bytes of a sample's src.jpg zeroed in place; returns the sample key."""
+    import tarfile
+    with tarfile.open(tar_path) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith(".src.jpg") and m.size > count + 200)
+    data = bytearray(tar_path.read_bytes())
+    data[member.offset_data + 100:member.offset_data + 100 + count] = bytes(count)
+    tar_path.write_bytes(bytes(data))
+    return member.name.split(".", 1)[0]
+
+
+def test_a_candidate_shard_changed_since_written_is_refused_in_one_line(tmp_path, caplog):
+    candidates = write_candidate_set(tmp_path / "candidates", 4, seed=3)
+    shard = next(candidates.glob("shard-*.tar"))
+    _zero_bytes_of_a_src_jpg(shard)
+    argv = [f"--candidates={candidates}", f"--output={tmp_path / 'out'}", "--name=demo", "--version=v1"]
+    assert build_job.main(argv) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and f"{shard} does not match the manifest: md5" in errors[0]
+    assert not (tmp_path / "out" / "demo" / "v1" / "stats.json").exists()
+
+
+def test_a_sample_that_differs_from_its_recorded_digest_is_rejected_never_built(tmp_path):
+    """Damage the manifest cannot see (it was rewritten after the damage): the per-sample digest catches it."""
+    candidates = write_candidate_set(tmp_path / "candidates", 4, seed=3)
+    shard = next(candidates.glob("shard-*.tar"))
+    damaged = _zero_bytes_of_a_src_jpg(shard)
+    index = json.loads((candidates / "shardindex.json").read_text())
+    for entry in index["shardlist"]:
+        data = (candidates / entry["url"]).read_bytes()
+        entry.update(md5sum=hashlib.md5(data).hexdigest(), filesize=len(data))
+    (candidates / "shardindex.json").write_text(json.dumps(index))
+    version = run_build(tmp_path / "out", "v1", candidates)
+    stats = check_ledgers(str(version))
+    assert damaged not in pair_samples(version)
+    rejected = pq.read_table(version / "rejected.parquet").to_pylist()
+    assert [(row["key"], row["stage"]) for row in rejected if row["reason"] == "sample_digest_mismatch"] == [
+        (damaged, "read_candidates")]
+    assert stats["ledger"]["rejected"]["sample_digest_mismatch"] == 1 and stats["ledger"]["inputs"] == 4

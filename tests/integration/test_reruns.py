@@ -1,4 +1,6 @@
 """Re-running into a folder that holds a finished run: refused, or replaced so no reader takes a mix."""
+import shutil
+
 import pytest
 import yaml
 
@@ -6,6 +8,8 @@ import pipeline.finalize
 from jobs import ingest
 from pipeline.build import load_candidate_set
 from pipeline.finalize import STATS, check_ledgers, holds_finished_run
+from pipeline.testing import write_candidate_set
+from transforms.io.shards import ShardMismatch
 
 
 def _argv(samples_dir, output, *extra):
@@ -56,3 +60,13 @@ def test_a_replacement_killed_after_its_shards_leaves_a_folder_every_reader_refu
     # An unfinished folder is resumed without --overwrite and ends finished with the new configuration.
     stats = ingest.run(_argv(samples_dir, finished, "--jpeg_quality", "60"))
     assert stats["ledger"]["closed"] and "jpeg_quality: 60" in (finished / "config.yaml").read_text()
+
+
+def test_build_refuses_a_folder_whose_shards_are_not_the_ones_its_manifest_lists(tmp_path):
+    """A killed re-run's mix: the old stats.json and manifest beside shards the re-run replaced."""
+    finished_run = write_candidate_set(tmp_path / "run", 6, seed=1)
+    rerun = write_candidate_set(tmp_path / "rerun", 6, seed=2)
+    for shard in rerun.glob("shard-*"):
+        shutil.copy(shard, finished_run / shard.name)
+    with pytest.raises(ShardMismatch, match="does not match the manifest"):
+        load_candidate_set(str(finished_run))

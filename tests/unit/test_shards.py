@@ -21,13 +21,17 @@ from schemas.sample import LOCATION_COLUMNS, sample_digest
 
 from transforms.io.files import with_retries
 from transforms.io.files import PARTIAL_SUFFIX, publish, remove_partials
+from schemas import Reason, Rejection
+from transforms.io.readers import read_tar_samples
 from transforms.io.shards import (
     EncodedSample,
+    ShardMismatch,
     ShardWriterConfig,
     WriteShards,
     bucket_of,
     manifest,
     split_parts,
+    verify_shards,
     write_shard,
 )
 
@@ -82,6 +86,41 @@ def test_each_sample_reads_alone_from_its_recorded_byte_range(tmp_path):
             assert sample_digest(members) == row["sample_sha256"] == sample_digest({"__key__": row["key"], **members})
             members["bin"] = bytes(byte ^ 0xFF for byte in members["bin"][:10]) + members["bin"][10:]
             assert sample_digest(members) != row["sample_sha256"]
+
+
+def test_readers_of_our_shards_reject_a_sample_that_differs_from_its_recorded_digest(tmp_path):
+    samples = [sample(i, size=900) for i in range(4)]
+    write_shard(config(tmp_path), "shard-000000-00.tar", samples)
+    tar = tmp_path / "shard-000000-00.tar"
+    assert [item[0] for item in read_tar_samples(str(tar), "read_shards")] == [s.key for s in samples]
+    row = pq.read_table(tmp_path / "shard-000000-00.parquet").to_pylist()[2]
+    data = bytearray(tar.read_bytes())
+    data[row["tar_offset"] + 600:row["tar_offset"] + 1000] = bytes(400)  # inside the sample's first member
+    tar.write_bytes(bytes(data))
+    read = list(read_tar_samples(str(tar), "read_shards"))
+    assert [item[0] for item in read if not isinstance(item, Rejection)] == [s.key for s in samples if s.key != row["key"]]
+    (rejection,) = [item for item in read if isinstance(item, Rejection)]
+    assert (rejection.key, rejection.reason, rejection.uri) == (row["key"], Reason.SAMPLE_DIGEST_MISMATCH,
+                                                               f"{tar}#{row['key']}")
+    assert row["sample_sha256"] in rejection.detail
+
+
+def test_verify_shards_refuses_a_shard_that_is_not_the_one_its_manifest_lists(tmp_path):
+    info = write_shard(config(tmp_path), "shard-000000-00.tar", [sample(i) for i in range(4)])
+    listed = manifest([info], "demo")["shardlist"]
+    verify_shards(str(tmp_path), listed)
+    other = write_shard(config(tmp_path / "other"), "shard-000000-00.tar", [sample(i) for i in range(1, 5)])
+    assert other.filesize == info.filesize and other.md5sum != info.md5sum
+    (tmp_path / "shard-000000-00.tar").write_bytes((tmp_path / "other" / "shard-000000-00.tar").read_bytes())
+    with pytest.raises(ShardMismatch, match=f"md5 {other.md5sum}, listed with {info.md5sum}"):
+        verify_shards(str(tmp_path), listed)
+    with open(tmp_path / "shard-000000-00.tar", "ab") as shard:
+        shard.write(bytes(512))
+    with pytest.raises(ShardMismatch, match=f"{info.filesize + 512} bytes, listed with {info.filesize}"):
+        verify_shards(str(tmp_path), listed)
+    (tmp_path / "shard-000000-00.tar").unlink()
+    with pytest.raises(ShardMismatch, match="listed in the manifest but missing"):
+        verify_shards(str(tmp_path), listed)
 
 
 def test_sample_digest_is_defined_by_names_lengths_and_bytes():

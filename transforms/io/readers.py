@@ -17,9 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import RawInput, Reason, Rejection, SourceImage
-from schemas.sample import Field, source_from_sample
+from schemas.sample import Field, sample_digest, source_from_sample
 from transforms.io.annotations import PARSERS, AnnotatedImage, detect_format, load_class_descriptions
 from transforms.io.files import NotARegularFile, input_exists, list_inputs, open_input, read_bytes, read_input
+from transforms.io.shards import recorded_digests
 from transforms.ledger import RunAccounts
 from transforms.stage import RecordFunction, Stage
 
@@ -128,12 +129,15 @@ def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, byt
 
     Samples before the damage are kept: a truncated upload loses only what is missing. A
     name that is no regular file (a FIFO named ``x.tar``) is one rejection with its reason.
+    A tar of ours (its Parquet metadata beside it) has every sample checked against the
+    ``sample_sha256`` recorded at write time: one that differs is ``sample_digest_mismatch``.
     """
     try:
         opened = open_input(path)
     except NotARegularFile as error:
         yield Rejection(path, stage, error.reason, error.detail)
         return
+    digests = recorded_digests(path)
     with opened as stream:
         samples = tar_samples(stream)
         while True:
@@ -144,6 +148,10 @@ def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, byt
             except (tarfile.TarError, EOFError, OSError) as error:
                 yield Rejection(path, stage, Reason.CORRUPT_SHARD, f"{type(error).__name__}: {error}")
                 return
+            if digests is not None and digests.get(key) != sample_digest(fields):
+                yield Rejection(f"{path}#{key}", stage, Reason.SAMPLE_DIGEST_MISMATCH,
+                                f"sample_sha256 {sample_digest(fields)}, recorded {digests.get(key)}", key)
+                continue
             yield key, fields
 
 

@@ -318,7 +318,7 @@ def _publish_shard(config: ShardWriterConfig, name: str, rows: Sequence[Mapping[
                    samples_records: Iterable[bytes]) -> ShardInfo:
     """Write one shard and its Parquet metadata atomically; skip both if identical ones exist."""
     tar_path = config.path(name)
-    parquet_path = config.path(name[: -len(".tar")] + ".parquet")
+    parquet_path = metadata_path(tar_path)
     spool = _TarSpool(samples_records)
     try:
         rows = [{**row, "shard": name, **location} for row, location in zip(rows, spool.locations)]
@@ -407,6 +407,48 @@ def manifest(shards: Iterable[ShardInfo], name: str) -> dict[str, Any]:
     """The ``wids-shard-index-v1`` manifest; urls are relative to the manifest's directory."""
     entries = sorted((shard.manifest_entry() for shard in shards), key=lambda entry: entry["url"])
     return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": entries}
+
+
+class ShardMismatch(ValueError):
+    """A shard that is not the one its manifest lists: changed since, missing, or left by another run."""
+
+
+def verify_shards(folder: str, shardlist: Iterable[Mapping[str, Any]]) -> None:
+    """Check every shard a manifest lists against its ``filesize`` and ``md5sum``; raise for the first that differs.
+
+    Catches a damaged copy and a folder that mixes runs (a killed re-run's shards beside
+    the manifest of the run before), before any of its samples is used.
+    """
+    for entry in shardlist:
+        path = FileSystems.join(folder, entry["url"])
+        matched = FileSystems.match([path])[0].metadata_list if FileSystems.exists(path) else []
+        if not matched:
+            raise ShardMismatch(f"{path} is listed in the manifest but missing")
+        if matched[0].size_in_bytes != entry["filesize"]:
+            raise ShardMismatch(f"{path} does not match the manifest: {matched[0].size_in_bytes} bytes, listed with "
+                                f"{entry['filesize']} (changed since written, or left by another run)")
+        md5 = md5_of(path)
+        if md5 != entry["md5sum"]:
+            raise ShardMismatch(f"{path} does not match the manifest: md5 {md5}, listed with {entry['md5sum']} "
+                                f"(changed since written, or left by another run)")
+
+
+def metadata_path(tar_path: str) -> str:
+    """The Parquet metadata beside a shard."""
+    return tar_path[: -len(".tar")] + ".parquet" if tar_path.endswith(".tar") else tar_path + ".parquet"
+
+
+def recorded_digests(tar_path: str) -> Optional[dict[str, str]]:
+    """Each sample's ``sample_sha256`` as the writer recorded it beside the tar; None for a tar without our metadata."""
+    path = metadata_path(tar_path)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type="uncompressed") as stream:
+        parquet = pq.ParquetFile(io.BytesIO(stream.read()))
+    if not {"key", "sample_sha256"} <= set(parquet.schema_arrow.names):
+        return None
+    table = parquet.read(columns=["key", "sample_sha256"])
+    return dict(zip(table.column("key").to_pylist(), table.column("sample_sha256").to_pylist()))
 
 
 def stale_files(config: ShardWriterConfig, shards: Iterable[ShardInfo]) -> list[str]:

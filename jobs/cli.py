@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
                         "jobs.versions:main"),
     "publish": Command("copy a finished version to a dataset repository (local, gs://, s3://) with a sha256 "
                        "manifest written last", "jobs.publish:main"),
+    "pull": Command("fetch a published version (HTTP or any filesystem): parallel, verified, resumable; --shards "
+                    "or --where for part of it", "jobs.pull:main"),
     "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
                           "jobs.thresholds:main"),
     "pbe-pairs": Command("images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented "

@@ -1,18 +1,27 @@
-"""``counterfactory publish`` on a real build: the manifest, the index, and what a repeat or a crash leaves."""
+"""``counterfactory publish`` and ``pull`` on a real build: the manifest, the index, what a repeat or a crash
+leaves, and pulls from a real nginx (resumed after the server is killed, a flipped byte, a ``--where`` pull)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import pathlib
 import shutil
+import threading
+import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import webdataset
+import wids
 
 from jobs import build as build_job
 from jobs import cli
 from pipeline import publish as publish_module
 from pipeline.publish import REPOSITORY_MANIFEST, PublishError, publish_version
+from pipeline.pull import PARTIAL, PullConfig, PullError, pull
 from pipeline.testing import write_candidate_set
+from tests.nginx import nginx  # noqa: F401  (the fixture)
 
 
 def _files(folder: pathlib.Path) -> dict[str, bytes]:
@@ -22,7 +31,7 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def version(tmp_path_factory) -> pathlib.Path:
     base = tmp_path_factory.mktemp("publish")
-    candidates = write_candidate_set(base / "candidates", 12, seed=3)
+    candidates = write_candidate_set(base / "candidates", 24, seed=3)
     build_job.run([f"--candidates={candidates}", f"--output={base / 'out'}", "--name=demo", "--version=v1"])
     return base / "out" / "demo" / "v1"
 
@@ -85,3 +94,164 @@ def test_an_unfinished_version_is_refused(tmp_path):
     (tmp_path / "demo" / "v9").mkdir(parents=True)
     with pytest.raises(PublishError, match="not a finished version"):
         publish_version(str(tmp_path / "demo" / "v9"), str(tmp_path / "repo"))
+
+
+# --------------------------------------------------------------------------- pull
+
+
+def _samples(folder: pathlib.Path) -> dict[str, dict]:
+    index = json.loads((folder / "shardindex.json").read_text())
+    urls = [str(folder / entry["url"]) for entry in index["shardlist"]]
+    return {s["__key__"]: s for s in webdataset.WebDataset(urls, shardshuffle=False, empty_check=False)}
+
+
+def _shard_sizes(version: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in version.glob("*.tar"))
+
+
+@pytest.fixture
+def served(version, nginx, tmp_path) -> pathlib.Path:
+    """The version published into the folder nginx serves; returns the repository's copy of it."""
+    publish_version(str(version), str(tmp_path / "www"))
+    return tmp_path / "www" / "demo" / "v1"
+
+
+def test_a_pull_killed_with_its_server_resumes_and_fetches_no_completed_file_again(version, served, nginx, tmp_path):
+    target = tmp_path / "pulled"
+    nginx.start(limit_rate="16k")  # nginx sends a second of it at once, then 16 kB/s: files over 16 kB are slow
+    failure = []
+    puller = threading.Thread(target=lambda: failure.append(_pull_failure(PullConfig(
+        "demo@v1", nginx.url, str(target), workers=2))))
+    puller.start()
+    deadline = time.monotonic() + 20
+    while not (len(_complete(target)) >= 4 and any(p.stat().st_size for p in target.rglob(f"*{PARTIAL}"))):
+        assert time.monotonic() < deadline and puller.is_alive(), f"the pull ended before it could be interrupted: {failure}"
+        time.sleep(0.02)
+    nginx.kill()
+    puller.join(timeout=30)
+    assert failure and isinstance(failure[0], PullError), failure
+    completed = _complete(target)
+    partials = {str(p.relative_to(target))[:-len(PARTIAL)]: p.stat().st_size for p in target.rglob(f"*{PARTIAL}")}
+    assert completed and partials and not (target / REPOSITORY_MANIFEST).exists()
+    for path in completed:  # what has its name is verified
+        assert (target / path).read_bytes() == (version / path).read_bytes()
+
+    nginx.start()
+    result = pull(PullConfig("demo@v1", nginx.url, str(target), workers=2))
+    served_now = {row.path: row for row in nginx.served()}
+    requested = {path.split("/demo/v1/", 1)[1] for path in served_now if "/demo/v1/" in path}
+    assert not requested & set(completed)  # no completed file is fetched again
+    for path, size in partials.items():
+        if size:
+            assert served_now[f"/demo/v1/{path}"].range == f"bytes={size}-"
+    manifest = json.loads((served / REPOSITORY_MANIFEST).read_text())
+    total = sum(entry["size"] for entry in manifest["files"])
+    expected = total - sum((version / p).stat().st_size for p in completed) - sum(partials.values())
+    assert nginx.bytes_served("") - _index_bytes(served_now) == expected == result.fetched_bytes
+    assert result.kept_files == len(completed)
+    assert _files(target) == {**_files(version), REPOSITORY_MANIFEST: (served / REPOSITORY_MANIFEST).read_bytes()}
+    assert not list(target.rglob(f"*{PARTIAL}"))
+
+
+def _pull_failure(config: PullConfig):
+    try:
+        pull(config)
+    except Exception as error:  # noqa: BLE001  (the test inspects it)
+        return error
+    return None
+
+
+def _complete(target: pathlib.Path) -> list[str]:
+    return [str(p.relative_to(target)) for p in target.rglob("*") if p.is_file() and not p.name.endswith(PARTIAL)]
+
+
+def _index_bytes(served_now) -> int:
+    """Bytes of the index and the manifest, which every pull reads to know what to fetch."""
+    return sum(row.bytes for path, row in served_now.items()
+               if path.endswith(("/versions.json", f"/v1/{REPOSITORY_MANIFEST}")))
+
+
+def test_a_flipped_byte_on_the_server_is_caught_refetched_once_then_the_pull_fails_naming_the_file(
+        version, served, nginx, tmp_path, caplog):
+    nginx.start()
+    shard = sorted(served.glob("*.tar"))[1]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:700] + bytes([good[700] ^ 0x01]) + good[701:])
+    target = tmp_path / "pulled"
+    with pytest.raises(PullError, match=f"{shard.name} fails verification against the manifest after fetching it "
+                                        f"twice: sha256"):
+        pull(PullConfig("demo@v1", nginx.url, str(target), workers=1))
+    assert [row.status for row in nginx.served() if row.path.endswith(shard.name)] == [200, 200]
+    assert not (target / shard.name).exists() and not (target / f"{shard.name}{PARTIAL}").exists()
+    assert cli.main(["pull", "demo@v1", "--from", nginx.url, "--to", str(target)]) == 1
+    assert f"pull failed: {shard.name} fails verification" in caplog.text
+
+    shard.write_bytes(good)  # repaired on the server; and a byte flipped in a pulled file on this side
+    kept = sorted(p for p in target.glob("*.parquet"))[0]
+    kept.write_bytes(b"X" + kept.read_bytes()[1:])
+    nginx.start()
+    pull(PullConfig("demo@v1", nginx.url, str(target)))
+    assert _files(target) == {**_files(version), REPOSITORY_MANIFEST: (served / REPOSITORY_MANIFEST).read_bytes()}
+    requested = {row.path.rsplit("/", 1)[1] for row in nginx.served()}
+    assert {shard.name, kept.name} <= requested and len(requested) < len(_files(version))
+
+
+def test_a_where_pull_holds_exactly_the_selected_samples_and_reads_fewer_bytes(version, served, nginx, tmp_path):
+    nginx.start()
+    rows = pa.concat_tables([pq.read_table(p) for p in sorted(version.glob("shard-*.parquet"))]).to_pylist()
+    cut = sorted(row["quality"] for row in rows)[len(rows) // 2]
+    expected = {row["key"] for row in rows if row["quality"] >= cut and row["label"] in ("blob", "cup")}
+    assert 0 < len(expected) < len(rows)
+    target = tmp_path / "pulled"
+    where = f'quality >= {cut!r} and label in ("blob", "cup")'
+    assert cli.main(["pull", "demo@v1", "--from", nginx.url, "--to", str(target), "--where", where]) == 0
+
+    originals = _samples(version)
+    pulled = _samples(target)
+    assert set(pulled) == expected
+    for key, sample in pulled.items():
+        assert {k: v for k, v in sample.items() if not k.startswith("__")} == \
+            {k: v for k, v in originals[key].items() if not k.startswith("__")}
+    assert len(wids.ShardListDataset(str(target / "shardindex.json"))) == len(expected)
+    metadata = pa.concat_tables([pq.read_table(p) for p in sorted(target.glob("shard-*.parquet"))]).to_pylist()
+    assert {row["key"] for row in metadata} == expected
+    for row in metadata:  # the pulled Parquet locates each sample in the pulled tar
+        tar = (target / row["shard"]).read_bytes()
+        assert tar[row["tar_offset"]: row["tar_offset"] + row["tar_length"]] == \
+            _piece(version, {r["key"]: r for r in rows}[row["key"]])
+    manifest = json.loads((target / REPOSITORY_MANIFEST).read_text())
+    assert manifest["pulled"]["where"] == where and manifest["pulled"]["samples"] == len(expected)
+    assert {e["path"] for e in manifest["files"]} == {str(p.relative_to(target)) for p in target.rglob("*")
+                                                      if p.is_file() and p.name != REPOSITORY_MANIFEST}
+    assert not (target / ".pull").exists()
+    shard_bytes = nginx.bytes_served(".tar")
+    assert shard_bytes == sum(r["tar_length"] for r in rows if r["key"] in expected) < _shard_sizes(version)
+    assert all(row.range for row in nginx.served() if row.path.endswith(".tar"))
+    total = sum(e["size"] for e in json.loads((served / REPOSITORY_MANIFEST).read_text())["files"])
+    assert nginx.bytes_served() < total
+
+
+def _piece(version: pathlib.Path, row: dict) -> bytes:
+    return (version / row["shard"]).read_bytes()[row["tar_offset"]: row["tar_offset"] + row["tar_length"]]
+
+
+def test_shards_glob_latest_and_a_local_repository(version, tmp_path):
+    repo = tmp_path / "repo"
+    publish_version(str(version), str(repo))
+    newer = tmp_path / "out" / "demo" / "v2"
+    shutil.copytree(version, newer)
+    publish_version(str(newer), str(repo))
+    assert cli.main(["pull", "demo@latest", "--from", str(repo), "--to", str(tmp_path / "latest")]) == 0
+    assert json.loads((tmp_path / "latest" / REPOSITORY_MANIFEST).read_text())["version"] == "v2"
+    assert _files(tmp_path / "latest") == {**_files(version),
+                                           REPOSITORY_MANIFEST: (repo / "demo" / "v2" / REPOSITORY_MANIFEST).read_bytes()}
+
+    result = pull(PullConfig("demo@v1", str(repo), str(tmp_path / "some"), shards="shard-*-0[0-2].tar"))
+    names = sorted(p.name for p in (tmp_path / "some").glob("shard-*"))
+    assert names == [f"shard-000000-0{i}.{ext}" for i in range(3) for ext in ("parquet", "tar")]
+    assert set(_samples(tmp_path / "some")) == {
+        row["key"] for i in range(3) for row in pq.read_table(version / f"shard-000000-0{i}.parquet").to_pylist()}
+    assert result.samples == len(_samples(tmp_path / "some"))
+    assert (tmp_path / "some" / "lineage.json").read_bytes() == (version / "lineage.json").read_bytes()
+    with pytest.raises(PullError, match="no published version 'v7'.*published: v1, v2"):
+        pull(PullConfig("demo@v7", str(repo), str(tmp_path / "none")))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 import operator
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Hashable, Mapping
 
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
@@ -24,7 +24,8 @@ class WhereError(ValueError):
 _COMPARISONS: Mapping[type, Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
     ast.Gt: operator.gt, ast.GtE: operator.ge,
-    ast.In: lambda value, options: value in options, ast.NotIn: lambda value, options: value not in options,
+    ast.In: lambda value, options: isinstance(value, Hashable) and value in options,
+    ast.NotIn: lambda value, options: isinstance(value, Hashable) and value not in options,
 }
 _LITERAL_TYPES = (str, int, float, bool, type(None))
 
@@ -66,8 +67,11 @@ def _compare(node: ast.Compare, columns: Collection[str], expression: str) -> Pr
     def compare(row: Row) -> bool:
         for function, left, right in steps:
             a, b = left(row), right(row)
-            if a is None or b is None or not function(a, b):
-                return False
+            try:
+                if a is None or b is None or not function(a, b):
+                    return False
+            except TypeError:
+                raise WhereError(f"cannot compare {a!r} with {b!r} in {expression!r} (row {row.get('key')!r})") from None
         return True
 
     return compare

@@ -27,7 +27,9 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence
+import uuid
+import weakref
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -49,25 +51,105 @@ PROGRESS_INTERVAL_S = 10.0
 RecordFunction = Callable[[Any], Iterable[Any]]
 
 
+def human_seconds(seconds: float) -> str:
+    """``75.2`` -> ``1 min 15 s``; under a minute, one decimal."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {rest} s"
+
+
+class ProgressKey(NamedTuple):
+    """What a stage's DoFn carries to name its progress: the run, the stage, and where its total comes from.
+
+    ``counted``: the input reaches the stage through a ``Reshuffle`` whose input is
+    counted, so the total is exact before the stage sees its first record. ``upstream``:
+    the stage whose main output is this stage's input; its kept records plus those it has
+    still to see bound this stage's total (exact once it has seen all of its own).
+    """
+
+    run: str
+    stage: str
+    upstream: Optional[str] = None
+    counted: bool = False
+
+
+class _StageCount:
+    __slots__ = ("seen", "kept", "counted", "started", "last_logged")
+
+    def __init__(self) -> None:
+        self.seen = self.kept = self.counted = 0
+        self.started = self.last_logged = 0.0
+
+
 class _Progress:
-    """A per-process, rate-limited progress line per stage ("decode: 1200 records, 85.3/s")."""
+    """Per process, rate-limited progress lines per stage ("decode: 1200/4000 records (85.3/s, ETA 33.0 s)").
+
+    Totals are only given where every record of the stage passes through this process:
+    the runs whose graph was built here (Beam's local runner, in-process workers), for a
+    stage applied once in the graph. A worker of a distributed runner, or a local worker
+    subprocess, sees a share of the records, so its lines say that the total is not known
+    rather than set a share against the whole.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._started: dict[str, float] = {}
-        self._last_logged: dict[str, float] = {}
+        self._counts: dict[tuple[str, str], _StageCount] = {}
+        self._built_here: dict[tuple[str, str], list[ProgressKey]] = {}
 
-    def tick(self, stage: str) -> None:
+    def _count(self, run: str, stage: str) -> _StageCount:
+        return self._counts.setdefault((run, stage), _StageCount())
+
+    def register(self, key: ProgressKey) -> None:
+        """A stage applied in a graph built in this process (called when the graph is built)."""
+        with self._lock:
+            self._built_here.setdefault((key.run, key.stage), []).append(key)
+
+    def add_counted(self, run: str, stage: str) -> None:
+        """One record on its way to ``stage``, counted before the shuffle that feeds it."""
+        with self._lock:
+            self._count(run, stage).counted += 1
+
+    def _total(self, run: str, stage: str) -> Optional[tuple[int, bool]]:
+        """``(total, exact)``: the stage's total or, not exact, a bound on it; ``None`` where not known."""
+        keys = self._built_here.get((run, stage), ())
+        if len(keys) != 1:
+            return None
+        key = keys[0]
+        if key.counted:
+            return self._count(run, stage).counted, True
+        upstream_total = None if key.upstream is None else self._total(run, key.upstream)
+        if upstream_total is None:
+            return None
+        upstream = self._count(run, key.upstream)
+        unseen = upstream_total[0] - upstream.seen
+        return (upstream.kept, upstream_total[1]) if unseen <= 0 else (upstream.kept + unseen, False)
+
+    def tick(self, key: ProgressKey, kept: int) -> None:
+        """One record done by ``key`` 's stage, ``kept`` of its outputs on the main output."""
         now = time.monotonic()
         with self._lock:
-            self._counts[stage] = self._counts.get(stage, 0) + 1
-            started = self._started.setdefault(stage, now)
-            if now - self._last_logged.get(stage, started) < PROGRESS_INTERVAL_S:
+            count = self._count(key.run, key.stage)
+            if not count.seen:
+                count.started = count.last_logged = now
+            count.seen += 1
+            count.kept += kept
+            known = self._total(key.run, key.stage)
+            done = known is not None and known[1] and count.seen >= known[0]
+            if not done and now - count.last_logged < PROGRESS_INTERVAL_S:
                 return
-            self._last_logged[stage] = now
-            count = self._counts[stage]
-        LOG.info("%s: %d records (%.1f/s)", stage, count, count / max(now - started, 1e-9))
+            count.last_logged = now
+            seen, rate = count.seen, count.seen / max(now - count.started, 1e-9)
+        if known is None:
+            LOG.info("%s: %d records (%.1f/s, total not known)", key.stage, seen, rate)
+        elif done:
+            LOG.info("%s: %d/%d records (%.1f/s, done)", key.stage, seen, known[0], rate)
+        else:
+            total, exact = known
+            bound = "" if exact else "<="
+            LOG.info("%s: %d/%s%d records (%.1f/s, ETA %s%s)", key.stage, seen, bound, total, rate, bound,
+                     human_seconds(max(total - seen, 0) / rate))
 
 
 PROGRESS = _Progress()
@@ -81,11 +163,12 @@ class StageFn(beam.DoFn):
     ``process_time_msec`` distribution.
     """
 
-    def __init__(self, stage: str, function: RecordFunction) -> None:
+    def __init__(self, progress: ProgressKey, function: RecordFunction) -> None:
         super().__init__()
-        if not stage:
+        if not progress.stage:
             raise TypeError("a stage needs a name")
-        self.stage = stage
+        self.stage = progress.stage
+        self._progress = progress
         self._function = function
 
     # No annotations here: Beam would read them as type hints.
@@ -93,16 +176,20 @@ class StageFn(beam.DoFn):
         namespace = f"counterfactory.{self.stage}"
         Metrics.counter(namespace, "records_in_count").inc()
         started = time.perf_counter()
-        for output in self._function(element):
-            if isinstance(output, Rejection):
-                Metrics.counter(namespace, f"rejected_{output.reason.value}_count").inc()
-                yield TaggedOutput(REJECTED, output)
-            else:
-                if not isinstance(output, TaggedOutput):
-                    Metrics.counter(namespace, "records_out_count").inc()
-                yield output
-        Metrics.distribution(namespace, "process_time_msec").update(int((time.perf_counter() - started) * 1000))
-        PROGRESS.tick(self.stage)
+        kept = 0
+        try:
+            for output in self._function(element):
+                if isinstance(output, Rejection):
+                    Metrics.counter(namespace, f"rejected_{output.reason.value}_count").inc()
+                    yield TaggedOutput(REJECTED, output)
+                else:
+                    if not isinstance(output, TaggedOutput):
+                        Metrics.counter(namespace, "records_out_count").inc()
+                        kept += 1
+                    yield output
+        finally:  # a record that raised (a dead letter) is done too
+            Metrics.distribution(namespace, "process_time_msec").update(int((time.perf_counter() - started) * 1000))
+            PROGRESS.tick(self._progress, kept)
 
 
 class StageOutputs(NamedTuple):
@@ -130,6 +217,54 @@ def to_dead_letter(bad: tuple, stage: str) -> DeadLetter:
     )
 
 
+class _GraphProgress:
+    """Per pipeline: its run id for progress lines, and which stage's main output each PCollection is."""
+
+    _registry: ClassVar["weakref.WeakKeyDictionary[beam.Pipeline, _GraphProgress]"] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.run = uuid.uuid4().hex
+        self.stage_of: dict[beam.PCollection, str] = {}
+
+    @classmethod
+    def of(cls, pipeline: beam.Pipeline) -> "_GraphProgress":
+        if pipeline not in cls._registry:
+            cls._registry[pipeline] = cls()
+        return cls._registry[pipeline]
+
+
+class _CountTotal(beam.DoFn):
+    def __init__(self, run: str, stage: str) -> None:
+        super().__init__()
+        self._run, self._stage = run, stage
+
+    def process(self, element):
+        PROGRESS.add_counted(self._run, self._stage)
+        return ()
+
+
+def _shuffled_from(records: beam.PCollection) -> Optional[beam.PCollection]:
+    """The input of the ``Reshuffle`` whose output ``records`` is, if it is one."""
+    node = records.producer
+    while node is not None and records in node.outputs.values():
+        if isinstance(node.transform, beam.Reshuffle):
+            return node.inputs[0]
+        node = node.parent
+    return None
+
+
+def _progress_key(records: beam.PCollection, label: str, stage: str) -> ProgressKey:
+    """How ``stage`` learns its total: counted before the shuffle that feeds it, or from its upstream stage."""
+    graph = _GraphProgress.of(records.pipeline)
+    shuffled = _shuffled_from(records)
+    if shuffled is not None:
+        # Counted where the records are made: that work ends before the shuffle hands any on.
+        shuffled | f"{label}CountTotal" >> beam.ParDo(_CountTotal(graph.run, stage))
+    key = ProgressKey(graph.run, stage, upstream=graph.stage_of.get(records), counted=shuffled is not None)
+    PROGRESS.register(key)
+    return key
+
+
 def apply_record_function(records: beam.PCollection, label: str, stage: str, function: RecordFunction,
                           extra_tags: Sequence[str] = ()) -> StageOutputs:
     """Run ``function`` on every record so that one failing record becomes one dead letter, never a failed job.
@@ -137,10 +272,11 @@ def apply_record_function(records: beam.PCollection, label: str, stage: str, fun
     Registers nothing: :class:`Stage` and the model stage build on it and do their own accounting.
     """
     tags = {REJECTED: Rejection, **{tag: Any for tag in extra_tags}}
-    pardo = beam.ParDo(StageFn(stage, function)).with_output_types(Any, **tags)
+    pardo = beam.ParDo(StageFn(_progress_key(records, label, stage), function)).with_output_types(Any, **tags)
     results = records | label >> pardo.with_exception_handling(
         main_tag=MAIN, dead_letter_tag=DEAD_LETTERS
     ).with_outputs(REJECTED, *extra_tags, main=MAIN)
+    _GraphProgress.of(records.pipeline).stage_of[results[MAIN]] = stage
     dead = results[DEAD_LETTERS] | f"{label}DeadLetters" >> beam.Map(to_dead_letter, stage=stage)
     return StageOutputs(results[MAIN], results[REJECTED], dead, {tag: results[tag] for tag in extra_tags})
 

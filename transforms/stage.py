@@ -137,7 +137,9 @@ class _Progress:
             count.kept += kept
             known = self._total(key.run, key.stage)
             done = known is not None and known[1] and count.seen >= known[0]
-            if not done and now - count.last_logged < PROGRESS_INTERVAL_S:
+            # The end of a stage that showed progress is told; a stage done within one interval stays quiet.
+            due = now - count.last_logged >= PROGRESS_INTERVAL_S
+            if not (due or (done and count.last_logged > count.started)):
                 return
             count.last_logged = now
             seen, rate = count.seen, count.seen / max(now - count.started, 1e-9)

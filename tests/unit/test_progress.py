@@ -70,15 +70,14 @@ def test_without_a_known_total_the_line_says_so(every_record_logged):
     assert len(lines) == 1 and re.fullmatch(r"select: 1 records \(\d+\.\d/s, total not known\)", lines[0]), lines
 
 
-def test_ticks_from_many_threads_are_counted_once_each(every_record_logged, monkeypatch):
-    monkeypatch.setattr(stage_module, "PROGRESS_INTERVAL_S", 3600.0)  # only the done line
+def test_ticks_from_many_threads_are_counted_once_each(every_record_logged):
     key = ProgressKey("threads-run", "decode", counted=True)
     PROGRESS.register(key)
-    for _ in range(8 * 500):
+    for _ in range(8 * 250):
         PROGRESS.add_counted(key.run, key.stage)
 
     def work():
-        for _ in range(500):
+        for _ in range(250):
             PROGRESS.tick(key, 1)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
@@ -87,4 +86,17 @@ def test_ticks_from_many_threads_are_counted_once_each(every_record_logged, monk
     for thread in threads:
         thread.join()
     lines = _lines(every_record_logged, "decode")
-    assert len(lines) == 1 and lines[0].startswith("decode: 4000/4000 records"), lines
+    assert sorted(int(line.split()[1].split("/")[0]) for line in lines) == list(range(1, 2001))
+    assert [line for line in lines if line.endswith("done)")] == [
+        next(line for line in lines if line.startswith("decode: 2000/2000 records"))]
+
+
+def test_a_stage_done_within_one_interval_logs_nothing(every_record_logged, monkeypatch):
+    monkeypatch.setattr(stage_module, "PROGRESS_INTERVAL_S", 3600.0)
+    key = ProgressKey("quick-run", "encode", counted=True)
+    PROGRESS.register(key)
+    for _ in range(3):
+        PROGRESS.add_counted(key.run, key.stage)
+    for _ in range(3):
+        PROGRESS.tick(key, 1)
+    assert _lines(every_record_logged, "encode") == []

@@ -71,6 +71,9 @@ class BuildOptions(PipelineOptions):
                             help="Re-paste settings (RepasteConfig), e.g. '{feather_px: 2, jpeg_quality: 95}'.")
         parser.add_argument("--thumbnails_per_side", type=int, default=4,
                             help="Report pictures per threshold, on each side of it.")
+        parser.add_argument("--allow_empty", action="store_true",
+                            help="Let a version that keeps no sample become 'latest' in versions.json (without it, "
+                                 "such a version is recorded and listed, but latest stays the previous one).")
 
 
 def selection_rules(options: SelectionOptions) -> SelectionRules:
@@ -78,9 +81,12 @@ def selection_rules(options: SelectionOptions) -> SelectionRules:
     bounds = {**DEFAULT_THRESHOLDS, **options.thresholds}
     try:
         thresholds = Thresholds({name: bound for name, bound in bounds.items() if bound is not None})
+    except ValueError as error:
+        raise ConfigError(f"--thresholds: {error}") from error
+    try:
         ranking = Ranking({**Ranking().weights, **options.ranking})
     except ValueError as error:
-        raise ConfigError(str(error)) from error
+        raise ConfigError(f"--ranking: {error}") from error
     return SelectionRules(thresholds, ranking, _decisions(options.decisions))
 
 
@@ -144,6 +150,7 @@ def build_job_config(options: PipelineOptions) -> BuildConfig:
         "decisions": None if decisions.sha256 is None else {
             "path": selection.decisions, "sha256": decisions.sha256, "lines": decisions.lines, "keys": len(decisions)},
         "repaste": dataclasses.asdict(repaste),
+        "allow_empty": job.allow_empty,
     }
     run = run_info(options, "build", [SelectionOptions, BuildOptions], [s.path for s in sets], FUNNEL_STEPS,
                    models=models, lineage=lineage)
@@ -163,7 +170,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Mapping[str, Any]:
     config = build_job_config(options)
     stats = run_pipeline(options, lambda pipeline: build_pairs(pipeline, config), config.writer.output_dir)
     LOG.info("report: %s", FileSystems.join(config.writer.output_dir, "report.html"))
-    write_versions_index(posixpath.dirname(config.writer.output_dir.rstrip("/")))
+    index = write_versions_index(posixpath.dirname(config.writer.output_dir.rstrip("/")))
+    if not stats["shards"]["samples"] and not options.view_as(BuildOptions).allow_empty:
+        LOG.warning("%s keeps no sample: it is recorded and listed, but latest stays %s (pass --allow_empty to make "
+                    "an empty version latest)", config.run.dataset_name, index["latest"])
     return stats
 
 

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from transforms.models.catalog import (
     CACHE_ENV,
     CATALOG_ENV,
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The shared options live on each subcommand only: argparse lets a subcommand's defaults
     # overwrite values the main parser already read.
-    parser = argparse.ArgumentParser(prog="counterfactory models", description="List the model catalog, fetch models into the cache, print their paths, bundle them for offline workers.")
+    parser = StrictArgumentParser(prog="counterfactory models", description="List the model catalog, fetch models into the cache, print their paths, bundle them for offline workers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,

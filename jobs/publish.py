@@ -9,18 +9,18 @@ is a no-op when it is byte-identical and refused otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from pipeline.publish import PublishError, publish_version
 
 LOG = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory publish", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = StrictArgumentParser(prog="counterfactory publish", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("version", help="A finished version folder: a build's OUTPUT/NAME/VERSION.")
     parser.add_argument("--to", required=True, dest="repository",
                         help="The repository root (local folder, gs://..., s3://...); the version goes to ROOT/NAME/VERSION.")

@@ -9,12 +9,12 @@ cached thumbnails); decisions are rows of the SQLite database. docs/REVIEW.md ha
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from pipeline.finalize import LINEAGE, MANIFEST, STATS
 from pipeline.options import mapping_option
 from review.app import ReviewApp, ReviewConfig, bind, create_app, serve
@@ -56,7 +56,7 @@ def dataset_source(folder: str, overrides: Mapping[str, Any]) -> DatasetSource:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory review", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = StrictArgumentParser(prog="counterfactory review", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("dataset", help="A finished bootstrap output (candidate shards) or build version folder.")
     parser.add_argument("--db", default="review.sqlite", help="Decisions database (created if missing).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this machine only).")
@@ -87,7 +87,7 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _export(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory review export",
+    parser = StrictArgumentParser(prog="counterfactory review export",
                                      description="Write the decisions file that 'counterfactory build --decisions' reads.")
     parser.add_argument("--db", default="review.sqlite", help="Decisions database.")
     parser.add_argument("--output", required=True, help="Decisions file to write (JSON Lines).")

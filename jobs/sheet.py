@@ -1,19 +1,19 @@
 """``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidate or self-reference samples, for a first look."""
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
 from typing import Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from review.contact_sheet import SHEETS, sample_kind
 
 LOG = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory sheet", description=__doc__.split(":", 1)[1].strip())
+    parser = StrictArgumentParser(prog="counterfactory sheet", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--candidates", "--shards", dest="candidates", required=True,
                         help="Folder of candidate shards (a bootstrap --output) or of pbe-pairs shards.")
     parser.add_argument("--output", required=True, help="Picture to write (.png or .jpg).")

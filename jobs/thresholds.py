@@ -10,19 +10,19 @@ what a build would keep at each value.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import sys
 from typing import Optional, Sequence
 
 from jobs.build import SelectionOptions, candidate_sets, selection_rules
+from pipeline.arguments import StrictArgumentParser
 from pipeline.evaluate import read_rows
 from pipeline.options import ConfigError
 from review.report import plot_sweep
 from transforms.evaluation import precision_sweep
 from transforms.sweep import parse_sweep, read_object_scores, sweep, sweep_table
-from transforms.thresholds import SCORES
+from transforms.thresholds import SCORES, check_bound
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _plot_path(plot: str, score: str, several: bool) -> pathlib.Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory thresholds", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = StrictArgumentParser(prog="counterfactory thresholds", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     SelectionOptions._add_argparse_args(parser)
     parser.add_argument("--sweep", action="append", required=True,
                         help="NAME=lo:hi:step, e.g. seam=0.3:0.6:0.05 (inclusive); repeatable.")
@@ -41,6 +41,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweeps = [parse_sweep(text) for text in args.sweep]
+        for name, values in sweeps:
+            check_bound(name, values[0])
+            check_bound(name, values[-1])
         rules = selection_rules(args)
         sets = candidate_sets(args)
     except (ConfigError, ValueError) as error:

@@ -9,12 +9,12 @@ and ``lineage.json``), so it is right even where ``versions.json`` is stale.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from typing import Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from pipeline.versions import INDEX, scan_versions, write_versions_index
 
 LOG = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def _table(versions: list[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory versions", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = StrictArgumentParser(prog="counterfactory versions", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("dataset", help="A dataset folder: a build's OUTPUT/NAME (local or gs://...).")
     parser.add_argument("--json", action="store_true", help="Print the index as JSON instead of a table.")
     parser.add_argument("--reindex", action="store_true", help=f"Rewrite {INDEX} from the versions found.")

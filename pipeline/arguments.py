@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import sys
 from typing import Any, Iterable, Sequence
 
 LOG = logging.getLogger(__name__)
@@ -58,9 +59,15 @@ class StrictArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        args = sys.argv[1:] if args is None else list(args)
+        known = option_strings(self)
+        # Unknown options first: "unknown option --t" says more than "--to is required".
+        unknown = [arg for arg in args if arg.startswith("--") and arg != "--" and arg.split("=", 1)[0] not in known]
+        if unknown:
+            self.error(unknown_argument(unknown, known))
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:
-            self.error(unknown_argument(extras, option_strings(self)))
+            self.error(unknown_argument(extras, known))
         return namespace
 
     def error(self, message: str) -> None:  # type: ignore[override]

@@ -6,6 +6,11 @@ rebuilt from those files (a version is finished once its ``stats.json`` exists),
 is never the only record: a build that dies after finishing its version, or two builds
 finishing at once, leave an index that the next build (or ``counterfactory versions
 --reindex``) corrects.
+
+``latest`` is the newest finished version that holds samples: a version that kept none
+(a threshold typo, a wrong candidate set) is listed but becomes ``latest`` only if its
+build asked for it (``build --allow_empty``, recorded in its lineage), so researchers
+pulling the newest never get an empty dataset by accident.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ def version_entry(version_dir: str) -> dict[str, Any]:
         "thresholds": lineage.get("thresholds"),
         "decisions_sha256": (lineage.get("decisions") or {}).get("sha256"),
         "candidate_sets": [candidate_set.get("path") for candidate_set in lineage.get("candidate_sets", [])],
+        "allow_empty": bool(lineage.get("allow_empty", False)),
     }
 
 
@@ -60,7 +66,8 @@ def write_versions_index(dataset_dir: str) -> Mapping[str, Any]:
     index = {
         "format_version": INDEX_FORMAT_VERSION,
         "dataset": posixpath.basename(dataset_dir.rstrip("/")),
-        "latest": versions[-1]["version"] if versions else None,
+        "latest": next((entry["version"] for entry in reversed(versions) if entry["samples"] or entry["allow_empty"]),
+                       None),
         "versions": versions,
     }
     publish(FileSystems.join(dataset_dir, INDEX), json.dumps(index, indent=2, sort_keys=True).encode("utf-8"))

@@ -31,6 +31,7 @@ score's *goodness* in [0, 1] (table in docs/FORMAT.md):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import math
 from typing import Callable, Mapping, Optional, Sequence
@@ -54,12 +55,14 @@ class Better(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSpec:
-    """What a score means for selection: its good direction, the reason a failure gives, its goodness."""
+    """What a score means for selection: its good direction, the reason a failure gives, its goodness, its range."""
 
     name: str
     better: Better
     reason: Reason
     goodness: Callable[[float], float]
+    #: The values the score can take (docs/FORMAT.md): a bound outside it keeps nothing or checks nothing.
+    domain: tuple[float, float] = (0.0, 1.0)
 
     def passes(self, value: float, threshold: float) -> bool:
         return value >= threshold if self.better is Better.HIGHER else value <= threshold
@@ -76,19 +79,23 @@ def _clip01(value: float) -> float:
 SCORES: Mapping[str, ScoreSpec] = {
     spec.name: spec
     for spec in (
-        ScoreSpec("ssim_outside", Better.HIGHER, Reason.BACKGROUND_CHANGED, _clip01),
+        ScoreSpec("ssim_outside", Better.HIGHER, Reason.BACKGROUND_CHANGED, _clip01, (-1.0, 1.0)),
         ScoreSpec("change_inside", Better.HIGHER, Reason.NOTHING_REMOVED, lambda v: min(max(v, 0.0) / 0.2, 1.0)),
         ScoreSpec("redetect_score", Better.LOWER, Reason.OBJECT_STILL_DETECTED, lambda v: 1.0 - _clip01(v)),
-        ScoreSpec("clip_object_gone", Better.HIGHER, Reason.OBJECT_NOT_GONE, lambda v: _clip01(0.5 + 5.0 * v)),
+        ScoreSpec("clip_object_gone", Better.HIGHER, Reason.OBJECT_NOT_GONE, lambda v: _clip01(0.5 + 5.0 * v),
+                  (-2.0, 2.0)),
         ScoreSpec("seam", Better.LOWER, Reason.VISIBLE_SEAM, lambda v: 1.0 - _clip01(v)),
         ScoreSpec("hole_fraction", Better.LOWER, Reason.HOLE_TOO_LARGE, lambda v: 1.0 - _clip01(v / 0.25)),
-        ScoreSpec("hole_depth", Better.LOWER, Reason.HOLE_TOO_DEEP, lambda v: 1.0 - _clip01(v / 0.1)),
-        ScoreSpec("surround_texture", Better.LOWER, Reason.TEXTURED_SURROUND, lambda v: 1.0 / (1.0 + max(v, 0.0) / 8.0)),
+        ScoreSpec("hole_depth", Better.LOWER, Reason.HOLE_TOO_DEEP, lambda v: 1.0 - _clip01(v / 0.1), (0.0, 0.5)),
+        ScoreSpec("surround_texture", Better.LOWER, Reason.TEXTURED_SURROUND, lambda v: 1.0 / (1.0 + max(v, 0.0) / 8.0),
+                  (0.0, math.inf)),
         ScoreSpec("surround_contrast", Better.LOWER, Reason.CONTRASTED_SURROUND,
-                  lambda v: 1.0 / (1.0 + max(v, 0.0) / 32.0)),
+                  lambda v: 1.0 / (1.0 + max(v, 0.0) / 32.0), (0.0, math.inf)),
         ScoreSpec("agreement", Better.HIGHER, Reason.CANDIDATES_DISAGREE, _clip01),
-        ScoreSpec("texture_gap", Better.LOWER, Reason.TEXTURE_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0)),
-        ScoreSpec("colour_gap", Better.LOWER, Reason.COLOUR_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0)),
+        ScoreSpec("texture_gap", Better.LOWER, Reason.TEXTURE_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0),
+                  (0.0, math.inf)),
+        ScoreSpec("colour_gap", Better.LOWER, Reason.COLOUR_MISMATCH, lambda v: 1.0 - _clip01(v / 2.0),
+                  (0.0, math.inf)),
         ScoreSpec("quality", Better.HIGHER, Reason.LOW_QUALITY, _clip01),
     )
 }
@@ -106,9 +113,24 @@ Scores = Mapping[str, Optional[float]]
 
 
 def _check_known(names: Sequence[str], what: str) -> None:
-    unknown = sorted(set(names) - set(SCORES))
+    unknown = sorted(set(names) - set(SCORES), key=str)
     if unknown:
-        raise ValueError(f"unknown score(s) in {what}: {unknown}; known: {', '.join(SCORES)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(SCORES), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(SCORES)}"
+        raise ValueError(f"unknown score {unknown[0]!r} in {what}{hint}")
+
+
+def check_bound(name: str, value: object) -> None:
+    """A threshold on a known score is a finite number inside the score's range (``ValueError`` naming it if not)."""
+    _check_known([name], "thresholds")
+    if not is_number(value) or not math.isfinite(value):
+        raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
+    low, high = SCORES[name].domain
+    if not low <= value <= high:
+        minimum = SCORES[name].better is Better.HIGHER
+        keeps = "nothing" if (value > high) == minimum else "everything (null drops a threshold)"
+        raise ValueError(f"threshold {name} {value:g} is outside the score's range [{low:g}, {high:g}]: "
+                         f"as a {'minimum' if minimum else 'maximum'} it keeps {keeps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +144,8 @@ class Thresholds:
     bounds: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     def __post_init__(self) -> None:
-        _check_known(list(self.bounds), "thresholds")
         for name, value in self.bounds.items():
-            if not is_number(value) or not math.isfinite(value):
-                raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
+            check_bound(name, value)
         # Score order, so failures are reported in the same order everywhere.
         object.__setattr__(self, "bounds", {name: float(self.bounds[name]) for name in SCORES if name in self.bounds})
 

@@ -1,9 +1,13 @@
 """Options: YAML and flags resolve to one config, flags win, and mistakes are clear."""
+import logging
+
 import pytest
 import yaml
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
+from jobs import cli
 from jobs.common import InputOptions
+from pipeline.arguments import StrictArgumentParser
 from pipeline.options import ConfigError, RunOptions, parse_options, resolved_config
 
 
@@ -64,3 +68,71 @@ def test_help_lists_our_options(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--max_shard_count" in out and "--annotations" in out and "Apache Beam pipeline option" in out
+
+
+# --------------------------------------------------------------------------- unknown options (issue 19)
+
+@pytest.mark.parametrize("argv, message", [
+    (["--inptu", "DIR"], r"^unknown option --inptu \(did you mean --input\?\)$"),
+    (["--inp", "DIR"], r"^unknown option --inp \(did you mean --input\?\)$"),  # no abbreviations
+    (["--jpeg_qualty=80"], r"^unknown option --jpeg_qualty \(did you mean --jpeg_quality\?\)$"),
+    (["--device", "cpu"], r"^unknown option --device$"),  # another job's option, not this one's
+    (["stray"], r"^unexpected argument 'stray'$"),
+    (["--max_shard_count", "many"], r"^--max_shard_count: invalid int value: 'many'$"),
+])
+def test_unknown_options_are_refused_in_one_line(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(["--output", "/tmp/e", *argv])
+
+
+def test_beam_runner_options_pass_through():
+    options = parse(["--output", "/tmp/f", "--runner", "DirectRunner", "--project", "p", "--region", "r",
+                     "--temp_location", "/tmp/t", "--direct_num_workers", "2", "--experiments", "a",
+                     "--experiments=b", "--environment_type=LOOPBACK", "--flink_master=localhost:8081",
+                     "--sdk_container_image", "img", "--no_use_public_ips", "--render_output", "g.svg"])
+    all_options = options.get_all_options()
+    assert all_options["project"] == "p" and all_options["experiments"] == ["a", "b"]
+    assert all_options["direct_num_workers"] == 2 and all_options["use_public_ips"] is False
+
+
+def test_unknown_config_keys_are_refused_and_beam_keys_pass(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output": "/tmp/g", "inptu": ["x/"]}))
+    with pytest.raises(ConfigError, match=rf"^unknown option 'inptu' in config file {config} \(did you mean input\?\)$"):
+        parse(["--config", str(config)])
+    config.write_text(yaml.safe_dump({"output": "/tmp/g", "runner": "DirectRunner", "project": "p"}))
+    assert parse(["--config", str(config)]).view_as(StandardOptions).runner == "DirectRunner"
+    with pytest.raises(ConfigError, match="unknown option --conf"):  # not an abbreviation of --config
+        parse(["--conf", str(config)])
+
+
+def test_the_strict_parser_refuses_unknown_and_abbreviated_options_first(caplog):
+    parser = StrictArgumentParser(prog="counterfactory thing")
+    parser.add_argument("--to", required=True)
+    parser.add_argument("--limit", type=int)
+    assert parser.parse_args(["--to", "x", "--limit=3"]).limit == 3
+    for argv, line in ((["--t", "x"], "counterfactory thing: unknown option --t (did you mean --to?)"),
+                       (["--to", "x", "--limt", "3"], "counterfactory thing: unknown option --limt (did you mean --limit?)"),
+                       (["--to", "x", "extra"], "counterfactory thing: unexpected argument 'extra'"),
+                       (["--limit", "3"], "counterfactory thing: the following arguments are required: --to")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2 and [record.getMessage() for record in caplog.records] == [line]
+
+
+#: A first argument some commands need before they read options.
+_LEADING = {"review": ["export"], "models": ["list"]}
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_refuses_an_unknown_option(command, caplog, tmp_path):
+    with caplog.at_level(logging.ERROR):
+        try:
+            code = cli.main([command, *_LEADING.get(command, []), "--outptu", str(tmp_path / "out")])
+        except SystemExit as exit_info:
+            code = exit_info.code
+    assert code == 2
+    messages = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(messages) == 1 and "unknown option --outptu" in messages[0], messages
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ def test_sweep_counts_equal_choose_at_every_value_with_decisions():
     rules = SelectionRules(Thresholds({"ssim_outside": 0.92, "seam": 0.45, "clip_object_gone": -0.02}),
                            decisions=Decisions(latest(made)))
     for name in ("seam", "redetect_score", "clip_object_gone"):
-        values = np.linspace(-0.1, 0.7, 9)
+        values = np.linspace(0.0, 0.7, 8)  # inside every swept score's range
         rows = sweep(objects, rules, name, values)
         for row in rows:
             with_value = SelectionRules(rules.thresholds.with_bound(name, row.value), rules.ranking, rules.decisions)

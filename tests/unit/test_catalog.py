@@ -474,14 +474,14 @@ def test_install_verifies_every_file_before_anything_becomes_visible(converted_s
     for spec in catalog.values():
         fetch_model(spec, cache)
     archive = tmp_path / "models.tar.xz"
-    cat.bundle_models([plain, converted_spec], archive, cache)  # plain first: it would be installed first
-    damaged = tmp_path / "damaged.tar.xz"
-    _rewrite(archive, damaged, lambda name, data: data[:-1] + bytes([data[-1] ^ 1]) if name.endswith(".bin")
-             and "demo" in name else data)
+    cat.bundle_models([plain, converted_spec], archive, cache)
+    damaged = tmp_path / "damaged.tar.xz"  # the last model of the bundle (ids in order) is damaged
+    _rewrite(archive, damaged, lambda name, data: data[:-1] + bytes([data[-1] ^ 1]) if name == "models/plain/w.bin"
+             else data)
     other = tmp_path / "other-cache"
     with pytest.raises(ChecksumError, match="nothing was installed"):
         cat.install_bundle(damaged, other, catalog=catalog)
-    assert not is_cached(plain, other) and files_under(other / "models") == []
+    assert not is_cached(converted_spec, other) and files_under(other / "models") == []
     with tarfile.open(tmp_path / "evil.tar", "w") as tar, tarfile.open(archive) as src:
         for member in src:
             tar.addfile(member, src.extractfile(member))

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import logging
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 
@@ -35,6 +36,8 @@ COMMANDS: dict[str, Command] = {
                        "manifest written last", "jobs.publish:main"),
     "pull": Command("fetch a published version (HTTP or any filesystem): parallel, verified, resumable; --shards "
                     "or --where for part of it", "jobs.pull:main"),
+    "diff": Command("two versions compared: samples added, removed, changed; lineage and funnel side by side",
+                    "jobs.diff:main"),
     "thresholds": Command("preview a threshold: pass rates over a range of values, without building",
                           "jobs.thresholds:main"),
     "pbe-pairs": Command("images with boxes -> Paint-by-Example pairs: target crop, box or Bezier mask, augmented "
@@ -54,6 +57,36 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: When this command started (``time.monotonic()``): a run's elapsed time counts its imports too.
+STARTED: Optional[float] = None
+#: Every log line: the console's and the run.log's.
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Loggers whose INFO lines no user needs: Beam narrating string type hints, missing GCP
+#: clients, every BatchElements bundle's statistics, its worker's state cache size.
+QUIET_LOGGERS = ("apache_beam.typehints", "apache_beam.io.gcp", "apache_beam.transforms.util",
+                 "apache_beam.runners.worker.statecache")
+#: ``(logger, message start)`` of single lines no user needs, dropped at any level above DEBUG: Beam's
+#: bigquery client stub at import, and its lint of a FlatMap function that yields and returns early.
+NOISE = (("root", "apitools not found"),
+         ("apache_beam.transforms.core", "Using yield and return in the process method"))
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and record.getMessage().startswith(start) for name, start in NOISE)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One format on stderr; above DEBUG, the noise of :data:`QUIET_LOGGERS` and :data:`NOISE` is left out."""
+    logging.basicConfig(level=level, format=FORMAT)
+    if logging.getLevelName(level) <= logging.DEBUG:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="counterfactory",
@@ -68,17 +101,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global STARTED
+    STARTED = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Beam narrates every string type annotation it meets, and which optional GCP clients
-    # are missing, at INFO: nothing a user of a local or non-GCP run needs to read.
-    for chatty in ("apache_beam.typehints", "apache_beam.io.gcp"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    setup_logging(args.log_level)
     result = COMMANDS[args.command].load()(rest)
     return result if isinstance(result, int) else 0
 

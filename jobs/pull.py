@@ -10,11 +10,11 @@ samples, by byte range.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
 
+from pipeline.arguments import StrictArgumentParser
 from pipeline.pull import PullConfig, PullError, pull
 from transforms.where import WhereError
 
@@ -22,7 +22,7 @@ LOG = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="counterfactory pull", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = StrictArgumentParser(prog="counterfactory pull", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("spec", metavar="NAME@VERSION", help="The dataset and version (or 'latest').")
     parser.add_argument("--from", required=True, dest="source",
                         help="The repository root: http(s)://..., a local folder, gs://..., s3://...")

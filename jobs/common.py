@@ -18,6 +18,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from jobs.console import RunConsole, run_started
 from pipeline.finalize import RunInfo, check_ledgers, holds_finished_run, retire_finished_run
 from pipeline.options import ConfigError, RunOptions, device_option, mapping_option, parse_options, resolved_config
 from pipeline.preflight import preflight, refuse_finished_run
@@ -198,6 +199,7 @@ def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any]
     refuse_finished_run(output, options.view_as(RunOptions).overwrite)
     if holds_finished_run(output):
         retire_finished_run(output)
+    run_started(output)
     pipeline = new_pipeline(options)
     build(pipeline)
     pipeline.run().wait_until_finish()
@@ -205,16 +207,21 @@ def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any]
 
 
 def cli_main(run: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]]) -> int:
-    """A job's CLI entry: exit 0 when the run finished with closed ledgers, 2 on a config error."""
-    try:
-        run(argv)
-    except ConfigError as error:
-        LOG.error("%s", error)
-        return 2
-    except Exception as error:  # noqa: BLE001 - only a full disk or a refused write is told in one line
-        line = storage_failure(error)
-        if line is None:
-            raise
-        LOG.error("%s", line)
-        return 1
+    """A job's CLI entry: exit 0 when the run finished with closed ledgers, 2 on a config error.
+
+    The run's log goes to OUTPUT/run.log too, and a finished run ends with its summary table on stdout.
+    """
+    with RunConsole() as console:
+        try:
+            run(argv)
+        except ConfigError as error:
+            LOG.error("%s", error)
+            return 2
+        except Exception as error:  # noqa: BLE001 - only a full disk or a refused write is told in one line
+            line = storage_failure(error)
+            if line is None:
+                raise
+            LOG.error("%s", line)
+            return 1
+        console.finished()
     return 0

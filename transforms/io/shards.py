@@ -330,7 +330,7 @@ def _publish_shard(config: ShardWriterConfig, name: str, rows: Sequence[Mapping[
         if not parquet_unchanged:
             publish(parquet_path, parquet)
         written = not (tar_unchanged and parquet_unchanged)
-        LOG.info("%s %s: %d samples, %d bytes", "wrote" if written else "kept identical", name, len(rows), spool.size)
+        LOG.debug("%s %s: %d samples, %d bytes", "wrote" if written else "kept identical", name, len(rows), spool.size)
         return ShardInfo(url=name, md5sum=spool.md5, nsamples=len(rows), filesize=spool.size, written=written)
     finally:
         spool.close()

@@ -154,6 +154,12 @@ def _write_atomically(path: str, data: bytes) -> None:
     os.replace(path + PARTIAL, path)
 
 
+def _is_safe(path: str) -> bool:
+    """A relative path that stays inside the folder (a manifest comes from a server, not from us)."""
+    return path not in ("", ".") and not path.startswith("/") and posixpath.normpath(path) == path and \
+        not path.startswith("../") and path != ".." and "\\" not in path and not path.endswith(PARTIAL)
+
+
 def _is_shard(path: str, paths: frozenset[str]) -> bool:
     return path.endswith(".tar") and f"{path[:-4]}.parquet" in paths
 
@@ -170,6 +176,10 @@ class _Puller:
         self.manifest_bytes = manifest_bytes
         self.manifest = json.loads(manifest_bytes)
         self.entries = {entry["path"]: entry for entry in self.manifest["files"]}
+        unsafe = [path for path in self.entries if not _is_safe(path)]
+        if unsafe:
+            raise PullError(f"the manifest of {config.name}@{version} lists paths outside the version: "
+                            f"{', '.join(map(repr, unsafe[:5]))}; nothing was fetched")
         self.stop = threading.Event()
         self.progress: Optional[_Progress] = None
         self._earlier_fetched = self._earlier_kept = 0
@@ -297,7 +307,11 @@ class _Puller:
         """Run every task on the pool; the first failure stops the others and is raised."""
         with ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="pull") as pool:
             futures = [pool.submit(task) for task in tasks]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: the workers stop between chunks, their .partial kept
+                self.stop.set()
+                raise
             failed = [future for future in futures if future.done() and not future.cancelled()
                       and future.exception() is not None and not isinstance(future.exception(), _Stopped)]
             if failed:

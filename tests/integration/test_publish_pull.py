@@ -255,3 +255,17 @@ def test_shards_glob_latest_and_a_local_repository(version, tmp_path):
     assert (tmp_path / "some" / "lineage.json").read_bytes() == (version / "lineage.json").read_bytes()
     with pytest.raises(PullError, match="no published version 'v7'.*published: v1, v2"):
         pull(PullConfig("demo@v7", str(repo), str(tmp_path / "none")))
+
+
+def test_a_manifest_naming_paths_outside_the_version_is_refused_before_anything_is_fetched(tmp_path):
+    dataset = tmp_path / "repo" / "demo"
+    (dataset / "v1").mkdir(parents=True)
+    manifest = json.dumps({"format_version": 1, "dataset": "demo", "version": "v1", "files": [
+        {"path": "../../escaped.txt", "size": 2, "sha256": hashlib.sha256(b"hi").hexdigest()},
+        {"path": "/etc/escaped", "size": 2, "sha256": hashlib.sha256(b"hi").hexdigest()}]}).encode()
+    (dataset / "v1" / REPOSITORY_MANIFEST).write_bytes(manifest)
+    (dataset / "versions.json").write_text(json.dumps({"latest": "v1", "versions": [
+        {"version": "v1", "manifest_sha256": hashlib.sha256(manifest).hexdigest()}]}))
+    with pytest.raises(PullError, match="paths outside the version: '../../escaped.txt', '/etc/escaped'"):
+        pull(PullConfig("demo@v1", str(tmp_path / "repo"), str(tmp_path / "a" / "b" / "pulled")))
+    assert not list(tmp_path.rglob("escaped*"))

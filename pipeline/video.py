@@ -2,14 +2,16 @@
 
     videos -> VideoPairs: per video, decode at reduced size -> shots (no pair across a cut)
       -> sampled frame pairs -> SSIM band -> SIFT matches (RANSAC) -> grid mask steered by the matches
+      -> DeduplicateVideos: one copy of each clip (same bytes, or frames that hash alike)
     images -> ReadSources -> ImagePairs: per image, strongly augmented copy as the reference
       -> matches -> grid mask -> CapImagePairs: capped to the mix ratio (MimicBrush: 70 % video, 30 % images)
     -> SplitPairs (every candidate pair) -> write shards -> finalize
 
 Two ledgers close: inputs (videos and images: ``written`` when at least one of their pairs
-is kept, else a reason such as ``corrupt_video`` or ``no_frame_pair``) and pairs (every
-sampled pair: written, or rejected with its reason: ``frames_too_similar``,
-``frames_unrelated``, ``too_few_matches``, ``over_mix_ratio``). The stages, and why their
+is kept, else a reason such as ``corrupt_video``, ``no_frame_pair`` or
+``near_duplicate_video``) and pairs (every sampled pair: written, or rejected with its
+reason: ``frames_too_similar``, ``frames_unrelated``, ``too_few_matches``,
+``over_mix_ratio``, or its video's duplicate reason). The stages, and why their
 rows balance although a video's pairs are found only by decoding it, are in
 :mod:`transforms.frame_pairs`; here are the data path and the counts the job defines.
 """
@@ -25,6 +27,7 @@ from pipeline.sources import SOURCE_FUNNEL_STEPS, ReadSources, SourcesConfig, fl
 from transforms.frame_pairs import (
     PAIRS,
     CapImagePairs,
+    DeduplicateVideos,
     FramePairSettings,
     ImagePairs,
     PairRules,
@@ -70,16 +73,17 @@ def build_video_pairs(p: beam.Pipeline, config: VideoPairsConfig) -> beam.PColle
         paths = p | "MatchVideos" >> MatchPaths(config.videos)
         videos = paths | "VideoPairs" >> VideoPairs(config.decode, config.cuts, config.sampling, config.rules,
                                                     config.settings)
-        paired_videos = videos.paired
+        unique = videos.paired | "DeduplicateVideos" >> DeduplicateVideos(config.settings)
+        paired_videos = unique.paired
         sampled = flatten("SampledVideos", videos)
-        judged.append(sampled)
+        judged += [videos.unpaired, unique.paired, unique.unpaired]
         counts += [
             count_funnel(paths, "FunnelVideos", "videos"),
             # A video counts as decoded once its pairs are sampled: one too short for any pair does not.
             count_funnel(sampled, "FunnelVideosDecoded", "videos_decoded"),
             count_funnel(sampled, "FunnelPairsSampled", "frame_pairs_sampled", lambda video: len(video.pairs)),
-            count_funnel(videos.paired, "FunnelPairsKept", "frame_pairs_kept", lambda video: video.kept),
-            count_as(videos.paired, "VideosWritten", WRITTEN),
+            count_funnel(unique.paired, "FunnelPairsKept", "frame_pairs_kept", lambda video: video.kept),
+            count_as(unique.paired, "VideosWritten", WRITTEN),
         ]
     if config.sources is not None:
         sources = p | "ReadSources" >> ReadSources(config.sources)

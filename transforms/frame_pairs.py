@@ -1,6 +1,7 @@
 """The stages of the frame-pair job (MimicBrush): videos and still images -> judged, masked, encoded pairs.
 
     video paths -> VideoPairs (decode, shots, sampled frame pairs, each judged and encoded)
+      -> DeduplicateVideos (one copy of a clip: same bytes, or frames that hash alike)
     source images -> ImagePairs (augmented copy as the reference, judged, encoded)
       -> CapImagePairs (the mix ratio)
     -> SplitPairs (every candidate pair: its sample or its rejection)
@@ -35,7 +36,7 @@ from apache_beam.pvalue import TaggedOutput
 from schemas import Reason, Rejection, SourceImage
 from schemas.keys import SOURCE_KEY_HEX_DIGITS, derived_seed
 from schemas.sample import mimic_fields
-from transforms.checks import check_jpeg_quality, check_seed, is_unit
+from transforms.checks import check_jpeg_quality, check_seed, is_number, is_unit
 from transforms.io.decode import decode_rgb, encode_jpeg
 from transforms.io.files import NotARegularFile, open_input
 from transforms.io.shards import EncodedSample
@@ -60,11 +61,14 @@ from transforms.video import (
     Frame,
     PairSamplingConfig,
     VideoDecodeConfig,
+    HASH_BITS,
     VideoError,
-    read_frames,
+    VideoSignature,
+    read_video,
     sample_pairs,
     shot_boundaries,
     video_seed,
+    video_signature,
 )
 
 #: The ledger of candidate pairs (its counters are ``pairs.<counter>``).
@@ -84,17 +88,23 @@ MATCH_EDGES = (0, 1, 8, 16, 32, 64, 128, 256, 512, 1024)
 @dataclasses.dataclass(frozen=True)
 class FramePairSettings:
     """Per-job settings: the base seed, JPEG quality, and ``video_share``: the static-image
-    pairs are capped at ``(1 - video_share) / video_share`` times the video pairs (0: no cap)."""
+    pairs are capped at ``(1 - video_share) / video_share`` times the video pairs (0: no cap).
+    ``near_duplicate_bits``: two videos whose frame hashes are at most this many bits apart
+    on average (:meth:`~transforms.video.VideoSignature.distance`) are one clip."""
 
     seed: int = 0
     jpeg_quality: int = 95
     video_share: float = 0.7
+    near_duplicate_bits: float = 12.0
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
         check_jpeg_quality(self.jpeg_quality, minimum=MIN_JPEG_QUALITY)
         if not is_unit(self.video_share) or self.video_share >= 1.0:
             raise ValueError(f"video_share must be in [0, 1), got {self.video_share!r}")
+        if not is_number(self.near_duplicate_bits) or not 0 <= self.near_duplicate_bits < HASH_BITS / 2:
+            raise ValueError(f"near_duplicate_bits must be a number in [0, {HASH_BITS // 2}), "
+                             f"got {self.near_duplicate_bits!r}")
 
     def static_cap(self, video_pairs: int) -> Optional[int]:
         """How many image pairs may join ``video_pairs`` video pairs; ``None``: no cap."""
@@ -114,11 +124,15 @@ class PairRules:
 
 @dataclasses.dataclass(frozen=True)
 class InputPairs:
-    """One input (a video, an image) and the outcome of each of its candidate pairs: a sample or a rejection."""
+    """One input (a video, an image) and the outcome of each of its candidate pairs: a sample or a rejection.
+
+    A video's record carries its :class:`~transforms.video.VideoSignature` for :class:`DeduplicateVideos`.
+    """
 
     uri: str
     key: str
     pairs: tuple[EncodedSample | Rejection, ...]
+    signature: Optional[VideoSignature] = None
 
     @property
     def kept(self) -> int:
@@ -222,15 +236,20 @@ def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSampli
         yield Rejection(path, stage, error.reason, error.detail)
         return
     with copy:
-        if not copy.seek(0, io.SEEK_END):
+        size_bytes = copy.seek(0, io.SEEK_END)
+        if not size_bytes:
             yield Rejection(path, stage, Reason.EMPTY_FILE, "zero bytes")
             return
         copy.seek(0)
         try:
-            frames = read_frames(copy, decode, name=path)
+            video = read_video(copy, decode, name=path)
         except VideoError as error:
             yield Rejection(path, stage, error.reason, error.detail)
             return
+    frames = video.frames
+    notes = {} if video.truncated is None else {"notes": ["truncated"], "truncated": video.truncated}
+    if notes:
+        yield from _counted([(("video_notes", "truncated"), 1)])
     shots = shot_boundaries(frames, cuts)
     seed = video_seed(settings.seed, key)
     pairs = sample_pairs(frames, shots, sampling, seed)
@@ -248,13 +267,13 @@ def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSampli
             outcomes.append(Rejection(path, stage, failure[0], failure[1], pair_key))
             continue
         meta = {"branch": "video", "source_key": key, "uri": path, "ssim": ssim,
-                "video": {"key": key, "uri": path, "frames_decoded": len(frames), "shots": len(shots)},
+                "video": {"key": key, "uri": path, "frames_decoded": len(frames), "shots": len(shots), **notes},
                 "frames": {"source": _frame_json(source), "reference": _frame_json(reference),
                            "gap_s": round(reference.time_s - source.time_s, 6)}}
         pair_seed = int(np.random.default_rng([seed, number]).integers(2**62))
         outcomes.append(_encode(pair_key, source.rgb, reference.rgb, matches, rules, pair_seed,
                                 settings.jpeg_quality, meta))
-    yield from _outcome(stage, InputPairs(path, key, tuple(outcomes)),
+    yield from _outcome(stage, InputPairs(path, key, tuple(outcomes), video_signature(frames, size_bytes)),
                         (Reason.NO_FRAME_PAIR, f"all {len(pairs)} sampled pairs rejected"))
 
 
@@ -285,6 +304,92 @@ class VideoPairs(Stage):
         outputs = self.apply_stage(paths)
         RunAccounts.of(paths).add_counts(outputs.extra[COUNTS_TAG])
         return Paired.of(outputs)
+
+
+# --------------------------------------------------------------------------- one copy of a clip
+
+
+def _copy_rank(uri_and_signature: tuple[str, VideoSignature]) -> tuple[int, int, str]:
+    uri, signature = uri_and_signature
+    return -signature.frames, -signature.size_bytes, uri
+
+
+def duplicate_videos(videos: Sequence[tuple[str, str, VideoSignature]],
+                     max_bits: float) -> dict[str, tuple[Reason, str]]:
+    """``uri -> (reason, detail)`` of each video that repeats another among ``(uri, key, signature)``.
+
+    Copies are ranked by :func:`_copy_rank` (most frames, then most bytes, then smallest URI)
+    and each is kept unless it repeats one kept before it: the same content key is
+    ``duplicate_content``, frame hashes within ``max_bits`` are ``near_duplicate_video``.
+    The decision depends on the set of videos only, not on the workers' order.
+    """
+    keys = {uri: key for uri, key, _ in videos}
+    kept: list[tuple[str, VideoSignature]] = []
+    decisions: dict[str, tuple[Reason, str]] = {}
+    for uri, signature in sorted(((uri, signature) for uri, _, signature in videos), key=_copy_rank):
+        same = next((other for other, _ in kept if keys[other] == keys[uri]), None)
+        if same is not None:
+            decisions[uri] = (Reason.DUPLICATE_CONTENT, f"same bytes as {same}")
+            continue
+        near = next(((other, distance) for other, kept_signature in kept
+                     if (distance := signature.distance(kept_signature)) <= max_bits), None)
+        if near is not None:
+            decisions[uri] = (Reason.NEAR_DUPLICATE_VIDEO,
+                              f"frame hashes {near[1]:.1f} of {HASH_BITS} bits from {near[0]}, which is kept")
+            continue
+        kept.append((uri, signature))
+    return decisions
+
+
+def _signature_of(video: InputPairs) -> tuple[str, str, VideoSignature]:
+    return video.uri, video.key, video.signature
+
+
+def _with_decisions(video: InputPairs, decisions: dict[str, tuple[Reason, str]]) -> tuple[InputPairs, Optional[tuple[Reason, str]]]:
+    return video, decisions.get(video.uri)
+
+
+def _keep_one_copy(video_and_decision: tuple[InputPairs, Optional[tuple[Reason, str]]]) -> Iterator[Any]:
+    video, decision = video_and_decision
+    if decision is None:
+        yield video
+        return
+    stage = DeduplicateVideos.stage
+    pairs = tuple(Rejection(video.uri, stage, *decision, pair.key) for pair in video.pairs)
+    yield from _outcome(stage, dataclasses.replace(video, pairs=pairs), decision)
+
+
+class DeduplicateVideos(Stage):
+    """Paired videos -> one copy of each clip; the other copies rejected with all their pairs.
+
+    Two files of the same bytes would write the same sample keys twice (a shard webdataset
+    and wids refuse); two encodes of one clip would give the same pairs twice. Copies are
+    found by content key, or by frame hashes at fixed times (:func:`duplicate_videos`),
+    over every paired video at once (:meth:`prepare` hands each record the decisions, as
+    :class:`CapImagePairs` does its threshold), so the job compares ``n^2 / 2`` pairs of
+    small signatures. Records are named by URI: copies share their content key.
+    """
+
+    stage = "video_dedup"
+    identity = staticmethod(record_uri)
+    extra_tags = (UNPAIRED_TAG,)
+
+    def __init__(self, settings: FramePairSettings) -> None:
+        super().__init__()
+        self._max_bits = settings.near_duplicate_bits
+
+    def prepare(self, videos: beam.PCollection) -> beam.PCollection:
+        decisions = (videos
+                     | "Signatures" >> beam.Map(_signature_of)
+                     | "AllSignatures" >> beam.combiners.ToList()
+                     | "Decide" >> beam.Map(duplicate_videos, self._max_bits))
+        return videos | "WithDecisions" >> beam.Map(_with_decisions, beam.pvalue.AsSingleton(decisions))
+
+    def record_fn(self) -> RecordFunction:
+        return _keep_one_copy
+
+    def expand(self, videos: beam.PCollection) -> Paired:
+        return Paired.of(self.apply_stage(videos))
 
 
 # --------------------------------------------------------------------------- still images

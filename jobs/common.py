@@ -23,7 +23,7 @@ from pipeline.finalize import RunInfo, check_ledgers, holds_finished_run, retire
 from pipeline.options import ConfigError, RunOptions, device_option, mapping_option, parse_options, resolved_config
 from pipeline.preflight import preflight, refuse_finished_run
 from pipeline.provenance import code_version
-from pipeline.runners import new_pipeline
+from pipeline.runners import new_pipeline, remove_temp_root
 from pipeline.sources import AnnotationSource, SourcesConfig
 from transforms.annotated import BoxSource
 from transforms.io.decode import DecodeConfig
@@ -200,9 +200,10 @@ def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], Any]
     if holds_finished_run(output):
         retire_finished_run(output)
     run_started(output)
-    pipeline = new_pipeline(options)
+    pipeline = new_pipeline(options, output)
     build(pipeline)
     pipeline.run().wait_until_finish()
+    remove_temp_root(output)
     return check_ledgers(output)
 
 

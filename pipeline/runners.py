@@ -12,13 +12,21 @@ and nothing is logged; records are simply gone (issue 14: 136 of 972 objects of 
 runner's still on; none with both off). :func:`new_pipeline` runs such pipelines on
 :class:`ThreadSafeFnApiRunner`, which never flushes on a timer; outputs are still flushed
 by size (10 MB) and when a bundle or an input ends, which is all a batch job needs.
+
+Beam also makes a ``beam-pipeline-temp*`` folder in ``$TMPDIR`` for every pipeline it
+constructs and deletes it only when ``run()`` returns, so each killed run left one behind.
+A pipeline writing to a local output keeps it in that output's hidden ``.beam-temp``
+folder instead, which the next run into the output clears first.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -32,6 +40,8 @@ NO_TIMED_FLUSH_MS = 2**31 - 1
 _LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner", "SwitchingDirectRunner"})
 _WORKER_MODES = frozenset({"multi_threading", "multi_processing"})
 _flush_period_lock = threading.Lock()
+#: The hidden folder of a local output that holds its run's Beam temp folder.
+TEMP_FOLDER = ".beam-temp"
 
 
 @contextlib.contextmanager
@@ -66,11 +76,39 @@ def uses_local_workers(options: PipelineOptions) -> bool:
             and direct.direct_running_mode in _WORKER_MODES and direct.direct_num_workers != 1)
 
 
-def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the runner the options name; several local workers get :class:`ThreadSafeFnApiRunner`."""
+def local_temp_root(output: str) -> Optional[str]:
+    """Where a run into ``output`` keeps Beam's temp folder: its hidden folder, if ``output`` is local."""
+    return None if "://" in output else os.path.join(output, TEMP_FOLDER)
+
+
+def _move_temp_folder(pipeline: beam.Pipeline, root: str) -> None:
+    """Swap the temp folder Beam made in ``$TMPDIR`` for a fresh one under ``root``, clearing a killed run's."""
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    os.rmdir(pipeline.local_tempdir)  # empty: Beam has only just made it
+    pipeline.local_tempdir = tempfile.mkdtemp(prefix="beam-pipeline-temp", dir=root)
+
+
+def remove_temp_root(output: str) -> None:
+    """Delete the (by now empty) hidden temp folder of a run that ended."""
+    root = local_temp_root(output)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_pipeline(options: PipelineOptions, output: Optional[str] = None) -> beam.Pipeline:
+    """A pipeline on the runner the options name; several local workers get :class:`ThreadSafeFnApiRunner`.
+
+    With a local ``output``, Beam's temp folder lies in its hidden folder, not in ``$TMPDIR``.
+    """
     if uses_local_workers(options):
         direct = options.view_as(DirectOptions)
         LOG.info("local runner with %d workers (%s): without Beam's timed output flush, which loses records "
                  "under concurrency (pipeline/runners.py)", direct.direct_num_workers, direct.direct_running_mode)
-        return beam.Pipeline(runner=ThreadSafeFnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=ThreadSafeFnApiRunner(), options=options)
+    else:
+        pipeline = beam.Pipeline(options=options)
+    root = None if output is None else local_temp_root(output)
+    if root is not None:
+        _move_temp_folder(pipeline, root)
+    return pipeline

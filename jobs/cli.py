@@ -50,7 +50,8 @@ COMMANDS: dict[str, Command] = {
                           "target", "jobs.composites:main"),
     "evaluate": Command("removers and quality scores judged against composites' exact targets: PSNR/SSIM, "
                         "rank correlation, AUC, precision and yield of the build defaults", "jobs.evaluate:main"),
-    "sheet": Command("a contact sheet picture of candidate samples", "jobs.sheet:main"),
+    "sheet": Command("a contact sheet picture of candidate, self-reference, frame-pair or built pair samples",
+                     "jobs.sheet:main"),
     "review": Command("review samples in the browser (decisions in SQLite); 'review export' writes the decisions "
                       "file build reads", "jobs.review:main"),
     "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),

@@ -1,4 +1,4 @@
-"""``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidate or self-reference samples, for a first look."""
+"""``counterfactory sheet``: a contact sheet (PNG/JPEG) of candidates, self-reference, frame or built pairs, for a first look."""
 from __future__ import annotations
 
 import glob
@@ -15,7 +15,8 @@ LOG = logging.getLogger(__name__)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = StrictArgumentParser(prog="counterfactory sheet", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--candidates", "--shards", dest="candidates", required=True,
-                        help="Folder of candidate shards (a bootstrap --output) or of pbe-pairs shards.")
+                        help="Folder of shards: a bootstrap --output, a built version (OUTPUT/NAME/VERSION), "
+                             "pbe-pairs or video-pairs shards.")
     parser.add_argument("--output", required=True, help="Picture to write (.png or .jpg).")
     parser.add_argument("--keys", nargs="*", default=(), help="Only these sample keys (default: the first ones).")
     parser.add_argument("--limit", type=int, default=12, help="Most rows (objects) on the sheet.")

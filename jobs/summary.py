@@ -50,7 +50,10 @@ def _ledger_rows(name: str, ledger: Mapping[str, Any]) -> list[tuple[str, str, s
 def summary_rows(stats: Mapping[str, Any], output: str, elapsed_s: float,
                  extra_files: Sequence[str] = ()) -> list[tuple[str, str, str]]:
     """The table's rows, (what, figure, detail): every ledger of the run, then shards, time and files."""
-    ledgers = sorted((name for name in stats if name.endswith("ledger")), key=lambda name: (name != "ledger", name))
+    # A sub-ledger nothing entered (bootstrap's annotated objects, without annotations) says nothing.
+    ledgers = sorted((name for name in stats
+                      if name == "ledger" or (name.endswith("_ledger") and stats[name].get("inputs"))),
+                     key=lambda name: (name != "ledger", name))
     rows = [row for name in ledgers for row in _ledger_rows(name, stats[name])]
     main = stats.get("ledger", {})
     rate = main.get("inputs", 0) / elapsed_s if elapsed_s > 0 else 0.0

@@ -4,7 +4,9 @@ Candidate samples: one row per object, the source with the removal mask tinted r
 the detection box, the RGBA cut-out on a checkerboard, then every removal candidate
 captioned with its scores. Self-reference (Paint-by-Example) samples: the reference, the
 target with its mask tinted, and the target, two pairs per row. Frame pairs (MimicBrush):
-the source with its grid mask tinted and the reference. Reads the shards with
+the source with its grid mask tinted and the reference. Built pairs: the source, the
+source with the repainted region tinted (both pairs' mask), the removal and the re-paste,
+one object per row. Reads the shards with
 ``webdataset`` only, so it works on any shards of these kinds.
 """
 from __future__ import annotations
@@ -39,9 +41,9 @@ def _open(data: bytes) -> Image.Image:
         return image
 
 
-def _tinted(sample: dict) -> Image.Image:
+def _tinted(sample: dict, mask_field: str = Field.MASK) -> Image.Image:
     src = np.asarray(_open(sample[Field.SRC]).convert("RGB"), np.float32)
-    mask = np.asarray(_open(sample[Field.MASK]).convert("L")) > 0
+    mask = np.asarray(_open(sample[mask_field]).convert("L")) > 0
     src[mask] = 0.55 * src[mask] + 0.45 * MASK_TINT
     return Image.fromarray(src.astype(np.uint8))
 
@@ -123,6 +125,16 @@ def _mimic_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
             (_open(sample[Field.REF]).convert("RGB"), f"{where} {meta['matches']['inliers']} matches")]
 
 
+def _pairs_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
+    meta = json.loads(sample[Field.JSON])
+    candidate = meta["candidate"]
+    return [(_open(sample[Field.SRC]).convert("RGB"), f"{meta['detection']['label']} {meta['key'][-10:]}"),
+            (_tinted(sample, Field.REGION), "region (mask)"),
+            (_open(sample[Field.REMOVED]).convert("RGB"),
+             f"removed c{candidate['index']} score {candidate['combined_score']:.2f}"),
+            (_open(sample[Field.PASTED]).convert("RGB"), f"pasted ({meta['selected_by']})")]
+
+
 def _tile_sheet(pairs: Sequence[list[tuple[Image.Image, str]]], side: int, per_row: int) -> Image.Image:
     """Pairs of tiles, ``per_row`` pairs to a row, captioned."""
     width = len(pairs[0])
@@ -151,8 +163,14 @@ def mimic_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12
     return _tile_sheet([_mimic_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
 
 
+def pairs_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
+                per_row: int = 1) -> Image.Image:
+    """A sheet of up to ``limit`` built pairs: source | region tinted on the source | removed | pasted."""
+    return _tile_sheet([_pairs_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
+
+
 #: Sheet of each sample kind (the ``kind`` of its json).
-SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet, "mimic": mimic_sheet}
+SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet, "mimic": mimic_sheet, "pairs": pairs_sheet}
 
 
 def sample_kind(shards: Sequence[str]) -> str:

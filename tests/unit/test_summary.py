@@ -13,6 +13,8 @@ STATS = {
                "dead_letters": {"segment": 2}},
     "objects_ledger": {"inputs": 300, "written": 150, "rejected_total": 150, "dead_letters_total": 0,
                        "rejected": {"mask_too_small": 100, "low_score": 50}, "dead_letters": {}},
+    "annotated_objects_ledger": {"inputs": 0, "written": 0, "rejected_total": 0, "dead_letters_total": 0,
+                                 "rejected": {}, "dead_letters": {}},
     "shards": {"count": 8, "samples": 150, "bytes": 123_456_789},
 }
 
@@ -34,6 +36,7 @@ def test_every_ledger_is_a_block_of_rows_and_the_figures_are_the_stats():
                                       "image_too_small 1, others 2")
     assert rows["dead letters"] == ("2", "segment 2")
     assert rows["rejected (objects)"] == ("150", "mask_too_small 100, low_score 50")
+    assert not any("annotated_objects" in what for what in rows)  # nothing entered it
     assert rows["throughput"][0] == "2.00/s"
     assert rows["output"] == ("123.5 MB", "8 shards, 150 samples")
     assert rows["elapsed"] == ("1 min 0 s", "")

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.finalize import STATS
-from pipeline.versions import INDEX, INDEX_FORMAT_VERSION, version_entry
+from pipeline.versions import INDEX, INDEX_FORMAT_VERSION, latest_version, version_entry
 from transforms.io.files import list_files, publish, read_json
 
 LOG = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _updated_index(dataset_url: str, entry: Mapping[str, Any]) -> dict[str, Any]
     return {
         "format_version": INDEX_FORMAT_VERSION,
         "dataset": posixpath.basename(dataset_url.rstrip("/")),
-        "latest": versions[-1]["version"],
+        "latest": latest_version(versions),
         "versions": versions,
     }
 

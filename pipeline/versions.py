@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -60,14 +60,19 @@ def scan_versions(dataset_dir: str) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda entry: (entry["finished_at"], entry["version"]))
 
 
+def latest_version(versions: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """The newest of index entries (oldest first) that holds samples or was built ``--allow_empty``."""
+    return next((entry["version"] for entry in reversed(versions) if entry["samples"] or entry.get("allow_empty")),
+                None)
+
+
 def write_versions_index(dataset_dir: str) -> Mapping[str, Any]:
     """Rebuild ``versions.json`` from the finished versions; returns what it wrote."""
     versions = scan_versions(dataset_dir)
     index = {
         "format_version": INDEX_FORMAT_VERSION,
         "dataset": posixpath.basename(dataset_dir.rstrip("/")),
-        "latest": next((entry["version"] for entry in reversed(versions) if entry["samples"] or entry["allow_empty"]),
-                       None),
+        "latest": latest_version(versions),
         "versions": versions,
     }
     publish(FileSystems.join(dataset_dir, INDEX), json.dumps(index, indent=2, sort_keys=True).encode("utf-8"))

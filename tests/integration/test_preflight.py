@@ -158,6 +158,10 @@ def test_an_empty_build_is_recorded_but_does_not_become_latest(candidates, tmp_p
     assert [(v["version"], v["samples"] > 0) for v in index["versions"]] == [("v1", True), ("v2", False)]
     assert index["latest"] == "v1"
     assert "demo-v2 keeps no sample: it is recorded and listed, but latest stays v1" in caplog.text
+    repository = tmp_path / "repository"
+    for version in ("v1", "v2"):  # the published index follows the same rule
+        assert cli.main(["publish", str(tmp_path / "demo" / version), "--to", str(repository)]) == 0
+    assert json.loads((repository / "demo" / "versions.json").read_text())["latest"] == "v1"
     assert cli.main(["build", *argv, "--version=v3", nothing, "--allow_empty"]) == 0
     index = json.loads((tmp_path / "demo" / "versions.json").read_text())
     assert index["latest"] == "v3" and index["versions"][2]["allow_empty"] is True

@@ -314,8 +314,11 @@ def _copy_rank(uri_and_signature: tuple[str, VideoSignature]) -> tuple[int, int,
     return -signature.frames, -signature.size_bytes, uri
 
 
-def duplicate_videos(videos: Sequence[tuple[str, str, VideoSignature]],
-                     max_bits: float) -> dict[str, tuple[Reason, str]]:
+#: Why a video is rejected as a copy: its reason and detail.
+CopyDecision = tuple[Reason, str]
+
+
+def duplicate_videos(videos: Sequence[tuple[str, str, VideoSignature]], max_bits: float) -> dict[str, CopyDecision]:
     """``uri -> (reason, detail)`` of each video that repeats another among ``(uri, key, signature)``.
 
     Copies are ranked by :func:`_copy_rank` (most frames, then most bytes, then smallest URI)
@@ -325,7 +328,7 @@ def duplicate_videos(videos: Sequence[tuple[str, str, VideoSignature]],
     """
     keys = {uri: key for uri, key, _ in videos}
     kept: list[tuple[str, VideoSignature]] = []
-    decisions: dict[str, tuple[Reason, str]] = {}
+    decisions: dict[str, CopyDecision] = {}
     for uri, signature in sorted(((uri, signature) for uri, _, signature in videos), key=_copy_rank):
         same = next((other for other, _ in kept if keys[other] == keys[uri]), None)
         if same is not None:
@@ -345,11 +348,11 @@ def _signature_of(video: InputPairs) -> tuple[str, str, VideoSignature]:
     return video.uri, video.key, video.signature
 
 
-def _with_decisions(video: InputPairs, decisions: dict[str, tuple[Reason, str]]) -> tuple[InputPairs, Optional[tuple[Reason, str]]]:
+def _with_decisions(video: InputPairs, decisions: dict[str, CopyDecision]) -> tuple[InputPairs, Optional[CopyDecision]]:
     return video, decisions.get(video.uri)
 
 
-def _keep_one_copy(video_and_decision: tuple[InputPairs, Optional[tuple[Reason, str]]]) -> Iterator[Any]:
+def _keep_one_copy(video_and_decision: tuple[InputPairs, Optional[CopyDecision]]) -> Iterator[Any]:
     video, decision = video_and_decision
     if decision is None:
         yield video

@@ -218,7 +218,7 @@ def _behind(share: float, box: Box, other: Box) -> bool:
 
 
 def duplicates(detections: Sequence[Detection], min_iou: float) -> tuple[Optional[int], ...]:
-    """For each detection, the higher-scored one it repeats, or ``None`` (:func:`transforms.duplicates.duplicate_of`)."""
+    """For each detection, the higher-scored one it repeats, or ``None`` (see :mod:`transforms.duplicates`)."""
     return duplicate_of([d.box for d in detections], [d.score for d in detections],
                         [d.box_source == "annotation" for d in detections], min_iou)
 

@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="counterfactory",
         description="Build counterfactual image-editing datasets with Apache Beam.",
         epilog="Run 'counterfactory COMMAND --help' for the options of a command.",
+        allow_abbrev=False,  # '--log' is not --log-level: the command refuses it as unknown
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -6,7 +6,7 @@ captioned with its scores. Self-reference (Paint-by-Example) samples: the refere
 target with its mask tinted, and the target, two pairs per row. Frame pairs (MimicBrush):
 the source with its grid mask tinted and the reference. Built pairs: the source, the
 source with the repainted region tinted (both pairs' mask), the removal and the re-paste,
-one object per row. Reads the shards with
+cropped alike around the object, one object per row. Reads the shards with
 ``webdataset`` only, so it works on any shards of these kinds.
 """
 from __future__ import annotations
@@ -126,13 +126,17 @@ def _mimic_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
 
 
 def _pairs_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
+    """The four pictures, cropped alike around the object (with context): a small object stays visible."""
     meta = json.loads(sample[Field.JSON])
     candidate = meta["candidate"]
-    return [(_open(sample[Field.SRC]).convert("RGB"), f"{meta['detection']['label']} {meta['key'][-10:]}"),
-            (_tinted(sample, Field.REGION), "region (mask)"),
-            (_open(sample[Field.REMOVED]).convert("RGB"),
-             f"removed c{candidate['index']} score {candidate['combined_score']:.2f}"),
-            (_open(sample[Field.PASTED]).convert("RGB"), f"pasted ({meta['selected_by']})")]
+    src = _open(sample[Field.SRC]).convert("RGB")
+    crop = _crop_box(meta["detection"]["box"], src.width, src.height, margin=1.0, min_side=96)
+    tiles = [(src, f"{meta['detection']['label']} {meta['key'][-10:]}"),
+             (_tinted(sample, Field.REGION), "region (mask)"),
+             (_open(sample[Field.REMOVED]).convert("RGB"),
+              f"removed c{candidate['index']} score {candidate['combined_score']:.2f}"),
+             (_open(sample[Field.PASTED]).convert("RGB"), f"pasted ({meta['selected_by']})")]
+    return [(image.crop(crop), caption) for image, caption in tiles]
 
 
 def _tile_sheet(pairs: Sequence[list[tuple[Image.Image, str]]], side: int, per_row: int) -> Image.Image:
@@ -165,7 +169,7 @@ def mimic_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12
 
 def pairs_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
                 per_row: int = 1) -> Image.Image:
-    """A sheet of up to ``limit`` built pairs: source | region tinted on the source | removed | pasted."""
+    """A sheet of up to ``limit`` built pairs: source | region tinted on the source | removed | pasted, around the object."""
     return _tile_sheet([_pairs_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from jobs import cli
 from pipeline.testing import write_candidate_set
-from review.contact_sheet import BACKGROUND, CAPTION_PX, pairs_sheet
+from review.contact_sheet import BACKGROUND, CAPTION_PX, _crop_box, pairs_sheet
 from schemas.sample import Field
 
 OBJECTS = 6
@@ -30,10 +30,11 @@ def _first_pair(built: pathlib.Path) -> dict:
     return next(iter(webdataset.WebDataset(sorted(map(str, built.glob("shard-*.tar"))), shardshuffle=False)))
 
 
-def _tile(data: bytes) -> np.ndarray:
-    """A member as the sheet tiles it: fitted into SIDE x SIDE, centred on the background."""
+def _tile(data: bytes, box) -> np.ndarray:
+    """A member as the sheet tiles it: cropped around the object, fitted into SIDE x SIDE, centred."""
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB")
+        image = image.crop(_crop_box(box, image.width, image.height, margin=1.0, min_side=96))
         image.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
         tile = np.full((SIDE, SIDE, 3), BACKGROUND, np.float32)
         top, left = (SIDE - image.height) // 2, (SIDE - image.width) // 2
@@ -57,9 +58,10 @@ def test_each_row_is_source_region_removed_pasted(built):
     row = np.asarray(pairs_sheet(sorted(map(str, built.glob("shard-*.tar"))), [sample["__key__"]], side=SIDE),
                      np.float32)
     tiles = [row[:SIDE, column * SIDE:(column + 1) * SIDE] for column in range(4)]
-    assert np.abs(tiles[0] - _tile(sample[Field.SRC])).mean() < 1
-    assert np.abs(tiles[2] - _tile(sample[Field.REMOVED])).mean() < 1
-    assert np.abs(tiles[3] - _tile(sample[Field.PASTED])).mean() < 1
-    region = _tile(sample[Field.REGION])[..., 0] > 127
+    box = json.loads(sample[Field.JSON])["detection"]["box"]
+    assert np.abs(tiles[0] - _tile(sample[Field.SRC], box)).mean() < 1
+    assert np.abs(tiles[2] - _tile(sample[Field.REMOVED], box)).mean() < 1
+    assert np.abs(tiles[3] - _tile(sample[Field.PASTED], box)).mean() < 1
+    region = _tile(sample[Field.REGION], box)[..., 0] > 127
     tint = tiles[1][..., 0] - tiles[0][..., 0]
     assert region.any() and tint[region].mean() > 20 and np.abs(tint[~region]).mean() < 5, "the region, tinted"

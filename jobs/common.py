@@ -121,7 +121,8 @@ def sources_config(options: PipelineOptions, default_images: Sequence[str]) -> S
     check_patterns([a.path for a in annotations], "--annotations")
     try:
         return SourcesConfig(images=images, shards=tuple(inputs.shards or ()), annotations=annotations,
-                             decode=DecodeConfig(max_pixels=inputs.max_pixels, jpeg_quality=inputs.jpeg_quality))
+                             decode=DecodeConfig(max_pixels=inputs.max_pixels, jpeg_quality=inputs.jpeg_quality),
+                             spool_dir=output_dir(options))
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

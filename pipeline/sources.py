@@ -42,6 +42,8 @@ class SourcesConfig:
     shards: tuple[str, ...] = ()
     annotations: tuple[AnnotationSource, ...] = ()
     decode: DecodeConfig = DecodeConfig()
+    #: Where deduplication spools image bytes while it groups digests (the run's output); None: it groups the images.
+    spool_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not (self.images or self.shards or self.annotations):
@@ -92,7 +94,7 @@ class ReadSources(beam.PTransform):
         # What the readers found, kept or not: the images among a job's inputs (a video job has others).
         found = [raw, *accounts.rejections(MAIN_LEDGER)[rejected_before:], *accounts.dead_letters(MAIN_LEDGER)[dead_before:]]
         decoded = raw | "Normalize" >> NormalizeImages(self._config.decode)
-        unique = decoded | "Deduplicate" >> DeduplicateByContent()
+        unique = decoded | "Deduplicate" >> DeduplicateByContent(self._config.spool_dir)
         accounts.add_counts(flatten("SourceCounts", [
             count_funnel(flatten("Found", found), "FunnelInputs", "inputs"),
             count_funnel(raw, "FunnelRead", "read"),

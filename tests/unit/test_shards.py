@@ -28,6 +28,7 @@ from transforms.io.shards import (
     ShardMismatch,
     ShardWriterConfig,
     WriteShards,
+    _SpoolFn,
     bucket_of,
     manifest,
     split_parts,
@@ -121,6 +122,20 @@ def test_verify_shards_refuses_a_shard_that_is_not_the_one_its_manifest_lists(tm
     (tmp_path / "shard-000000-00.tar").unlink()
     with pytest.raises(ShardMismatch, match="listed in the manifest but missing"):
         verify_shards(str(tmp_path), listed)
+
+
+def test_the_writers_spools_are_gone_after_a_run_and_after_a_failed_bundle(tmp_path):
+    with beam.Pipeline("FnApiRunner") as p:
+        _ = p | beam.Create([sample(i) for i in range(30)]) | WriteShards(config(tmp_path / "run", min_shards=3))
+    assert not list((tmp_path / "run").glob(f"*{PARTIAL_SUFFIX}")) and len(list((tmp_path / "run").glob("*.tar"))) == 3
+    spool = _SpoolFn(config(tmp_path / "failed"))
+    spool.start_bundle()
+    list(spool.process(sample(0)))
+    assert len(list((tmp_path / "failed").glob(f"*-spool-*{PARTIAL_SUFFIX}"))) == 1
+    spool._file.close()  # the next write fails, as on a lost volume
+    with pytest.raises(ValueError):
+        list(spool.process(sample(1)))
+    assert list((tmp_path / "failed").iterdir()) == []
 
 
 def test_sample_digest_is_defined_by_names_lengths_and_bytes():

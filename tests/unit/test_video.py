@@ -510,6 +510,9 @@ def test_video_seed_is_stable_and_distinct():
     lambda: PairSamplingConfig(max_gap_s=float("inf")),
     lambda: PairSamplingConfig(max_pairs=0),
     lambda: PairSamplingConfig(max_pairs=2.0),
+    lambda: FramePairSettings(near_duplicate_bits=-1),
+    lambda: FramePairSettings(near_duplicate_bits=32),  # half the bits: unrelated clips
+    lambda: FramePairSettings(near_duplicate_bits="12"),
 ])
 def test_configs_refuse_bad_values(make):
     with pytest.raises(ValueError):

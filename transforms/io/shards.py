@@ -338,8 +338,9 @@ def _publish_shard(config: ShardWriterConfig, name: str, rows: Sequence[Mapping[
 
 def _remove_spools(_: None, spools: list[str], shards: list[ShardInfo]) -> None:
     """Delete the spool files once every shard is written (``shards`` is there to wait for them)."""
-    if spools:
-        FileSystems.delete(spools)
+    for spool in spools:
+        with contextlib.suppress(OSError):  # the finalize's removal of .partial files may have come first
+            FileSystems.delete([spool])
     LOG.debug("removed %d spool files after %d shards", len(spools), len(shards))
 
 

@@ -269,3 +269,18 @@ def test_a_manifest_naming_paths_outside_the_version_is_refused_before_anything_
     with pytest.raises(PullError, match="paths outside the version: '../../escaped.txt', '/etc/escaped'"):
         pull(PullConfig("demo@v1", str(tmp_path / "repo"), str(tmp_path / "a" / "b" / "pulled")))
     assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_a_where_pull_checks_every_sample_against_its_sample_sha256(version, served, nginx, tmp_path, caplog):
+    nginx.start()
+    rows = pq.read_table(sorted(served.glob("shard-*.parquet"))[0]).to_pylist()
+    victim = rows[0]
+    shard = served / victim["shard"]
+    data = bytearray(shard.read_bytes())
+    data[victim["tar_offset"] + 512 + 10] ^= 0x01  # inside its first member's bytes (after one 512-byte header)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PullError, match=f"{victim['shard']}: samples {victim['key']} fail their sample_sha256 after "
+                                        f"fetching them twice"):
+        pull(PullConfig("demo@v1", nginx.url, str(tmp_path / "pulled"), where="quality > -1", workers=1))
+    assert len([row for row in nginx.served() if row.path.endswith(victim["shard"])]) == 2
+    assert not (tmp_path / "pulled" / victim["shard"]).exists()

@@ -247,8 +247,9 @@ def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSampli
             yield Rejection(path, stage, error.reason, error.detail)
             return
     frames = video.frames
-    notes = {} if video.truncated is None else {"notes": ["truncated"], "truncated": video.truncated}
-    if notes:
+    # Every sample carries both keys, so readers that infer a schema from the first samples see one type.
+    notes = {"notes": {"truncated": video.truncated is not None}, "truncated": video.truncated or ""}
+    if video.truncated is not None:
         yield from _counted([(("video_notes", "truncated"), 1)])
     shots = shot_boundaries(frames, cuts)
     seed = video_seed(settings.seed, key)

@@ -273,7 +273,7 @@ def test_copies_of_one_video_write_it_once_and_the_shards_read_in_webdataset_and
 def test_a_video_cut_in_half_writes_its_pairs_with_a_truncated_note(copies_run):
     stats = check_ledgers(str(copies_run))
     metas = [json.loads(s[Field.JSON]) for s in samples(copies_run).values()]
-    notes = {pathlib.Path(meta["uri"]).name: meta["video"].get("notes") for meta in metas}
-    assert notes.get("bunny_half.mkv") == ["truncated"]
-    assert all(note is None for name, note in notes.items() if name != "bunny_half.mkv")
+    notes = {pathlib.Path(meta["uri"]).name: (meta["video"]["notes"], meta["video"]["truncated"]) for meta in metas}
+    assert notes["bunny_half.mkv"][0] == {"truncated": True} and "declared" in notes["bunny_half.mkv"][1]
+    assert all(note == ({"truncated": False}, "") for name, note in notes.items() if name != "bunny_half.mkv")
     assert stats["counts"]["video_notes"] == {"truncated": 1}

@@ -43,8 +43,9 @@ TORCH = [
 # httpx is the HTTP client of its other tests. 4.51: 4.52 needs a certifi newer than the index holds.
 REVIEW = ["fastapi>=0.110", "uvicorn>=0.29", "selenium>=4.40", "httpx>=0.27"]
 CLOUD = {"gcp": ["apache-beam[gcp]"], "aws": ["apache-beam[aws]"]}
-# onnx: tests export tiny SAM-layout models; pycocotools: the annotation mask decoders are checked against it
-TEST = ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.16", "pycocotools>=2.0.8"]
+# onnx: tests export tiny SAM-layout models; pycocotools: the annotation mask decoders are checked against it;
+# datasets: every kind of output is loaded with Hugging Face's readers (tests/integration/test_readers.py)
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.16", "pycocotools>=2.0.8", "datasets>=4"]
 
 setup(
     name="counterfactory",

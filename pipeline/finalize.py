@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.card import CARD, dataset_card
 from schemas import DeadLetter, Rejection
 from transforms.io.files import publish, remove_partials
 from transforms.io.shards import ShardInfo, ShardWriterConfig, manifest, stale_files
@@ -197,6 +198,8 @@ class _FinalizeFn(beam.DoFn):
         if self._report_writer is not None:
             for path, data in sorted(self._report_writer(stats, lineage, report).items()):
                 publish(FileSystems.join(out, path), data)
+        publish(FileSystems.join(out, CARD),
+                dataset_card(out, run.dataset_name, self._writer.prefix, shards, stats, lineage))
         publish(FileSystems.join(out, CONFIG), yaml.safe_dump(dict(run.config), sort_keys=True).encode("utf-8"))
         publish(FileSystems.join(out, STATS), _json(stats))  # last: its presence marks a finished run
         for name, sub in sub_ledgers.items():

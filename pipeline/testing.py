@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
+from pipeline.card import CARD, dataset_card
 from pipeline.finalize import LINEAGE, MANIFEST, STATS, content_digest
 from schemas import Box, CandidateScores, Detection, ObjectCandidates, ObjectMask, RemovalCandidate, SourceImage
+from schemas.reasons import Note
 from schemas.keys import candidate_key, content_sha256, object_key, source_key
 from schemas.sample import CANDIDATE_METADATA_SCHEMA
 from transforms.candidates import CandidateSampleEncoder
@@ -73,17 +75,23 @@ def object_candidates(rng: np.random.Generator, index: int, width: int, height: 
 
 def write_candidate_set(folder: pathlib.Path, objects: int, *, width: int = 96, height: int = 72,
                         num_candidates: int = 4, seed: int = 0, max_count: int = 1000,
-                        extra_shards: Optional[dict[str, bytes]] = None) -> pathlib.Path:
+                        extra_shards: Optional[dict[str, bytes]] = None, noted: int = 0) -> pathlib.Path:
     """Write a finished candidate set of ``objects`` objects to ``folder``; returns the folder.
 
     ``extra_shards`` (name -> tar bytes) are listed in the manifest too, with their md5 and
-    size: a test's way to slip damaged or foreign shards into an otherwise valid set.
+    size: a test's way to slip damaged or foreign shards into an otherwise valid set. The sources
+    of the last ``noted`` objects in key order carry decode notes (grayscale, re-encoded), as in
+    a real run where a few inputs needed converting.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     encoder = CandidateSampleEncoder({"job": "bootstrap", "code_version": "synthetic", "dataset": folder.name}, MODELS)
-    samples = sorted((encoder(object_candidates(rng, i, width, height, num_candidates)) for i in range(objects)),
-                     key=lambda sample: sample.key)
+    records = sorted((object_candidates(rng, i, width, height, num_candidates) for i in range(objects)),
+                     key=lambda record: record.mask.key)
+    notes = (Note.FROM_GRAYSCALE, Note.REENCODED)
+    for i in range(len(records) - noted, len(records)):
+        records[i] = dataclasses.replace(records[i], source=dataclasses.replace(records[i].source, notes=notes))
+    samples = sorted((encoder(record) for record in records), key=lambda sample: sample.key)
     config = ShardWriterConfig(output_dir=str(folder), metadata_schema=CANDIDATE_METADATA_SCHEMA, max_count=max_count)
     shards = [write_shard(config, config.shard_name(0, part), samples[start:start + max_count])
               for part, start in enumerate(range(0, len(samples), max_count))]
@@ -96,7 +104,11 @@ def write_candidate_set(folder: pathlib.Path, objects: int, *, width: int = 96, 
     (folder / LINEAGE).write_text(json.dumps({"content_sha256": content_digest(shards), "models": MODELS}))
     funnel = [{"step": "images_in", "count": objects}, {"step": "objects_written", "count": objects},
               {"step": "candidates_written", "count": objects * num_candidates}]
-    (folder / STATS).write_text(json.dumps({"job": "bootstrap", "funnel": funnel}))
+    stats = {"job": "bootstrap", "funnel": funnel}
+    (folder / STATS).write_text(json.dumps(stats))
+    totals = {"count": len(shards), "samples": len(samples), "bytes": sum(shard.filesize for shard in shards)}
+    (folder / CARD).write_bytes(dataset_card(str(folder), folder.name, config.prefix, shards,
+                                             {**stats, "shards": totals}, {"job": "bootstrap", "models": MODELS}))
     return folder
 
 

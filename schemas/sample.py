@@ -17,8 +17,10 @@ import pyarrow as pa
 from schemas.reasons import Note
 from schemas.records import Annotation, Box, CandidateScores, ObjectCandidates, SourceImage
 
-#: Bumped when a field changes meaning; readers check it in the ``json`` member.
-FORMAT_VERSION = 1
+#: Bumped when a field changes meaning; readers check it in the ``json`` member. 2: ``notes`` is a map of
+#: every note to a bool, augmentation params are JSON text, a pair's ``review`` is always an object (one
+#: schema from the first sample on, so readers that infer types from the first samples read every sample).
+FORMAT_VERSION = 2
 
 
 class Field:
@@ -90,6 +92,42 @@ def _source_fields(image: SourceImage) -> dict[str, Any]:
     }
 
 
+def note_flags(notes: Any) -> dict[str, bool]:
+    """Every note -> whether it applies: the ``notes`` of a ``json`` member (a list in format 1).
+
+    A map with every key, not a list: an empty list has no element type, so a reader that
+    infers types from the first samples (Hugging Face ``datasets``) fails on a later note.
+    """
+    present = {Note(note) for note in notes} if not isinstance(notes, Mapping) else {
+        Note(note) for note, applies in notes.items() if applies}
+    return {note.value: note in present for note in Note}
+
+
+def _source_json(image: SourceImage) -> dict[str, Any]:
+    return {**_source_fields(image), "notes": note_flags(image.notes)}
+
+
+def _conformed_source(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``source`` object read from a shard of any format version, in this version's schema."""
+    return {**source, "notes": note_flags(source["notes"])}
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def replay_json(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An augmentation record (``transforms.augment``) as written in a ``json`` member.
+
+    Each applied transform's params become JSON text (the params left out, like elastic
+    displacement maps, as ``null`` in it): every transform has params of its own, so as
+    objects their keys would depend on which transforms the first samples drew.
+    """
+    return {**record, "applied": [
+        {"name": step["name"], "params": _json_text({**step["params"], **{k: None for k in step.get("omitted", ())}})}
+        for step in record["applied"]]}
+
+
 def source_metadata_row(image: SourceImage) -> dict[str, Any]:
     """The Parquet row of a source sample (``shard`` is added by the writer)."""
     return {**_source_fields(image), "labels": [annotation.label for annotation in image.annotations]}
@@ -106,7 +144,7 @@ def source_metadata(image: SourceImage, provenance: Mapping[str, Any]) -> dict[s
     return {
         "format_version": FORMAT_VERSION,
         "kind": "source",
-        **_source_fields(image),
+        **_source_json(image),
         "annotations": [annotation.to_json() for annotation in image.annotations],
         "provenance": dict(provenance),
     }
@@ -135,7 +173,7 @@ def source_from_sample(sample: Mapping[str, Any]) -> SourceImage:
         width=int(meta["width"]),
         height=int(meta["height"]),
         jpeg=bytes(sample[Field.SRC]),
-        notes=tuple(Note(n) for n in meta["notes"]),
+        notes=tuple(Note(note) for note, applies in note_flags(meta["notes"]).items() if applies),
         annotations=tuple(Annotation.from_json(a) for a in meta["annotations"]),
         origin=meta.get("origin", "file"),
     )
@@ -202,7 +240,7 @@ def candidate_metadata(record: ObjectCandidates, cutout: ObjectCutout, provenanc
         "format_version": FORMAT_VERSION,
         "kind": "candidates",
         "key": obj.key,
-        "source": _source_fields(source),
+        "source": _source_json(source),
         "object_index": obj.object_index,
         "detection": {"label": detection.label, "class_id": detection.class_id, "score": detection.score,
                       "box": detection.box.as_list(), "detector": detection.detector},
@@ -338,6 +376,11 @@ PAIR_METADATA_SCHEMA = pa.schema(
 )
 
 
+#: A pair's ``review`` when no decision chose it: the decision's fields, empty (``selected_by`` says
+#: whether a review chose the pair).
+NO_REVIEW = {"key": "", "decision": "", "reviewer": "", "time": "", "note": ""}
+
+
 @dataclasses.dataclass(frozen=True)
 class PairChoice:
     """Which candidate became the pair, and why (thresholds or a review decision)."""
@@ -360,14 +403,14 @@ def pair_metadata(sample: CandidateSample, choice: PairChoice, selection: Mappin
         "format_version": FORMAT_VERSION,
         "kind": "pairs",
         "key": sample.key,
-        "source": meta["source"],
+        "source": _conformed_source(meta["source"]),
         "object_index": meta["object_index"],
         "detection": meta["detection"],
         "mask": meta["mask"],
         "object": meta["object"],
         "candidate": {**sample.candidate(choice.candidate_index), "combined_score": choice.combined_score},
         "selected_by": choice.selected_by,
-        "review": dict(choice.review) if choice.review else None,
+        "review": {**NO_REVIEW, **(choice.review or {})},
         "pairs": PAIRS,
         "selection": dict(selection),
         "models": meta["models"],
@@ -451,10 +494,11 @@ def pbe_fields(source: SourceImage, key: str, box: LabelledBox, record: Mapping[
         "format_version": FORMAT_VERSION,
         "kind": "pbe",
         "key": key,
-        "source": _source_fields(source),
+        "source": _source_json(source),
         "box": box.to_json(),
         "reference_key": reference_key or key,
         **dict(record),
+        "reference": replay_json(record["reference"]),
         "provenance": dict(provenance),
     }
     return {Field.SRC: target_jpeg, Field.MASK: mask_png, Field.REF: reference_jpeg, Field.JSON: _json_bytes(meta)}
@@ -502,7 +546,7 @@ def composite_fields(source: SourceImage, key: str, obj: Any, record: Mapping[st
         "format_version": FORMAT_VERSION,
         "kind": "composite",
         "key": key,
-        "background": _source_fields(source),
+        "background": _source_json(source),
         "object": {"key": obj.key, "label": obj.label, "source_key": obj.source_key, "uri": obj.uri},
         **dict(record),
         "provenance": dict(provenance),
@@ -585,5 +629,19 @@ def mimic_fields(key: str, source_jpeg: bytes, reference_jpeg: bytes, mask_png: 
         Field.SRC: source_jpeg,
         Field.REF: reference_jpeg,
         Field.MASK: mask_png,
-        Field.JSON: _json_bytes({"format_version": FORMAT_VERSION, "kind": "mimic", "key": key, **meta}),
+        Field.JSON: _json_bytes({"format_version": FORMAT_VERSION, "kind": "mimic", "key": key,
+                                 **_conformed_mimic(meta)}),
     }
+
+
+#: What one branch of frame pairs records and the other does not; every sample has every key (``null``
+#: for the other branch), so which branch the first samples came from does not decide the keys.
+_MIMIC_BRANCH_KEYS = ("video", "frames", "image", "augmentation")
+
+
+def _conformed_mimic(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A frame pair's facts in one schema: every branch key, augmentation params as JSON text."""
+    conformed = {**dict.fromkeys(_MIMIC_BRANCH_KEYS), **meta}
+    if conformed["augmentation"] is not None:
+        conformed["augmentation"] = replay_json(conformed["augmentation"])
+    return conformed

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pathlib
+import re
 import shutil
 import threading
 import time
@@ -235,13 +237,18 @@ def _piece(version: pathlib.Path, row: dict) -> bytes:
     return (version / row["shard"]).read_bytes()[row["tar_offset"]: row["tar_offset"] + row["tar_length"]]
 
 
-def test_shards_glob_latest_and_a_local_repository(version, tmp_path):
+def test_shards_glob_latest_and_a_local_repository(version, tmp_path, caplog):
     repo = tmp_path / "repo"
     publish_version(str(version), str(repo))
     newer = tmp_path / "out" / "demo" / "v2"
     shutil.copytree(version, newer)
     publish_version(str(newer), str(repo))
-    assert cli.main(["pull", "demo@latest", "--from", str(repo), "--to", str(tmp_path / "latest")]) == 0
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="pipeline.pull"):
+        assert cli.main(["pull", "demo@latest", "--from", str(repo), "--to", str(tmp_path / "latest")]) == 0
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pulled ") and "ETA" in r.getMessage()]
+    assert 1 <= len(progress) <= 1 + (time.monotonic() - started) / 2  # a line every 2 s at most, and the last
+    assert re.fullmatch(r"pulled 1\.\d / 1\.\d MB, (\d+) / \1 files, [\d.]+ MB/s, ETA 0 s", progress[-1]), progress
     assert json.loads((tmp_path / "latest" / REPOSITORY_MANIFEST).read_text())["version"] == "v2"
     assert _files(tmp_path / "latest") == {**_files(version),
                                            REPOSITORY_MANIFEST: (repo / "demo" / "v2" / REPOSITORY_MANIFEST).read_bytes()}

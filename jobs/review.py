@@ -23,6 +23,7 @@ from review.index import DatasetSource, open_index
 from review.store import DecisionStore, export_all
 from schemas.decisions import decisions_jsonl
 from transforms.io.files import read_json
+from transforms.io.shards import verify_shards
 from transforms.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 LOG = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def dataset_source(folder: str, overrides: Mapping[str, Any]) -> DatasetSource:
     job = read_json(os.path.join(folder, STATS)).get("job")
     if job not in _REVIEWABLE:
         raise ValueError(f"{folder} was written by {job!r}; review reads {' or '.join(_REVIEWABLE)} outputs")
+    verify_shards(folder, read_json(os.path.join(folder, MANIFEST))["shardlist"])  # a changed or mixed folder
     lineage = read_json(os.path.join(folder, LINEAGE))
     name = lineage.get("dataset") or os.path.basename(folder)
     return DatasetSource(folder=folder, manifest=MANIFEST, version=f"{name}@{lineage['content_sha256'][:12]}",

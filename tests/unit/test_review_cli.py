@@ -50,3 +50,14 @@ def test_an_evaluation_is_a_candidate_set_to_review(candidates, tmp_path):
 
 def test_the_cache_sits_beside_the_database(tmp_path):
     assert ReviewConfig(db=str(tmp_path / "qa.sqlite")).cache_dir == str(tmp_path / "qa.cache")
+
+
+def test_a_dataset_whose_shards_differ_from_its_manifest_is_refused_in_one_line(tmp_path, caplog):
+    folder = write_candidate_set(tmp_path / "demo", 2, seed=1)
+    shard = next(folder.glob("shard-*.tar"))
+    with open(shard, "r+b") as file:
+        file.seek(1536)
+        file.write(bytes(400))  # the damage: zeroed bytes, size unchanged
+    with caplog.at_level(logging.ERROR):
+        assert review_job.main([str(folder), "--db", str(tmp_path / "review.sqlite")]) == 2
+    assert len(caplog.records) == 1 and f"{shard} does not match the manifest: md5" in caplog.records[0].getMessage()

@@ -105,26 +105,40 @@ def peak_rss_of_ingest(inputs: pathlib.Path, output: pathlib.Path) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=150)
     parser.add_argument("--large", type=int, default=1200)
     parser.add_argument("--json", help="Write the figures here too.")
+    parser.add_argument("--photos", help="Keep the generated JPEGs in this folder and reuse the ones already there "
+                                         "(making 1,200 takes most of the time on 2 cores).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = pathlib.Path(tempfile.mkdtemp(prefix="ingest-memory-"))
     try:
-        photos = work / "large"
-        photos.mkdir()
+        photos = pathlib.Path(args.photos) if args.photos else work / "large"
+        photos.mkdir(parents=True, exist_ok=True)
+        missing = [(photos, index) for index in range(args.large) if not (photos / f"photo-{index:05d}.jpg").exists()]
         with multiprocessing.Pool(os.cpu_count()) as pool:
-            sizes = pool.map(make_photo, [(photos, index) for index in range(args.large)])
+            pool.map(make_photo, missing)
+        sizes = [(photos / f"photo-{index:05d}.jpg").stat().st_size for index in range(args.large)]
         small = work / "small"
         small.mkdir()
-        for path in sorted(photos.iterdir())[: args.small]:
+        for index in range(args.small):
+            path = photos / f"photo-{index:05d}.jpg"
             os.link(path, small / path.name)
         LOG.info("inputs: %d JPEGs, mean %.2f MB", len(sizes), np.mean(sizes) / 1e6)
+        large = work / "large-inputs"
+        large.mkdir()
+        for index in range(args.large):
+            os.link(photos / f"photo-{index:05d}.jpg", large / f"photo-{index:05d}.jpg")
         runs = {}
-        for name, folder, count in (("small", small, args.small), ("large", photos, args.large)):
+        for name, folder, count in (("small", small, args.small), ("large", large, args.large)):
             runs[name] = {"images": count, "input_bytes": sum(sizes[:count]), **peak_rss_of_ingest(folder, work / f"out-{name}")}
             LOG.info("%5d images (%.2f GB): peak RSS %.2f GB, %.0f s", count, runs[name]["input_bytes"] / 1e9,
                      runs[name]["peak_rss_bytes"] / 1e9, runs[name]["seconds"])
@@ -133,7 +147,7 @@ def main() -> None:
         result = {
             "benchmark": "ingest_memory",
             "date": datetime.date.today().isoformat(),
-            "machine": f"{os.cpu_count()}-core {platform.machine()} {platform.system()}",
+            "machine": f"{os.cpu_count()}-core {_cpu_model()} {platform.machine()} {platform.system()}",
             "command": "python benchmarks/ingest_memory.py " + " ".join(sys.argv[1:]),
             "mean_jpeg_bytes": int(np.mean(sizes)),
             "runs": runs,

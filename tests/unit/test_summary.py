@@ -78,3 +78,21 @@ def test_a_failed_run_keeps_its_traceback_in_the_log(tmp_path):
 def test_without_a_cli_run_nothing_is_written(tmp_path):
     run_started(str(tmp_path))
     assert not (tmp_path / "run.log").exists()
+
+
+def test_a_full_disk_stops_the_log_file_not_the_run(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    (tmp_path / "run.log").symlink_to("/dev/full")  # every write: ENOSPC
+    with RunConsole():
+        run_started(str(tmp_path))
+        logging.getLogger("tests.summary").info("a line the disk cannot take")
+        logging.getLogger("tests.summary").info("and another")
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_an_output_the_log_cannot_go_to_is_one_warning(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    with RunConsole():
+        run_started(str(tmp_path / "file" / "out"))  # below a file
+    assert [r.getMessage() for r in caplog.records if r.name == "jobs.console"] == [
+        f"no run.log in {tmp_path / 'file' / 'out'}: [Errno 20] Not a directory: '{tmp_path / 'file' / 'out'}'"]

@@ -1,5 +1,9 @@
 """The table a run ends with, from its stats.json, and the run.log a CLI run leaves in its output folder."""
 import logging
+import os
+import posixpath
+
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from jobs.console import RunConsole, run_started
 from jobs.summary import human_bytes, summary_rows, summary_table, top_reasons
@@ -96,3 +100,30 @@ def test_an_output_the_log_cannot_go_to_is_one_warning(tmp_path, caplog):
         run_started(str(tmp_path / "file" / "out"))  # below a file
     assert [r.getMessage() for r in caplog.records if r.name == "jobs.console"] == [
         f"no run.log in {tmp_path / 'file' / 'out'}: [Errno 20] Not a directory: '{tmp_path / 'file' / 'out'}'"]
+
+
+class _Bucket(LocalFileSystem):
+    """A remote filesystem for the test: ``consoletest://PATH`` is PATH below :attr:`root`."""
+
+    root = ""
+
+    @classmethod
+    def scheme(cls):
+        return "consoletest"
+
+    def join(self, base, *paths):
+        return posixpath.join(base, *paths)
+
+    def create(self, path, *args, **kwargs):
+        return super().create(os.path.join(self.root, path.split("://", 1)[1]), *args, **kwargs)
+
+
+def test_a_remote_output_gets_its_log_uploaded_when_the_run_ends(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(_Bucket, "root", str(tmp_path))
+    (tmp_path / "out").mkdir()
+    with RunConsole():
+        run_started("consoletest://out")
+        logging.getLogger("tests.summary").info("a line of the run")
+        assert not (tmp_path / "out" / "run.log").exists()  # held locally until the end
+    assert (tmp_path / "out" / "run.log").read_text().endswith("tests.summary: a line of the run\n")

@@ -25,6 +25,7 @@ from jobs import cli
 from jobs.summary import LOG_FILE, REPORT_FILES, summary_table
 from pipeline.finalize import holds_finished_run, read_stats
 
+
 class _Held(logging.Handler):
     """The run's records until the output folder, and so the log file, is known."""
 

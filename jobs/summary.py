@@ -60,7 +60,8 @@ def summary_rows(stats: Mapping[str, Any], output: str, elapsed_s: float,
     shards = stats.get("shards", {})
     rows += [
         ("throughput", f"{rate:.2f}/s", "inputs per second of wall time"),
-        ("output", human_bytes(shards.get("bytes", 0)), f"{shards.get('count', 0)} shards, {shards.get('samples', 0)} samples"),
+        ("output", human_bytes(shards.get("bytes", 0)),
+         f"{shards.get('count', 0)} shards, {shards.get('samples', 0)} samples"),
         ("elapsed", human_seconds(elapsed_s), ""),
         ("stats", "", posixpath.join(output, "stats.json")),
     ]

@@ -169,7 +169,7 @@ def mimic_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12
 
 def pairs_sheet(shards: Sequence[str], keys: Iterable[str] = (), limit: int = 12, side: int = 224,
                 per_row: int = 1) -> Image.Image:
-    """A sheet of up to ``limit`` built pairs: source | region tinted on the source | removed | pasted, around the object."""
+    """Up to ``limit`` built pairs around their object: source | region tinted on the source | removed | pasted."""
     return _tile_sheet([_pairs_tiles(sample) for sample in _samples(shards, keys, limit)], side, per_row)
 
 

@@ -29,7 +29,8 @@ def test_top_reasons_name_the_most_frequent_and_sum_the_rest():
 
 
 def test_human_bytes_in_decimal_units():
-    assert [human_bytes(n) for n in (999, 1000, 1_116_160, 123_456_789_000)] == ["999 B", "1.0 kB", "1.1 MB", "123.5 GB"]
+    sizes = (999, 1000, 1_116_160, 123_456_789_000)
+    assert [human_bytes(n) for n in sizes] == ["999 B", "1.0 kB", "1.1 MB", "123.5 GB"]
 
 
 def test_every_ledger_is_a_block_of_rows_and_the_figures_are_the_stats():

@@ -80,7 +80,8 @@ class VideoOptions(PipelineOptions):
         parser.add_argument("--augment", type=mapping_option, default={},
                             help="StaticAugmentConfig of the static-image branch's reference.")
         parser.add_argument("--frame_pairs", type=mapping_option, default={},
-                            help="FramePairSettings: '{seed: 0, jpeg_quality: 95, video_share: 0.7}'.")
+                            help="FramePairSettings: '{seed: 0, jpeg_quality: 95, video_share: 0.7, "
+                                 "near_duplicate_bits: 12}'.")
 
 
 def video_pairs_config(options: PipelineOptions) -> VideoPairsConfig:

@@ -96,7 +96,8 @@ class ReadSources(beam.PTransform):
         decoded = raw | "Normalize" >> NormalizeImages(self._config.decode)
         unique = decoded | "Deduplicate" >> DeduplicateByContent(self._config.spool_dir)
         accounts.add_counts(flatten("SourceCounts", [
-            count_funnel(flatten("Found", found), "FunnelInputs", "inputs"),
+            # Counted one by one, then flattened: a Flatten of the records themselves would hold every input's bytes.
+            *(count_funnel(pcoll, f"FunnelInputs{index}", "inputs") for index, pcoll in enumerate(found)),
             count_funnel(raw, "FunnelRead", "read"),
             count_funnel(decoded, "FunnelDecoded", "decoded"),
             count_funnel(unique, "FunnelUnique", "unique"),

@@ -328,8 +328,11 @@ class RunAccounts:
             self.add_dead_letters(unit, dead_letters)
         inputs_counter = counter_name(unit, INPUTS)
         if source:
-            found = tuple(pcoll for _, pcoll, _ in outcomes if pcoll is not None) | self._label("Found") >> beam.Flatten()
-            self._counts.append(found | self._label("LedgerInputs") >> beam.Map(lambda _: ((inputs_counter, input_label), 1)))
+            # Each outcome counted before they meet: a Flatten of the records would hold all their bytes at once.
+            for _, pcoll, _ in outcomes:
+                if pcoll is not None:
+                    self._counts.append(pcoll | self._label("LedgerInputs") >> beam.Map(
+                        lambda _: ((inputs_counter, input_label), 1)))
         elif opens_ledger:
             keys_of = input_keys or own
             self._counts.append(inputs | self._label("LedgerInputs") >> beam.Map(

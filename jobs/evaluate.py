@@ -51,6 +51,7 @@ from pipeline.options import ConfigError
 from schemas.sample import CANDIDATE_METADATA_SCHEMA, SCORE_NAMES
 from transforms.evaluation import GOOD_PSNR_DB, by_object, judge_selection, roc_auc, rows_chooser, spearman
 from transforms.io.files import publish, read_json
+from transforms.io.shards import verify_shards
 from transforms.quality_model import QualityModel, fit
 from transforms.thresholds import DEFAULT_THRESHOLDS, SCORES, Better, SelectionRules, Thresholds
 
@@ -86,7 +87,9 @@ def composite_shards(path: str) -> tuple[str, ...]:
     job = read_json(FileSystems.join(path, STATS)).get("job")
     if job != "composites":
         raise ValueError(f"{path} was written by {job!r}, not by composites")
-    return tuple(FileSystems.join(path, entry["url"]) for entry in read_json(FileSystems.join(path, MANIFEST))["shardlist"])
+    shardlist = read_json(FileSystems.join(path, MANIFEST))["shardlist"]
+    verify_shards(path, shardlist)  # a changed shard or a folder mixing two runs: ShardMismatch, a ValueError
+    return tuple(FileSystems.join(path, entry["url"]) for entry in shardlist)
 
 
 def evaluate_config(options: PipelineOptions) -> EvaluateConfig:

@@ -7,7 +7,10 @@ import os
 from typing import Optional, Sequence
 
 from pipeline.arguments import StrictArgumentParser
+from pipeline.finalize import MANIFEST
 from review.contact_sheet import SHEETS, sample_kind
+from transforms.io.files import read_json
+from transforms.io.shards import ShardMismatch, verify_shards
 
 LOG = logging.getLogger(__name__)
 
@@ -25,6 +28,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shards = sorted(glob.glob(os.path.join(args.candidates, "*.tar")))
     if not shards:
         LOG.error("no shard (*.tar) in %s", args.candidates)
+        return 2
+    manifest = os.path.join(args.candidates, MANIFEST)
+    try:
+        if os.path.isfile(manifest):  # a run's folder: its shards must be the ones its manifest lists
+            verify_shards(args.candidates, read_json(manifest)["shardlist"])
+    except ShardMismatch as error:
+        LOG.error("%s", error)
         return 2
     kind = sample_kind(shards)
     if kind not in SHEETS:

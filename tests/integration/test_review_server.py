@@ -48,7 +48,7 @@ def relabel(folder: pathlib.Path, labels: list[str]) -> None:
                 writer.write({"__key__": sample["__key__"], "json": json.dumps(meta).encode(),
                               **{k: v for k, v in sample.items() if not k.startswith("__") and k != "json"}})
         tar.write_bytes(buffer.getvalue())
-        entry["md5sum"] = hashlib.md5(buffer.getvalue()).hexdigest()
+        entry["md5sum"], entry["filesize"] = hashlib.md5(buffer.getvalue()).hexdigest(), len(buffer.getvalue())
     (folder / "shardindex.json").write_text(json.dumps(manifest))
 
 

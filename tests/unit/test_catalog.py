@@ -491,6 +491,11 @@ def test_install_verifies_every_file_before_anything_becomes_visible(converted_s
     with pytest.raises(cat.BundleError, match="outside the models it lists"):
         cat.install_bundle(tmp_path / "evil.tar", other, catalog=catalog)
     assert not (tmp_path / "escape.txt").exists() and not (other / "escape.txt").exists()
+    outside = tmp_path / "outside.tar.xz"  # index and manifest agree on a path outside the entry
+    _rewrite(archive, outside, lambda name, data: data.replace(b'"converted.bin"', b'"../../../converted.bin"')
+             if name.endswith(".json") else data)
+    with pytest.raises(cat.BundleError, match="outside its entry"):
+        cat.install_bundle(outside, other, catalog=catalog)
     moved = one_file_model(str(tmp_path / "elsewhere.bin"), converted_spec.files[0].sha256, convert="reverse")
     with pytest.raises(cat.BundleError, match="another catalog entry"):
         cat.install_bundle(archive, other, catalog={"demo": moved, "plain": plain})

@@ -562,7 +562,7 @@ def bundle_models(specs: Sequence[ModelSpec], archive: PathLike, cache_dir: Opti
             if manifest is None:
                 raise BundleError(f"model {spec.id!r} is not in the cache {cache}; "
                                   f"fetch it first: counterfactory models fetch {spec.id}")
-            for role, entry in manifest["files"].items():
+            for entry in manifest["files"].values():
                 if tree_sha256(model_dir / entry["path"]) != entry["sha256"]:
                     raise ChecksumError(f"model {spec.id!r}: cached {entry['path']} no longer has the sha256 its "
                                         f"manifest records; refetch it: counterfactory models fetch {spec.id} --force")
@@ -612,7 +612,9 @@ def _read_bundle(archive: Path, staging: Path) -> dict[str, Any]:
             if first is None or first.name != BUNDLE_INDEX or not first.isfile():
                 raise BundleError(f"{archive}: not a models bundle (its first member is not {BUNDLE_INDEX})")
             index = json.load(tar.extractfile(first))
-            if not isinstance(index, dict) or index.get("format") != BUNDLE_FORMAT or not index.get("models"):
+            if (not isinstance(index, dict) or index.get("format") != BUNDLE_FORMAT
+                    or not isinstance(index.get("models"), dict) or not index["models"]
+                    or not all(isinstance(i, str) and _ID.match(i) for i in index["models"])):
                 raise BundleError(f"{archive}: unsupported bundle index (format {BUNDLE_FORMAT} expected)")
             while (member := tar.next()) is not None:  # streaming: an xz archive is read once
                 if not member.isfile():
@@ -640,8 +642,11 @@ def _verify_staged(model_id: str, entry: Mapping[str, Any], staged: Path, spec: 
         raise BundleError(f"model {model_id!r}: the bundle has no readable manifest: {e}") from e
     if manifest.get("fingerprint") != spec.fingerprint or manifest.get("files") != entry.get("files"):
         raise BundleError(f"model {model_id!r}: its manifest disagrees with the bundle's index")
-    for role, file_entry in manifest["files"].items():
-        local = staged / file_entry["path"]
+    for file_entry in manifest["files"].values():
+        relative = Path(file_entry["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise BundleError(f"model {model_id!r}: its manifest names {file_entry['path']!r}, outside its entry")
+        local = staged / relative
         digest = tree_sha256(local) if local.exists() else None
         if digest != file_entry["sha256"]:
             raise ChecksumError(f"model {model_id!r}: {file_entry['path']} in the bundle has sha256 {digest}, "
@@ -655,7 +660,7 @@ def install_bundle(archive: PathLike, cache_dir: Optional[PathLike] = None, *,
     Everything is extracted into a staging folder inside the cache and every file checked
     against its manifest's sha256 and the manifest against this catalog's fingerprint before
     any entry becomes visible; then each entry replaces its old one by rename, under the
-    model's lock. A failure leaves the cache as it was.
+    model's lock. A failure before that leaves the cache as it was.
     """
     catalog = load_catalog() if catalog is None else catalog
     cache = cache_root(cache_dir)

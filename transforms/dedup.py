@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import Reason, Rejection, SourceImage
-from transforms.io.files import PARTIAL_SUFFIX
+from transforms.io.files import PARTIAL_SUFFIX, permanent_error
 from transforms.ledger import MAIN_LEDGER, RunAccounts, record_uri
 
 STAGE = "dedup"
@@ -64,6 +64,12 @@ class _SpoolImagesFn(beam.DoFn):
                 self._file = FileSystems.create(self._path, mime_type="application/octet-stream",
                                                 compression_type="uncompressed")
             self._file.write(image.jpeg)
+        except OSError as error:
+            self._discard()
+            permanent = permanent_error(error, f"writing {self._path}")
+            if permanent is None:
+                raise
+            raise permanent from error
         except BaseException:
             self._discard()
             raise
@@ -75,6 +81,12 @@ class _SpoolImagesFn(beam.DoFn):
         if self._file is not None:
             try:
                 self._file.close()
+            except OSError as error:
+                self._discard()
+                permanent = permanent_error(error, f"writing {self._path}")
+                if permanent is None:
+                    raise
+                raise permanent from error
             except BaseException:
                 self._discard()
                 raise

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import uuid
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import apache_beam as beam
@@ -20,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
 from schemas import Reason, Rejection, SourceImage
-from transforms.io.files import PARTIAL_SUFFIX, permanent_error
+from transforms.io.files import BundleSpool
 from transforms.ledger import MAIN_LEDGER, RunAccounts, record_uri
 
 STAGE = "dedup"
@@ -53,54 +52,15 @@ class _SpoolImagesFn(beam.DoFn):
         self._spool_dir = spool_dir
 
     def start_bundle(self) -> None:
-        self._path: Optional[str] = None
-        self._file: Any = None
-        self._offset = 0
+        self._spool = BundleSpool(self._spool_dir, "dedup-spool")
 
     def process(self, image: SourceImage) -> Iterator[tuple[str, _SpooledImage]]:
-        try:
-            if self._file is None:
-                self._path = FileSystems.join(self._spool_dir, f"dedup-spool-{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
-                self._file = FileSystems.create(self._path, mime_type="application/octet-stream",
-                                                compression_type="uncompressed")
-            self._file.write(image.jpeg)
-        except OSError as error:
-            self._discard()
-            permanent = permanent_error(error, f"writing {self._path}")
-            if permanent is None:
-                raise
-            raise permanent from error
-        except BaseException:
-            self._discard()
-            raise
+        path, offset = self._spool.append(image.jpeg)
         fields = {field.name: getattr(image, field.name) for field in dataclasses.fields(image) if field.name != "jpeg"}
-        yield image.sha256, _SpooledImage(image.uri, fields, self._path, self._offset, len(image.jpeg))
-        self._offset += len(image.jpeg)
+        yield image.sha256, _SpooledImage(image.uri, fields, path, offset, len(image.jpeg))
 
     def finish_bundle(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as error:
-                self._discard()
-                permanent = permanent_error(error, f"writing {self._path}")
-                if permanent is None:
-                    raise
-                raise permanent from error
-            except BaseException:
-                self._discard()
-                raise
-            self._file = None
-
-    def _discard(self) -> None:
-        """A failed bundle's spool goes at once: a retry writes a new one."""
-        file, self._file = self._file, None
-        with contextlib.suppress(OSError):
-            if file is not None:
-                file.close()
-        with contextlib.suppress(OSError):
-            if self._path is not None and FileSystems.exists(self._path):
-                FileSystems.delete([self._path])
+        self._spool.close()
 
 
 def _remove_spools(_: None, spools: list[str], kept: int) -> None:

@@ -44,7 +44,7 @@ def test_a_failed_bundle_deletes_its_spool_at_once(tmp_path):
     spool.start_bundle()
     list(spool.process(IMAGES[0]))
     assert len(list(tmp_path.iterdir())) == 1
-    spool._file.close()  # the next write fails, as on a lost volume
+    spool._spool._file.close()  # the next write fails, as on a lost volume
     with pytest.raises(ValueError):
         list(spool.process(IMAGES[1]))
     assert list(tmp_path.iterdir()) == []

@@ -132,7 +132,7 @@ def test_the_writers_spools_are_gone_after_a_run_and_after_a_failed_bundle(tmp_p
     spool.start_bundle()
     list(spool.process(sample(0)))
     assert len(list((tmp_path / "failed").glob(f"*-spool-*{PARTIAL_SUFFIX}"))) == 1
-    spool._file.close()  # the next write fails, as on a lost volume
+    spool._spool._file.close()  # the next write fails, as on a lost volume
     with pytest.raises(ValueError):
         list(spool.process(sample(1)))
     assert list((tmp_path / "failed").iterdir()) == []

@@ -1,6 +1,7 @@
 """Small file operations on any Beam filesystem: read, hash, publish atomically."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -151,6 +152,68 @@ def _remove_quietly(path: str) -> None:
             FileSystems.delete([path])
     except OSError as error:
         LOG.warning("could not remove %s: %s", path, error)
+
+
+def _storage_io(operation: Callable[[], T], what: str) -> T:
+    """Run one write; a full disk or a refused write becomes its one-line :class:`StorageError`."""
+    try:
+        return operation()
+    except OSError as error:
+        permanent = permanent_error(error, what)
+        if permanent is None:
+            raise
+        raise permanent from error
+
+
+class BundleSpool:
+    """One bundle's append-only spool file, ``PREFIX-<uuid>.partial`` in ``directory``.
+
+    Records wait here while only references to them cross a shuffle. The file is created on
+    the first append. A failed write or close deletes it at once (a retried bundle writes a
+    new one, and a full disk stays full); a full disk or a refused write is the one-line
+    :class:`StorageError`.
+    """
+
+    def __init__(self, directory: str, prefix: str) -> None:
+        self._directory = directory
+        self._prefix = prefix
+        self._path: Optional[str] = None
+        self._file: Any = None
+        self._offset = 0
+
+    def append(self, data: bytes) -> tuple[str, int]:
+        """Write ``data``; the spool's path and the offset of ``data`` in it."""
+        try:
+            if self._file is None:
+                self._path = FileSystems.join(self._directory, f"{self._prefix}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+                self._file = _storage_io(lambda: FileSystems.create(self._path, mime_type="application/octet-stream",
+                                                                    compression_type="uncompressed"),
+                                         f"writing {self._path}")
+            _storage_io(lambda: self._file.write(data), f"writing {self._path}")
+        except BaseException:
+            self.discard()
+            raise
+        offset, self._offset = self._offset, self._offset + len(data)
+        return self._path, offset
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            _storage_io(self._file.close, f"writing {self._path}")
+        except BaseException:
+            self.discard()
+            raise
+        self._file = None
+
+    def discard(self) -> None:
+        """Close and delete the spool (a failed bundle's)."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        if self._path is not None:
+            _remove_quietly(self._path)
 
 
 def list_files(pattern: str) -> list[str]:

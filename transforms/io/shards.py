@@ -33,8 +33,7 @@ import math
 import posixpath
 import tarfile
 import tempfile
-import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -45,7 +44,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from schemas.sample import LOCATION_COLUMNS, sample_digest
 from transforms.checks import is_integral
-from transforms.io.files import PARTIAL_SUFFIX, list_files, md5_of, permanent_error, publish
+from transforms.io.files import BundleSpool, list_files, md5_of, publish
 from transforms.ledger import MAIN_LEDGER, RunAccounts
 
 LOG = logging.getLogger(__name__)
@@ -200,17 +199,6 @@ class SpooledSample:
     length: int
 
 
-def _storage_io(operation: Callable[[], Any], what: str) -> Any:
-    """Run a spool write; a full disk or a refused write becomes its one-line ``StorageError``."""
-    try:
-        return operation()
-    except OSError as error:
-        permanent = permanent_error(error, what)
-        if permanent is None:
-            raise
-        raise permanent from error
-
-
 class _SpoolFn(beam.DoFn):
     """Append each sample's tar records to one spool file per bundle (``*.partial`` beside the shards)."""
 
@@ -219,45 +207,16 @@ class _SpoolFn(beam.DoFn):
         self._config = config
 
     def start_bundle(self) -> None:
-        self._path: Optional[str] = None
-        self._file: Any = None
-        self._offset = 0
+        self._spool = BundleSpool(self._config.output_dir, f"{self._config.prefix}-spool")
 
     def process(self, sample: EncodedSample) -> Iterator[SpooledSample]:
-        if self._file is None:
-            self._path = self._config.path(f"{self._config.prefix}-spool-{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
         records = tar_records(sample, self._config.mtime)
-        try:
-            if self._file is None:
-                self._file = _storage_io(lambda: FileSystems.create(self._path, mime_type="application/octet-stream",
-                                                                    compression_type="uncompressed"),
-                                         f"writing {self._path}")
-            _storage_io(lambda: self._file.write(records), f"writing {self._path}")
-        except BaseException:
-            self._discard()
-            raise
+        path, offset = self._spool.append(records)
         yield SpooledSample(key=sample.key, nbytes=sample.nbytes, sample_sha256=sample_digest(sample.fields),
-                            metadata=dict(sample.metadata), spool=self._path, offset=self._offset, length=len(records))
-        self._offset += len(records)
+                            metadata=dict(sample.metadata), spool=path, offset=offset, length=len(records))
 
     def finish_bundle(self) -> None:
-        if self._file is not None:
-            try:
-                _storage_io(self._file.close, f"writing {self._path}")
-            except BaseException:
-                self._discard()
-                raise
-            self._file = None
-
-    def _discard(self) -> None:
-        """Delete a failed bundle's spool at once: a retried bundle writes a new one, and a full disk stays full."""
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
-        with contextlib.suppress(OSError):
-            if FileSystems.exists(self._path):
-                FileSystems.delete([self._path])
+        self._spool.close()
 
 
 def _spooled_records(samples: Sequence[SpooledSample]) -> Iterator[bytes]:

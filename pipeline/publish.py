@@ -22,13 +22,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.finalize import STATS
 from pipeline.versions import INDEX, INDEX_FORMAT_VERSION, latest_version, version_entry
-from transforms.io.files import list_files, publish, read_json
+from transforms.io.files import hash_stream, list_files, publish, read_json
 
 LOG = logging.getLogger(__name__)
 
 REPOSITORY_MANIFEST = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
-_CHUNK_BYTES = 8 << 20
 
 
 class PublishError(ValueError):
@@ -46,11 +45,9 @@ class Published:
 
 def file_digest(path: str) -> tuple[int, str]:
     """Size and sha256 of one file, read in chunks (shards are far larger than memory allows twice)."""
-    sha, size = hashlib.sha256(), 0
+    sha = hashlib.sha256()
     with FileSystems.open(path, compression_type="uncompressed") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-            sha.update(chunk)
-            size += len(chunk)
+        size = hash_stream(stream, sha)
     return size, sha.hexdigest()
 
 

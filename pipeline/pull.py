@@ -38,11 +38,11 @@ from pipeline.publish import REPOSITORY_MANIFEST
 from pipeline.remote import Source, SourceError, open_source, read_exactly
 from pipeline.versions import INDEX
 from schemas.sample import sample_digest
+from transforms.io.files import PARTIAL_SUFFIX, hash_stream
 from transforms.where import compile_where
 
 LOG = logging.getLogger(__name__)
 
-PARTIAL = ".partial"
 #: Where a partial pull keeps the version's own Parquet files while it runs (removed at the end).
 WORK_DIR = ".pull"
 LATEST = "latest"
@@ -139,25 +139,23 @@ class _Stopped(Exception):
 
 
 def _sha256_of(path: str) -> tuple[int, "hashlib._Hash"]:
-    sha, size = hashlib.sha256(), 0
+    sha = hashlib.sha256()
     with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-            sha.update(chunk)
-            size += len(chunk)
+        size = hash_stream(stream, sha)
     return size, sha
 
 
 def _write_atomically(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + PARTIAL, "wb") as out:
+    with open(path + PARTIAL_SUFFIX, "wb") as out:
         out.write(data)
-    os.replace(path + PARTIAL, path)
+    os.replace(path + PARTIAL_SUFFIX, path)
 
 
 def _is_safe(path: str) -> bool:
     """A relative path that stays inside the folder (a manifest comes from a server, not from us)."""
     return path not in ("", ".") and not path.startswith("/") and posixpath.normpath(path) == path and \
-        not path.startswith("../") and path != ".." and "\\" not in path and not path.endswith(PARTIAL)
+        not path.startswith("../") and path != ".." and "\\" not in path and not path.endswith(PARTIAL_SUFFIX)
 
 
 def _is_shard(path: str, paths: frozenset[str]) -> bool:
@@ -211,12 +209,12 @@ class _Puller:
             os.remove(target)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         for attempt in range(2):
-            problem = self._download(path, entry, target + PARTIAL)
+            problem = self._download(path, entry, target + PARTIAL_SUFFIX)
             if problem is None:
-                os.replace(target + PARTIAL, target)
+                os.replace(target + PARTIAL_SUFFIX, target)
                 self.progress.file_done()
                 return
-            os.remove(target + PARTIAL)
+            os.remove(target + PARTIAL_SUFFIX)
             if attempt == 0:
                 LOG.warning("%s: %s; deleted, fetching it again", path, problem)
         raise PullError(f"{path} fails verification against the manifest after fetching it twice: {problem}")
@@ -267,11 +265,11 @@ class _Puller:
             self.progress.file_done(kept_bytes=sum(row["tar_length"] for row in rows))
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target + PARTIAL, "wb") as out:
+        with open(target + PARTIAL_SUFFIX, "wb") as out:
             for run in _runs(rows):
                 out.write(self._fetch_run(shard, run))
             out.write(_TAR_END)
-        os.replace(target + PARTIAL, target)
+        os.replace(target + PARTIAL_SUFFIX, target)
         offsets, offset = [], 0
         for row in rows:
             offsets.append(offset)
@@ -396,8 +394,7 @@ def _shard_index(root: str, name: str, shards: Sequence[str]) -> bytes:
         path = os.path.join(root, shard)
         md5 = hashlib.md5()
         with open(path, "rb") as stream:
-            for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-                md5.update(chunk)
+            hash_stream(stream, md5)
         samples = pq.ParquetFile(f"{path[:-4]}.parquet").metadata.num_rows
         entries.append({"url": shard, "md5sum": md5.hexdigest(), "nsamples": samples, "filesize": os.path.getsize(path)})
     return json.dumps({"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": entries},

@@ -21,7 +21,8 @@ from jobs import build as build_job
 from jobs import cli
 from pipeline import publish as publish_module
 from pipeline.publish import REPOSITORY_MANIFEST, PublishError, publish_version
-from pipeline.pull import PARTIAL, PullConfig, PullError, pull
+from pipeline.pull import PullConfig, PullError, pull
+from transforms.io.files import PARTIAL_SUFFIX as PARTIAL
 from pipeline.testing import write_candidate_set
 from tests.nginx import nginx  # noqa: F401  (the fixture)
 

@@ -106,6 +106,15 @@ def read_json(path: str) -> Any:
     return json.loads(read_bytes(path))
 
 
+def hash_stream(stream: BinaryIO, hasher: Any) -> int:
+    """Feed the rest of ``stream`` to ``hasher`` (a ``hashlib`` object) in chunks; the bytes read."""
+    size = 0
+    for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
+        hasher.update(chunk)
+        size += len(chunk)
+    return size
+
+
 def md5_of(path: str) -> Optional[str]:
     """The md5 of a file, or None if it does not exist."""
 
@@ -114,8 +123,7 @@ def md5_of(path: str) -> Optional[str]:
             return None
         md5 = hashlib.md5()
         with FileSystems.open(path, compression_type="uncompressed") as stream:
-            for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-                md5.update(chunk)
+            hash_stream(stream, md5)
         return md5.hexdigest()
 
     return with_retries(digest, what=f"md5 of {path}")

@@ -44,13 +44,12 @@ from apache_beam.pvalue import TaggedOutput
 
 from schemas.sample import LOCATION_COLUMNS, sample_digest
 from transforms.checks import is_integral
-from transforms.io.files import BundleSpool, list_files, md5_of, publish
+from transforms.io.files import BundleSpool, hash_stream, list_files, md5_of, publish
 from transforms.ledger import MAIN_LEDGER, RunAccounts
 
 LOG = logging.getLogger(__name__)
 
 _SPOOL_IN_MEMORY_BYTES = 64 << 20
-_HASH_CHUNK_BYTES = 8 << 20
 #: The stage name of the writer in the stats' stage table.
 STAGE = "write"
 #: The tag of the sample keys each finished shard holds (the writer's side of the stage table).
@@ -252,8 +251,7 @@ class _TarSpool:
         self.size = self.file.tell()
         self.file.seek(0)
         digest = hashlib.md5()
-        for chunk in iter(lambda: self.file.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
+        hash_stream(self.file, digest)
         self.md5 = digest.hexdigest()
 
     def close(self) -> None:

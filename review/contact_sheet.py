@@ -118,9 +118,9 @@ def _pbe_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
 
 def _mimic_tiles(sample: dict) -> list[tuple[Image.Image, str]]:
     meta = json.loads(sample[Field.JSON])
-    frames = meta.get("frames")
-    where = (f"f{frames['source']['index']}->{frames['reference']['index']} ({frames['gap_s']:.1f}s)" if frames
-             else "augmented copy")
+    frames = meta["frames"]  # a still's are its one frame (format 3): the branch says which
+    where = (f"f{frames['source']['index']}->{frames['reference']['index']} ({frames['gap_s']:.1f}s)"
+             if meta["branch"] == "video" else "augmented copy")
     return [(_tinted(sample), f"{meta['branch']} ssim {meta['ssim']:.2f} n{meta['grid']['cells']}"),
             (_open(sample[Field.REF]).convert("RGB"), f"{where} {meta['matches']['inliers']} matches")]
 

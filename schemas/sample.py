@@ -20,7 +20,9 @@ from schemas.records import Annotation, Box, CandidateScores, ObjectCandidates, 
 #: Bumped when a field changes meaning; readers check it in the ``json`` member. 2: ``notes`` is a map of
 #: every note to a bool, augmentation params are JSON text, a pair's ``review`` is always an object (one
 #: schema from the first sample on, so readers that infer types from the first samples read every sample).
-FORMAT_VERSION = 2
+#: 3: a source's ``annotations`` and an augmentation's ``applied`` are JSON text (a list that may be empty
+#: has no element type), and a frame pair describes itself in both branches' terms, never ``null``.
+FORMAT_VERSION = 3
 
 
 class Field:
@@ -119,13 +121,14 @@ def _json_text(data: Any) -> str:
 def replay_json(record: Mapping[str, Any]) -> dict[str, Any]:
     """An augmentation record (``transforms.augment``) as written in a ``json`` member.
 
-    Each applied transform's params become JSON text (the params left out, like elastic
-    displacement maps, as ``null`` in it): every transform has params of its own, so as
-    objects their keys would depend on which transforms the first samples drew.
+    ``applied`` becomes JSON text of the list of ``{"name", "params"}`` (the params left out,
+    like elastic displacement maps, ``null``): every transform has params of its own, so as
+    objects their keys would depend on which transforms the first samples drew, and a list
+    of none applied has no element type.
     """
-    return {**record, "applied": [
-        {"name": step["name"], "params": _json_text({**step["params"], **{k: None for k in step.get("omitted", ())}})}
-        for step in record["applied"]]}
+    return {**record, "applied": _json_text([
+        {"name": step["name"], "params": {**step["params"], **{k: None for k in step.get("omitted", ())}}}
+        for step in record["applied"]])}
 
 
 def source_metadata_row(image: SourceImage) -> dict[str, Any]:
@@ -145,7 +148,8 @@ def source_metadata(image: SourceImage, provenance: Mapping[str, Any]) -> dict[s
         "format_version": FORMAT_VERSION,
         "kind": "source",
         **_source_json(image),
-        "annotations": [annotation.to_json() for annotation in image.annotations],
+        # JSON text: the list is empty for most images, and a box's mask is RLE text or polygons, or absent.
+        "annotations": _json_text([annotation.to_json() for annotation in image.annotations]),
         "provenance": dict(provenance),
     }
 
@@ -157,6 +161,12 @@ def source_to_sample(image: SourceImage, provenance: Mapping[str, Any]) -> dict[
         Field.SRC: image.jpeg,
         Field.JSON: _json_bytes(source_metadata(image, provenance)),
     }
+
+
+def source_annotations(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The annotations of a source sample's ``json`` member (JSON text since format 3, a list before)."""
+    annotations = meta["annotations"]
+    return json.loads(annotations) if isinstance(annotations, str) else list(annotations)
 
 
 def source_from_sample(sample: Mapping[str, Any]) -> SourceImage:
@@ -174,7 +184,7 @@ def source_from_sample(sample: Mapping[str, Any]) -> SourceImage:
         height=int(meta["height"]),
         jpeg=bytes(sample[Field.SRC]),
         notes=tuple(Note(note) for note, applies in note_flags(meta["notes"]).items() if applies),
-        annotations=tuple(Annotation.from_json(a) for a in meta["annotations"]),
+        annotations=tuple(Annotation.from_json(a) for a in source_annotations(meta)),
         origin=meta.get("origin", "file"),
     )
 
@@ -618,30 +628,25 @@ MIMIC_METADATA_SCHEMA = pa.schema(
 )
 
 
+#: What a frame pair records of each branch: every sample has every key, typed alike (``branch`` says
+#: which facts were measured), so which branch the first samples came from does not decide the schema.
+_MIMIC_BRANCH_KEYS = ("video", "frames", "image", "augmentation")
+
+
 def mimic_fields(key: str, source_jpeg: bytes, reference_jpeg: bytes, mask_png: bytes,
                  meta: Mapping[str, Any]) -> dict[str, bytes]:
     """The members of a frame-pair sample: source (to be masked), reference, mask, json.
 
-    ``meta`` holds the branch-specific facts (video and frame times, or the image and its
-    augmentation), SSIM, matches, the grid record and the seed (docs/FORMAT.md).
+    ``meta`` holds the pair's facts in both branches' terms (``video``, ``frames``, ``image``,
+    ``augmentation``: docs/FORMAT.md), SSIM, matches, the grid record and the seed.
     """
+    missing = [name for name in _MIMIC_BRANCH_KEYS if meta.get(name) is None]
+    if missing:
+        raise ValueError(f"frame pair {key!r} lacks {missing}: every pair describes both branches")
     return {
         Field.SRC: source_jpeg,
         Field.REF: reference_jpeg,
         Field.MASK: mask_png,
-        Field.JSON: _json_bytes({"format_version": FORMAT_VERSION, "kind": "mimic", "key": key,
-                                 **_conformed_mimic(meta)}),
+        Field.JSON: _json_bytes({"format_version": FORMAT_VERSION, "kind": "mimic", "key": key, **meta,
+                                 "augmentation": replay_json(meta["augmentation"])}),
     }
-
-
-#: What one branch of frame pairs records and the other does not; every sample has every key (``null``
-#: for the other branch), so which branch the first samples came from does not decide the keys.
-_MIMIC_BRANCH_KEYS = ("video", "frames", "image", "augmentation")
-
-
-def _conformed_mimic(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """A frame pair's facts in one schema: every branch key, augmentation params as JSON text."""
-    conformed = {**dict.fromkeys(_MIMIC_BRANCH_KEYS), **meta}
-    if conformed["augmentation"] is not None:
-        conformed["augmentation"] = replay_json(conformed["augmentation"])
-    return conformed

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import io
 import tempfile
-from typing import Any, BinaryIO, Iterator, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -168,14 +168,14 @@ def _judge(source: np.ndarray, reference: np.ndarray, rules: PairRules, check_ba
 
 
 def _encode(key: str, source: np.ndarray, reference: np.ndarray, matches: Matches, rules: PairRules, seed: int,
-            quality: int, meta: dict[str, Any]) -> EncodedSample:
+            quality: int, meta: dict[str, Any], frames: Mapping[str, Any]) -> EncodedSample:
+    """The sample of a kept pair; ``frames`` the decoded frames it came from (empty for an image: Parquet's nulls)."""
     mask, grid = grid_mask(source.shape[0], source.shape[1], matches.source_points, rules.grid,
                            np.random.default_rng([seed, 7]))
     meta = {**meta, "matches": {"inliers": matches.inliers, "candidates": matches.candidates},
             "grid": grid, "seed": seed}
     fields = mimic_fields(key, encode_jpeg(source, quality), encode_jpeg(reference, quality), encode_mask_png(mask),
                           meta)
-    frames = meta.get("frames", {})
     row = {
         "key": key, "source_key": meta["source_key"], "uri": meta["uri"], "branch": meta["branch"],
         "source_frame": frames.get("source", {}).get("index"), "reference_frame": frames.get("reference", {}).get("index"),
@@ -227,6 +227,21 @@ def _frame_json(frame: Frame) -> dict[str, Any]:
     return {"index": frame.index, "time_s": round(frame.time_s, 6)}
 
 
+#: A still image's pair as frames: both from its one frame, at once.
+_STILL_FRAMES = {"source": {"index": 0, "time_s": 0.0}, "reference": {"index": 0, "time_s": 0.0}, "gap_s": 0.0}
+
+
+def _still_video(image: SourceImage) -> dict[str, Any]:
+    """A still image as a video: one frame, one shot, decoded whole."""
+    return {"key": image.key, "uri": image.uri, "frames_decoded": 1, "shots": 1, "notes": {"truncated": False},
+            "truncated": ""}
+
+
+def _no_augmentation(seed: int) -> dict[str, Any]:
+    """A video pair's reference is a decoded frame as it is: no transform, albumentations not used."""
+    return {"seed": seed, "albumentations": "", "applied": []}
+
+
 def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSamplingConfig, rules: PairRules,
                 settings: FramePairSettings, path: str) -> Iterator[Any]:
     stage = VideoPairs.stage
@@ -267,13 +282,16 @@ def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSampli
         if failure is not None:
             outcomes.append(Rejection(path, stage, failure[0], failure[1], pair_key))
             continue
+        pair_seed = int(np.random.default_rng([seed, number]).integers(2**62))
+        pair_frames = {"source": _frame_json(source), "reference": _frame_json(reference),
+                       "gap_s": round(reference.time_s - source.time_s, 6)}
+        height, width = source.rgb.shape[:2]
         meta = {"branch": "video", "source_key": key, "uri": path, "ssim": ssim,
                 "video": {"key": key, "uri": path, "frames_decoded": len(frames), "shots": len(shots), **notes},
-                "frames": {"source": _frame_json(source), "reference": _frame_json(reference),
-                           "gap_s": round(reference.time_s - source.time_s, 6)}}
-        pair_seed = int(np.random.default_rng([seed, number]).integers(2**62))
+                "frames": pair_frames, "image": {"key": key, "uri": path, "width": width, "height": height},
+                "augmentation": _no_augmentation(pair_seed)}
         outcomes.append(_encode(pair_key, source.rgb, reference.rgb, matches, rules, pair_seed,
-                                settings.jpeg_quality, meta))
+                                settings.jpeg_quality, meta, pair_frames))
     yield from _outcome(stage, InputPairs(path, key, tuple(outcomes), video_signature(frames, size_bytes)),
                         (Reason.NO_FRAME_PAIR, f"all {len(pairs)} sampled pairs rejected"))
 
@@ -429,9 +447,10 @@ def _pair_image(short_side: int, augment: StaticAugmentConfig, rules: PairRules,
         yield from _outcome(stage, InputPairs(source.uri, source.key, (pair,)), (Reason.NO_FRAME_PAIR, failure[1]))
         return
     meta = {"branch": "image", "source_key": source.key, "uri": source.uri, "ssim": ssim,
+            "video": _still_video(source), "frames": _STILL_FRAMES,
             "image": {"key": source.key, "uri": source.uri, "width": source.width, "height": source.height},
             "augmentation": augmentation}
-    sample = _encode(pair_key, rgb, reference, matches, rules, seed, settings.jpeg_quality, meta)
+    sample = _encode(pair_key, rgb, reference, matches, rules, seed, settings.jpeg_quality, meta, {})
     yield InputPairs(source.uri, source.key, (sample,))
 
 

@@ -154,7 +154,7 @@ def test_the_benchmark_pairs_each_image_with_another_image_of_its_class(tmp_path
         assert reference.split("_o")[0] != key.split("_o")[0]  # ...never its own image's
         assert written[key]["mask"]["kind"] == "box"
         # Benchmark references are plain crops by default: only a rotation by 0 degrees is applied.
-        assert {t["name"] for t in written[key]["reference"]["applied"]} <= {"Rotate"}
+        assert {t["name"] for t in json.loads(written[key]["reference"]["applied"])} <= {"Rotate"}
     assert_stages_close(stats)
     rows = {row["stage"]: row for row in stats["stages"]}
     assert (rows["pbe_benchmark"]["in"], rows["pbe_benchmark_pairing"]["in"], rows["write"]["in"]) == (7, 4, 3)

@@ -5,7 +5,9 @@ Hugging Face ``datasets`` over the tars and over the folder (its card), webdatas
 between two ranks, pyarrow over the Parquet. The outputs are small real runs: a candidate
 set written by the real encoder and writer (some sources carry decode notes, as real
 inputs do: the ``list<null>`` type hole of issue 18), the pairs ``build`` makes of it with
-review decisions, Paint-by-Example pairs from COCO boxes and frame pairs of both branches.
+review decisions, Paint-by-Example pairs from COCO boxes, frame pairs of both branches and
+source shards ingested from a COCO file annotating a few images only, the un-annotated first
+(so the first samples ``datasets`` infers types from have no annotation).
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
+import PIL.Image  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import webdataset  # noqa: E402
 import wids  # noqa: E402
 
-from jobs import build, pbe, video  # noqa: E402
+from jobs import build, ingest, pbe, video  # noqa: E402
 from pipeline.card import CARD  # noqa: E402
 from pipeline.publish import REPOSITORY_MANIFEST, publish_version  # noqa: E402
 from pipeline.testing import write_candidate_set  # noqa: E402
@@ -35,12 +38,13 @@ from schemas.sample import Field  # noqa: E402
 from tests.integration.test_video_pairs import pan, scene, write_video  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-KINDS = ("candidates", "pairs", "pbe", "frames")
-METADATA_SCHEMAS = {"candidates": sample_format.CANDIDATE_METADATA_SCHEMA, "pairs": sample_format.PAIR_METADATA_SCHEMA,
+KINDS = ("sources", "candidates", "pairs", "pbe", "frames")
+METADATA_SCHEMAS = {"sources": sample_format.SOURCE_METADATA_SCHEMA,
+                    "candidates": sample_format.CANDIDATE_METADATA_SCHEMA, "pairs": sample_format.PAIR_METADATA_SCHEMA,
                     "pbe": sample_format.PBE_METADATA_SCHEMA, "frames": sample_format.MIMIC_METADATA_SCHEMA}
-#: The only values a sample may have null where another has a value: the keys of the frame-pair branch
-#: a sample is not from (``datasets`` reads them through the card's features).
-OPTIONAL = {"frames": {".video", ".frames", ".image", ".augmentation"}}
+#: The bundled photos annotated in the sources' COCO file: the three whose keys (their bytes' sha256) sort last,
+#: one with a polygon mask: a run's tars hold samples in key order, so the eight un-annotated ones come first.
+ANNOTATED = {"rocket.jpg": None, "vtest_f0397.jpg": [[10, 10, 60, 10, 60, 50, 10, 50]], "bikes_f0083.jpg": None}
 BOXES = {"astronaut.jpg": (512, 512, [[22, 15, 319, 482], [150, 100, 200, 200], [300, 300, 150, 150]]),
          "coffee.jpg": (600, 400, [[173, 18, 60, 269], [300, 100, 200, 200], [50, 150, 150, 150]]),
          "motorcycle.jpg": (741, 500, [[93, 16, 496, 419], [400, 200, 200, 200]]),
@@ -57,9 +61,27 @@ def write_coco(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def write_sparse_coco(path: pathlib.Path, images: pathlib.Path) -> pathlib.Path:
+    """Every bundled photo, a box on those in :data:`ANNOTATED` only (one with a polygon)."""
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    for image_id, image in enumerate(sorted(images.iterdir()), start=1):
+        with PIL.Image.open(image) as opened:
+            coco["images"].append({"id": image_id, "file_name": image.name, "width": opened.width,
+                                   "height": opened.height})
+        if image.name in ANNOTATED:
+            coco["annotations"].append({"id": image_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                        "bbox": [10, 10, 50, 40], "area": 2000,
+                                        **({"segmentation": ANNOTATED[image.name]} if ANNOTATED[image.name] else {})})
+    path.write_text(json.dumps(coco))
+    return path
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory, samples_dir) -> dict[str, pathlib.Path]:
     base = tmp_path_factory.mktemp("readers")
+    images = samples_dir / "images"
+    ingest.run([f"--annotations={write_sparse_coco(base / 'sparse.json', images)}", f"--images_root={images}",
+                f"--output={base / 'sources'}"])
     candidates = write_candidate_set(base / "candidates", 40, max_count=5, noted=20)
     keys = sorted(s["__key__"] for s in webdataset.WebDataset(str(candidates / "shard-000000-00.tar"), shardshuffle=False))
     decisions = base / "decisions.jsonl"
@@ -75,7 +97,7 @@ def outputs(tmp_path_factory, samples_dir) -> dict[str, pathlib.Path]:
     video.run([f"--videos={videos}/*.mp4", f"--input={samples_dir / 'images' / 'astronaut.jpg'}",
                f"--input={samples_dir / 'images' / 'coffee.jpg'}", f"--output={base / 'frames'}",
                "--sampling={min_gap_s: 0.3, max_gap_s: 2.0, max_pairs: 8}", "--decode={short_side: 160}"])
-    return {"candidates": candidates, "pairs": base / "datasets" / "demo" / "v1", "pbe": base / "pbe",
+    return {"sources": base / "sources", "candidates": candidates, "pairs": base / "datasets" / "demo" / "v1", "pbe": base / "pbe",
             "frames": base / "frames"}
 
 
@@ -118,6 +140,12 @@ def snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def test_the_first_source_samples_have_no_annotation_and_later_ones_do(outputs):
+    rows = pads.dataset([shard.replace(".tar", ".parquet") for shard in tars(outputs["sources"])]).to_table()
+    labels = rows.column("labels").to_pylist()
+    assert labels[:5] == [[]] * 5 and labels.count(["thing"]) == len(ANNOTATED)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_sample_of_a_kind_has_the_same_json_keys_and_types(outputs, kind):
     samples = [json.loads(s[Field.JSON]) for s in raw_samples(outputs[kind]).values()]
@@ -126,11 +154,7 @@ def test_every_sample_of_a_kind_has_the_same_json_keys_and_types(outputs, kind):
         types: dict[str, set[str]] = {}
         json_types(meta, "", types)
         per_sample.append(types)
-    paths = set().union(*per_sample)
-    optional = OPTIONAL.get(kind, set())
-    for path in paths:
-        if any(path == o or path.startswith(o + ".") or path.startswith(o + "[") for o in optional):
-            continue
+    for path in set().union(*per_sample):
         seen = [types.get(path) for types in per_sample]
         assert all(seen), f"{kind}: {path} is missing in {seen.count(None)} of {len(seen)} samples"
         assert len(set().union(*seen)) == 1, f"{kind}: {path} has types {set().union(*seen)}"
@@ -140,10 +164,8 @@ def test_every_sample_of_a_kind_has_the_same_json_keys_and_types(outputs, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_datasets_reads_every_sample_from_the_tars(outputs, kind, tmp_path):
     raw = raw_samples(outputs[kind])
-    # Where a value is null in some samples only, the first five cannot type it: the card's features do.
-    features = datasets.load_dataset_builder(str(outputs[kind])).info.features if kind in OPTIONAL else None
     loaded = datasets.load_dataset("webdataset", data_files={"train": tars(outputs[kind])}, split="train",
-                                   features=features, cache_dir=str(tmp_path))
+                                   cache_dir=str(tmp_path))
     assert sorted(loaded["__key__"]) == sorted(raw)
     for row in loaded:
         assert holds(row["json"], json.loads(raw[row["__key__"]][Field.JSON])), row["__key__"]
@@ -156,10 +178,11 @@ def test_datasets_loads_the_folder_through_its_card(outputs, kind, tmp_path):
     raw = raw_samples(outputs[kind])
     loaded = datasets.load_dataset(str(outputs[kind]), split="train", cache_dir=str(tmp_path))
     assert sorted(loaded["__key__"]) == sorted(raw)
-    assert isinstance(loaded.features[Field.JSON], dict) and isinstance(loaded.features[Field.MASK], datasets.Image)
+    assert isinstance(loaded.features[Field.JSON], dict) and isinstance(loaded.features[Field.SRC], datasets.Image)
+    assert kind == "sources" or isinstance(loaded.features[Field.MASK], datasets.Image)
     for row in loaded:
         assert holds(row["json"], json.loads(raw[row["__key__"]][Field.JSON])), row["__key__"]
-        assert row[Field.MASK].size == row[Field.SRC].size or kind == "candidates"
+        assert kind in ("sources", "candidates") or row[Field.MASK].size == row[Field.SRC].size
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -181,7 +204,7 @@ def test_the_readme_snippet_feeds_four_dataloader_workers_every_sample_decoded_r
         for name, array in images.items():
             channels = 4 if name == "object.png" else 0 if name.startswith(("mask", "region")) else 3
             assert array.ndim == (2 if not channels else 3) and (not channels or array.shape[2] == channels), name
-        assert images[Field.MASK].shape == images[Field.SRC].shape[:2]
+        assert kind == "sources" or images[Field.MASK].shape == images[Field.SRC].shape[:2]
         assert sample["json"]["key"] == sample["__key__"]
         if Field.OBJECT in images:
             assert 0 < (images[Field.OBJECT][..., 3] > 0).mean() <= 1 and (images[Field.OBJECT][..., 3] < 255).any()
@@ -197,7 +220,7 @@ def test_wids_split_between_two_ranks_covers_every_sample_once(outputs, kind, sn
              for rank in range(2)]
     assert not set(ranks[0]) & set(ranks[1])
     assert sorted(ranks[0] + ranks[1]) == sorted(raw_samples(outputs[kind]))
-    assert samples[0][Field.MASK].ndim == 2
+    assert samples[0][Field.MASK].ndim == 2 if kind != "sources" else samples[0][Field.SRC].ndim == 3
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -31,9 +31,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--where", help="Only the samples whose Parquet row satisfies this expression "
                                         "(comparisons, and/or/not, in/not in over literal tuples).")
     parser.add_argument("--workers", type=int, default=8, help="Files (or shards) fetched at once.")
+    parser.add_argument("--ca_bundle", help="PEM file of the CAs an https:// repository's certificate is checked "
+                                            "against, instead of the system's (or SSL_CERT_FILE's).")
     args = parser.parse_args(argv)
     try:
-        result = pull(PullConfig(args.spec, args.source, args.target, args.shards, args.where, args.workers))
+        result = pull(PullConfig(args.spec, args.source, args.target, args.shards, args.where, args.workers,
+                                 ca_bundle=args.ca_bundle))
     except (PullError, WhereError, ValueError) as error:
         LOG.error("pull failed: %s", error)
         return 1

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from pipeline.finalize import MANIFEST
 from pipeline.publish import REPOSITORY_MANIFEST
-from pipeline.remote import Source, SourceError, open_source, read_exactly
+from pipeline.remote import Source, SourceError, UntrustedServer, open_source, read_exactly
 from pipeline.versions import INDEX
 from schemas.sample import sample_digest
 from transforms.io.files import PARTIAL_SUFFIX, hash_stream
@@ -65,6 +65,8 @@ class PullConfig:
     where: Optional[str] = None
     workers: int = 8
     progress_interval_s: float = 2.0
+    #: PEM file of the CAs an ``https://`` source is verified against (else the system's, or ``SSL_CERT_FILE``).
+    ca_bundle: Optional[str] = None
 
     def __post_init__(self):
         name, sep, version = self.spec.partition("@")
@@ -369,6 +371,8 @@ def _resolve(config: PullConfig, source: Source) -> tuple[str, bytes]:
     """The version a spec names and its manifest's bytes, checked against the index's sha256."""
     try:
         index = json.loads(source.read(f"{config.name}/{INDEX}"))
+    except UntrustedServer:
+        raise
     except SourceError as error:
         raise PullError(f"no dataset {config.name!r} in {source.url} ({error})") from None
     version = index["latest"] if config.version == LATEST else config.version
@@ -403,7 +407,7 @@ def _shard_index(root: str, name: str, shards: Sequence[str]) -> bytes:
 
 def pull(config: PullConfig) -> Pulled:
     """Pull the version ``config`` names into ``config.target``; raises :class:`PullError` when it cannot."""
-    source = open_source(config.source)
+    source = open_source(config.source, config.ca_bundle)
     try:
         version, manifest_bytes = _resolve(config, source)
         puller = _Puller(config, source, version, manifest_bytes)

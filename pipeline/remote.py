@@ -5,11 +5,17 @@ A repository (``counterfactory publish``) is plain files, so a puller needs only
 reaches. HTTP connections are kept alive per thread (a partial pull makes one request
 per run of consecutive samples) and a request that fails on a connection the server
 closed is retried once on a new one; anything else is a :class:`SourceError`.
+
+HTTPS verifies the server against the system's CAs (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+replace them, as for curl and urllib) or only against a ``ca_bundle`` given; a server
+whose certificate is not trusted is an :class:`UntrustedServer`, never retried.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -22,6 +28,10 @@ _TIMEOUT_S = 60.0
 
 class SourceError(OSError):
     """A file the repository does not serve, or a server that cannot be reached or stopped answering."""
+
+
+class UntrustedServer(SourceError):
+    """An HTTPS server whose certificate does not verify against the CAs trusted."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +60,22 @@ def read_exactly(opened: Opened, length: int) -> bytes:
 
 
 class HttpSource:
-    """A repository behind a static HTTP(S) server that honours ``Range``."""
+    """A repository behind a static HTTP(S) server that honours ``Range``.
 
-    def __init__(self, url: str):
+    ``context`` verifies an HTTPS server; without it, Python's default (the system's CAs).
+    """
+
+    def __init__(self, url: str, context: Optional[ssl.SSLContext] = None):
         parts = urllib.parse.urlsplit(url)
         self.url = url.rstrip("/")
-        self._connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._connect = (functools.partial(http.client.HTTPSConnection, context=context) if parts.scheme == "https"
+                         else http.client.HTTPConnection)
         self._netloc, self._base = parts.netloc, parts.path.rstrip("/")
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
         if getattr(self._local, "connection", None) is None:
-            self._local.connection = self._connection_type(self._netloc, timeout=_TIMEOUT_S)
+            self._local.connection = self._connect(self._netloc, timeout=_TIMEOUT_S)
         return self._local.connection
 
     def _drop_connection(self) -> None:
@@ -76,6 +90,11 @@ class HttpSource:
                 connection = self._connection()
                 connection.request("GET", target, headers=dict(headers))
                 return connection.getresponse()
+            except ssl.SSLCertVerificationError as error:
+                self._drop_connection()
+                raise UntrustedServer(
+                    f"{self.url}: the server's certificate is not trusted ({error.verify_message}): "
+                    "pass the CA that signed it in SSL_CERT_FILE (or pull --ca_bundle FILE)") from None
             except (http.client.HTTPException, OSError) as error:
                 self._drop_connection()  # a kept-alive connection the server closed: once more on a new one
                 if attempt:
@@ -151,6 +170,20 @@ class FileSystemSource:
 _SOURCES: Mapping[str, Callable[[str], Source]] = {"http": HttpSource, "https": HttpSource}
 
 
-def open_source(url: str) -> Source:
-    """The reader of a repository URL: HTTP(S) by its scheme, any other URL or path through Beam's filesystems."""
-    return _SOURCES.get(urllib.parse.urlsplit(url).scheme, FileSystemSource)(url)
+def open_source(url: str, ca_bundle: Optional[str] = None) -> Source:
+    """The reader of a repository URL: HTTP(S) by its scheme, any other URL or path through Beam's filesystems.
+
+    ``ca_bundle`` (PEM) is the only CA an ``https://`` server is verified against; raises
+    ``ValueError`` for another scheme or a file that holds no certificate.
+    """
+    if ca_bundle is None:
+        return _SOURCES.get(urllib.parse.urlsplit(url).scheme, FileSystemSource)(url)
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise ValueError(f"--ca_bundle is for https:// repositories, not {url}")
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle)
+    except ssl.SSLError as error:
+        raise ValueError(f"--ca_bundle {ca_bundle}: not a PEM bundle of certificates ({error.reason})") from None
+    except OSError as error:
+        raise ValueError(f"--ca_bundle {ca_bundle}: {error.strerror}") from None
+    return HttpSource(url, context)

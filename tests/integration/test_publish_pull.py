@@ -1,5 +1,6 @@
 """``counterfactory publish`` and ``pull`` on a real build: the manifest, the index, what a repeat or a crash
-leaves, and pulls from a real nginx (resumed after the server is killed, a flipped byte, a ``--where`` pull)."""
+leaves, and pulls from a real nginx (resumed after the server is killed, a flipped byte, a ``--where`` pull, over
+HTTPS with the CA a user gives)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from pipeline.publish import REPOSITORY_MANIFEST, PublishError, publish_version
 from pipeline.pull import PullConfig, PullError, pull
 from transforms.io.files import PARTIAL_SUFFIX as PARTIAL
 from pipeline.testing import write_candidate_set
-from tests.nginx import nginx  # noqa: F401  (the fixture)
+from tests.nginx import nginx, nginx_tls  # noqa: F401  (the fixtures)
 
 
 def _files(folder: pathlib.Path) -> dict[str, bytes]:
@@ -304,3 +305,42 @@ def test_a_truncated_file_on_the_server_is_refetched_once_then_the_pull_fails_na
         pull(PullConfig("demo@v1", nginx.url, str(tmp_path / "pulled"), workers=1))
     assert len([row for row in nginx.served() if row.path.endswith(shard.name)]) == 2
     assert not list((tmp_path / "pulled").glob(f"{shard.name}*"))
+
+
+def test_an_https_pull_trusts_the_ca_a_user_gives_and_an_untrusted_server_fails_in_one_line(
+        version, nginx_tls, tmp_path, monkeypatch, caplog):
+    publish_version(str(version), str(tmp_path / "www"))
+    nginx_tls.start()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    assert cli.main(["pull", "demo@v1", "--from", nginx_tls.url, "--to", str(tmp_path / "untrusted")]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"pull failed: {nginx_tls.url}: the server's certificate is not trusted (unable to get local "
+                      "issuer certificate): pass the CA that signed it in SSL_CERT_FILE (or pull --ca_bundle FILE)"]
+    assert not list(tmp_path.glob("untrusted/*")) and not nginx_tls.served()
+
+    whole = tmp_path / "whole"
+    assert cli.main(["pull", "demo@v1", "--from", nginx_tls.url, "--to", str(whole),
+                     "--ca_bundle", str(nginx_tls.tls.ca)]) == 0
+    manifest = (tmp_path / "www" / "demo" / "v1" / REPOSITORY_MANIFEST).read_bytes()
+    assert _files(whole) == {**_files(version), REPOSITORY_MANIFEST: manifest}
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(nginx_tls.tls.ca))  # urllib's default context reads it, as curl does
+    nginx_tls.start()
+    rows = pa.concat_tables([pq.read_table(p) for p in sorted(version.glob("shard-*.parquet"))]).to_pylist()
+    cut = sorted(row["quality"] for row in rows)[len(rows) // 2]
+    result = pull(PullConfig("demo@v1", nginx_tls.url, str(tmp_path / "part"), where=f"quality >= {cut!r}"))
+    assert set(_samples(tmp_path / "part")) == {row["key"] for row in rows if row["quality"] >= cut}
+    assert result.samples < len(rows) and all(row.range for row in nginx_tls.served() if row.path.endswith(".tar"))
+
+
+def test_a_ca_bundle_is_for_https_repositories_and_must_be_a_readable_bundle(version, tmp_path, caplog):
+    publish_version(str(version), str(tmp_path / "repo"))
+    assert cli.main(["pull", "demo@v1", "--from", str(tmp_path / "repo"), "--to", str(tmp_path / "a"),
+                     "--ca_bundle", str(tmp_path / "ca.pem")]) == 1
+    assert f"pull failed: --ca_bundle is for https:// repositories, not {tmp_path / 'repo'}" in caplog.text
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    for bundle, why in ((tmp_path / "ca.pem", r"not a PEM bundle of certificates \(NO_CERTIFICATE_OR_CRL_FOUND\)"),
+                        (tmp_path / "missing.pem", "No such file or directory")):
+        with pytest.raises(ValueError, match=f"^--ca_bundle {re.escape(str(bundle))}: {why}$"):
+            pull(PullConfig("demo@v1", "https://127.0.0.1:9", str(tmp_path / "b"), ca_bundle=str(bundle)))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -79,6 +79,9 @@ def _serve(argv: Sequence[str]) -> int:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     LOG.info("reviewing %s (%d samples, %s) with decisions in %s", source.folder, index.count, index.version, config.db)
+    if index.corrupt:
+        LOG.warning("%d samples left out of the review: their bytes differ from the digest recorded when they were "
+                    "written (sample_digest_mismatch)", index.corrupt)
     sys.stdout.write(f"http://{shown_host}:{port}/?token={review.sessions.invite()}\n")
     sys.stdout.flush()
     try:

@@ -331,7 +331,8 @@ def create_app(review: ReviewApp) -> FastAPI:
     def dashboard(request: Request) -> HTMLResponse:
         session = request.state.session
         return review.render("dashboard", csrf=session.csrf, reviewer=session.reviewer, board=review.store.dashboard(),
-                             samples=review.index.count, labels=review.index.facets("label"),
+                             samples=review.index.count, corrupt=review.index.corrupt,
+                             labels=review.index.facets("label"),
                              reasons=review.index.facets("reason"), thresholds=review.index.thresholds.to_json(),
                              reject_reasons=REJECT_REASONS, scores=list(SCORES))
 

@@ -7,19 +7,27 @@ target with its mask tinted, and the target, two pairs per row. Frame pairs (Mim
 the source with its grid mask tinted and the reference. Built pairs: the source, the
 source with the repainted region tinted (both pairs' mask), the removal and the re-paste,
 cropped alike around the object, one object per row. Reads the shards with
-``webdataset`` only, so it works on any shards of these kinds.
+``webdataset``, so it works on any shards of these kinds; a sample of our shards whose
+bytes differ from the digest recorded when it was written is left out (and counted), as
+every job's reader leaves it out, so a reviewer never judges a damaged picture.
 """
 from __future__ import annotations
 
 import io
 import json
-from typing import Iterable, Sequence
+import logging
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import webdataset
 from PIL import Image, ImageDraw
 
+from schemas import Reason
 from schemas.sample import Field, removed_field
+from transforms.io.readers import digest_mismatch
+from transforms.io.shards import recorded_digests
+
+LOG = logging.getLogger(__name__)
 
 MASK_TINT = np.array([255, 40, 40], np.float32)
 CAPTION_PX = 14
@@ -83,16 +91,34 @@ def _row(sample: dict, side: int, candidates: int) -> Image.Image:
     return row
 
 
-def _samples(shards: Sequence[str], keys: Iterable[str], limit: int) -> list[dict]:
-    """Up to ``limit`` samples (those in ``keys`` if given), in shard order."""
-    wanted, found = set(keys), []
+def _checked(shards: Sequence[str]) -> Iterator[tuple[dict, Optional[str]]]:
+    """Every sample of ``shards`` in order, with why it is not the one written (None when it is)."""
+    recorded: dict[str, Optional[dict[str, str]]] = {}
     for sample in webdataset.WebDataset(list(shards), shardshuffle=False):
-        if not wanted or sample["__key__"] in wanted:
-            found.append(sample)
-            if len(found) == limit:
-                break
+        url = sample["__url__"]
+        if url not in recorded:
+            recorded[url] = recorded_digests(url)
+        yield sample, digest_mismatch(recorded[url], sample["__key__"], sample)
+
+
+def _samples(shards: Sequence[str], keys: Iterable[str], limit: int) -> list[dict]:
+    """Up to ``limit`` intact samples (those in ``keys`` if given), in shard order; damaged ones are logged and counted."""
+    wanted, found, damaged = set(keys), [], 0
+    for sample, mismatch in _checked(shards):
+        if wanted and sample["__key__"] not in wanted:
+            continue
+        if mismatch:
+            damaged += 1
+            LOG.warning("%s: sample %r left out: its bytes are not those written (%s: %s)", sample["__url__"],
+                        sample["__key__"], Reason.SAMPLE_DIGEST_MISMATCH.value, mismatch)
+            continue
+        found.append(sample)
+        if len(found) == limit:
+            break
+    if damaged:
+        LOG.warning("left %d damaged samples out of the sheet (%s)", damaged, Reason.SAMPLE_DIGEST_MISMATCH.value)
     if not found:
-        raise ValueError(f"no sample found in {len(shards)} shards")
+        raise ValueError(f"no intact sample found in {len(shards)} shards")
     return found
 
 
@@ -178,8 +204,11 @@ SHEETS = {"candidates": candidate_sheet, "pbe": pbe_sheet, "mimic": mimic_sheet,
 
 
 def sample_kind(shards: Sequence[str]) -> str:
-    """The ``kind`` of the first sample of ``shards``."""
-    return json.loads(_samples(shards, (), 1)[0][Field.JSON])["kind"]
+    """The ``kind`` of the first intact sample of ``shards`` (the sheet itself reports damaged ones)."""
+    for sample, mismatch in _checked(shards):
+        if not mismatch:
+            return json.loads(sample[Field.JSON])["kind"]
+    raise ValueError(f"no intact sample found in {len(shards)} shards")
 
 
 def _crop_box(box: Sequence[float], width: int, height: int, margin: float = 0.3, min_side: int = 64) -> tuple[int, ...]:

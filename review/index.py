@@ -1,8 +1,10 @@
 """The review app's index of a dataset: every sample's members located in its shard, and its queue facts.
 
 Built once per dataset (and per thresholds) from the shards its manifest lists: one pass
-over the tar headers records where each member lies (offset, size), and each sample's
-``json`` gives its label and its candidates' scores. From those, selection's own rules
+over each tar records where each member lies (offset, size) and checks the sample against
+the digest its writer recorded (as every job's reader does: a sample whose bytes changed is
+left out and counted, never shown), and each sample's ``json`` gives its label and its
+candidates' scores. From those, selection's own rules
 (:class:`~transforms.thresholds.SelectionRules`) say whether the thresholds keep the
 object, which candidate they choose and why they reject it; the *margin* says how near
 the object is to changing sides (the best candidate's smallest slack over the thresholds,
@@ -29,13 +31,16 @@ import threading
 import urllib.parse
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from schemas import Reason
 from schemas.sample import SCORE_NAMES, Field
+from transforms.io.readers import digest_mismatch
+from transforms.io.shards import recorded_digests
 from transforms.thresholds import SCORES, Better, CandidateView, SelectionRules, Thresholds
 
 LOG = logging.getLogger(__name__)
 
 #: Bumped when the index tables change meaning: an index of another format is rebuilt.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 #: Media types of the members the app shows, by extension; other members are never served as images.
 IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
@@ -136,11 +141,11 @@ CREATE INDEX samples_audit ON samples(passed, audit, key);
 """
 
 
-def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, tuple[int, int]], Optional[bytes]]]:
-    """(key, {member: (offset, size)}, json bytes) per sample of a tar, from one pass over its headers."""
+def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, tuple[int, int]], dict[str, bytes]]]:
+    """(key, {member: (offset, size)}, {member: bytes}) per sample of a tar, from one pass over it."""
     key: Optional[str] = None
     members: dict[str, tuple[int, int]] = {}
-    meta: Optional[bytes] = None
+    fields: dict[str, bytes] = {}
     with open(path, "rb") as file, tarfile.open(fileobj=file, mode="r:") as archive:
         for member in archive:
             if not member.isfile():
@@ -152,17 +157,14 @@ def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, tuple[int, int]], O
             sample_key = posixpath.join(dirname, sample_key) if dirname else sample_key
             if sample_key != key:
                 if key is not None:
-                    yield key, members, meta
-                key, members, meta = sample_key, {}, None
+                    yield key, members, fields
+                key, members, fields = sample_key, {}, {}
             field = field.lower()
             members[field] = (member.offset_data, member.size)
-            if field == Field.JSON:
-                position = file.tell()
-                file.seek(member.offset_data)
-                meta = file.read(member.size)
-                file.seek(position)
+            extracted = archive.extractfile(member)
+            fields[field] = extracted.read() if extracted else b""
     if key is not None:
-        yield key, members, meta
+        yield key, members, fields
 
 
 def _scales(values: Mapping[str, list[float]]) -> dict[str, float]:
@@ -194,19 +196,23 @@ def _audit_rank(key: str) -> float:
 
 
 def build_index(source: DatasetSource, path: str) -> None:
-    """Write the index of ``source`` to ``path`` (atomically); samples that are not of one known kind are skipped."""
+    """Write the index of ``source`` to ``path`` (atomically).
+
+    Samples that are not of one known kind are skipped, and those that differ from their
+    recorded digest are left out as ``corrupt``: the meta table counts both.
+    """
     partial = f"{path}.partial-{os.getpid()}"
     if os.path.exists(partial):
         os.remove(partial)
     connection = sqlite3.connect(partial)
     try:
         connection.executescript(_SCHEMA)
-        kind_name, candidates, skipped = _scan(source, connection)
+        kind_name, candidates, left_out = _scan(source, connection)
         _rank(source.thresholds, connection, candidates)
         connection.executescript(_INDEXES)
         meta = {"format": str(INDEX_FORMAT), "kind": kind_name, "version": source.version,
                 "folder": os.path.abspath(source.folder), "thresholds": json.dumps(source.thresholds.to_json()),
-                "skipped": str(skipped)}
+                **{name: str(count) for name, count in left_out.items()}}
         connection.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         connection.commit()
     finally:
@@ -214,21 +220,29 @@ def build_index(source: DatasetSource, path: str) -> None:
     os.replace(partial, path)
 
 
-def _scan(source: DatasetSource, connection: sqlite3.Connection) -> tuple[str, list[tuple[int, str, list[CandidateImage]]], int]:
+def _scan(source: DatasetSource, connection: sqlite3.Connection
+          ) -> tuple[str, list[tuple[int, str, list[CandidateImage]]], dict[str, int]]:
     kind_name: Optional[str] = None
     candidates: list[tuple[int, str, list[CandidateImage]]] = []
-    skipped = 0
+    left_out = {"skipped": 0, "corrupt": 0}
     for shard_id, (url, shard_path) in enumerate(source.shards()):
         connection.execute("INSERT INTO shards VALUES (?, ?, ?)", (shard_id, url, os.path.abspath(shard_path)))
         count = 0
-        for key, members, meta_bytes in _tar_samples(shard_path):
+        recorded = recorded_digests(shard_path)
+        for key, members, fields in _tar_samples(shard_path):
+            mismatch = digest_mismatch(recorded, key, fields)
+            if mismatch:
+                left_out["corrupt"] += 1
+                LOG.warning("%s: sample %r left out: its bytes are not those written (%s: %s)", url, key,
+                            Reason.SAMPLE_DIGEST_MISMATCH.value, mismatch)
+                continue
             try:
-                meta = json.loads(meta_bytes or b"null")
+                meta = json.loads(fields.get(Field.JSON) or b"null")
                 kind = KINDS[meta["kind"]]
                 images = kind.candidates(meta)
                 label = str(meta["detection"]["label"])
             except (ValueError, KeyError, TypeError) as error:
-                skipped += 1
+                left_out["skipped"] += 1
                 LOG.warning("%s: sample %r skipped: not a reviewable sample (%s: %s)", url, key, type(error).__name__,
                             error)
                 continue
@@ -243,7 +257,7 @@ def _scan(source: DatasetSource, connection: sqlite3.Connection) -> tuple[str, l
         LOG.info("indexed %s: %d samples", url, count)
     if kind_name is None:
         raise ValueError(f"{source.folder}: no reviewable sample in its shards (kinds: {', '.join(KINDS)})")
-    return kind_name, candidates, skipped
+    return kind_name, candidates, left_out
 
 
 def _rank(thresholds: Thresholds, connection: sqlite3.Connection,
@@ -311,6 +325,8 @@ class DatasetIndex:
                                       for name, bound in json.loads(self.meta["thresholds"]).items()})
         self.shard_paths = dict(connection.execute("SELECT id, path FROM shards"))
         self.count = connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        #: Samples left out because their bytes differ from the digest recorded at write time.
+        self.corrupt = int(self.meta.get("corrupt", 0))
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

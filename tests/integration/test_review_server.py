@@ -22,10 +22,15 @@ import threading
 import time
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import webdataset
 
 from pipeline.testing import write_candidate_set
+from schemas.sample import sample_digest
+from tests.integration.test_build import _zero_bytes_of_a_src_jpg
+from transforms.io.shards import metadata_path
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EVIL_LABEL = '<script>alert("label")</script>'
@@ -33,23 +38,45 @@ SECRET = "secret-beside-the-dataset"
 
 
 def relabel(folder: pathlib.Path, labels: list[str]) -> None:
-    """Give the objects of a candidate set these labels, in key order (rewrites its tars and manifest)."""
+    """Give the objects of a candidate set these labels, in key order (rewrites its tars, digests and manifest)."""
     manifest = json.loads((folder / "shardindex.json").read_text())
     position = 0
     for entry in manifest["shardlist"]:
         tar = folder / entry["url"]
         samples = list(webdataset.WebDataset(str(tar), shardshuffle=False))
         buffer = io.BytesIO()
+        digests = {}
         with webdataset.TarWriter(buffer) as writer:
             for sample in samples:
                 meta = json.loads(sample["json"])
                 meta["detection"]["label"] = labels[position % len(labels)]
                 position += 1
-                writer.write({"__key__": sample["__key__"], "json": json.dumps(meta).encode(),
-                              **{k: v for k, v in sample.items() if not k.startswith("__") and k != "json"}})
+                fields = {"json": json.dumps(meta).encode(),
+                          **{k: v for k, v in sample.items() if not k.startswith("__") and k != "json"}}
+                digests[sample["__key__"]] = sample_digest(fields)
+                writer.write({"__key__": sample["__key__"], **fields})
         tar.write_bytes(buffer.getvalue())
         entry["md5sum"], entry["filesize"] = hashlib.md5(buffer.getvalue()).hexdigest(), len(buffer.getvalue())
+        metadata = pq.read_table(metadata_path(str(tar)))  # as a writer would: the digests of what the tar holds
+        recorded = pa.array([digests[key] for key in metadata.column("key").to_pylist()], pa.string())
+        column = metadata.schema.get_field_index("sample_sha256")
+        pq.write_table(metadata.set_column(column, metadata.schema.field(column), recorded),
+                       metadata_path(str(tar)))
     (folder / "shardindex.json").write_text(json.dumps(manifest))
+
+
+def damage_behind_the_manifest(folder: pathlib.Path) -> str:
+    """The issue's 400 zeroed bytes in one sample's src.jpg, the manifest re-listed after (its md5s cannot see it).
+
+    Only the per-sample digest recorded at write time tells; returns the damaged sample's key.
+    """
+    damaged = _zero_bytes_of_a_src_jpg(next(folder.glob("shard-*.tar")))
+    manifest = json.loads((folder / "shardindex.json").read_text())
+    for entry in manifest["shardlist"]:
+        data = (folder / entry["url"]).read_bytes()
+        entry.update(md5sum=hashlib.md5(data).hexdigest(), filesize=len(data))
+    (folder / "shardindex.json").write_text(json.dumps(manifest))
+    return damaged
 
 
 class Server:
@@ -265,4 +292,20 @@ def test_kill_9_during_a_stream_of_decisions_loses_none_that_was_acknowledged(da
         assert len([d for d in again.get(f"/api/sample/{key}").json()["decisions"]]) == len(ids)
     finally:
         restarted.stop()
+        server.stop()
+
+
+def test_a_sample_that_differs_from_its_recorded_digest_is_never_shown_and_the_dashboard_counts_it(tmp_path):
+    """Before: review checked the shards' md5s only, so a sample damaged behind its manifest was shown for judging."""
+    folder = write_candidate_set(tmp_path / "demo", 6, seed=5)
+    damaged = damage_behind_the_manifest(folder)
+    server = Server(folder, tmp_path / "review.sqlite")
+    try:
+        client, _ = login(server, "ann")
+        assert client.get(f"/api/sample/{damaged}").status_code == 404
+        assert damaged not in client.get("/queue?queue=near").text
+        dashboard = client.get("/dashboard").text
+        assert re.search(r'id="corrupt"><b>1</b> object\s+left out', dashboard), dashboard
+        assert "of 5 objects decided" in dashboard
+    finally:
         server.stop()

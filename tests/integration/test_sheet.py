@@ -1,6 +1,7 @@
 """``counterfactory sheet`` on built pairs: source | region | removed | pasted, one object per row."""
 import io
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -65,3 +66,19 @@ def test_each_row_is_source_region_removed_pasted(built):
     region = _tile(sample[Field.REGION], box)[..., 0] > 127
     tint = tiles[1][..., 0] - tiles[0][..., 0]
     assert region.any() and tint[region].mean() > 20 and np.abs(tint[~region]).mean() < 5, "the region, tinted"
+
+
+def test_a_sample_that_differs_from_its_recorded_digest_is_left_out_of_the_sheet_and_counted(tmp_path, caplog):
+    """Before: the sheet checked the shards' md5s only and drew a sample damaged behind its manifest."""
+    from tests.integration.test_review_server import damage_behind_the_manifest
+    candidates = write_candidate_set(tmp_path / "candidates", 4, seed=3)
+    damaged = damage_behind_the_manifest(candidates)
+    picture = tmp_path / "sheet.png"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["sheet", "--candidates", str(candidates), "--output", str(picture), "--side", str(SIDE)]) == 0
+    with Image.open(picture) as sheet:
+        assert sheet.height == 3 * (SIDE + CAPTION_PX), "three rows: the damaged object is not drawn"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"sample {damaged!r} left out: its bytes are not those written (sample_digest_mismatch" in w
+               for w in warnings), warnings
+    assert "left 1 damaged samples out of the sheet (sample_digest_mismatch)" in warnings

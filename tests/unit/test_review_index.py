@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 
@@ -100,3 +101,18 @@ def test_a_manifest_naming_a_shard_outside_the_folder_is_refused(candidates, tmp
 def test_a_folder_that_is_no_finished_run_fails_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="no stats.json"):
         dataset_source(str(tmp_path), {})
+
+
+def test_a_sample_that_differs_from_its_recorded_digest_is_left_out_and_counted(tmp_path, caplog):
+    """Before: the index read the tar headers only, so a sample damaged behind its manifest was reviewed."""
+    from tests.integration.test_review_server import damage_behind_the_manifest
+    folder = write_candidate_set(tmp_path / "demo", 6, seed=5)
+    damaged = damage_behind_the_manifest(folder)
+    with caplog.at_level(logging.WARNING):
+        index = open_index(dataset_source(str(folder), {}), str(tmp_path / "cache"))
+    try:
+        assert index.sample(damaged) is None and index.count == 5 and index.corrupt == 1
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert f"sample {damaged!r} left out: its bytes are not those written (sample_digest_mismatch" in warning
+    finally:
+        index.close()

@@ -124,6 +124,19 @@ def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, fields
 
 
+def digest_mismatch(recorded: Optional[Mapping[str, str]], key: str, fields: Mapping[str, bytes]) -> Optional[str]:
+    """Why a sample read back is not the one its writer recorded (``sample_digest_mismatch``'s detail); None if it is.
+
+    ``recorded`` is :func:`~transforms.io.shards.recorded_digests` of the sample's tar: None
+    for a tar without our metadata, whose samples have nothing to be checked against. Every
+    reader of our shards (the jobs, ``review``, ``sheet``) checks a sample with this.
+    """
+    if recorded is None:
+        return None
+    actual, expected = sample_digest(fields), recorded.get(key)
+    return None if actual == expected else f"sample_sha256 {actual}, recorded {expected}"
+
+
 def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, bytes]] | Rejection]:
     """``(key, fields)`` per sample of a tar, streaming; a damaged tail ends it as one ``corrupt_shard`` rejection.
 
@@ -148,9 +161,9 @@ def read_tar_samples(path: str, stage: str) -> Iterator[tuple[str, dict[str, byt
             except (tarfile.TarError, EOFError, OSError) as error:
                 yield Rejection(path, stage, Reason.CORRUPT_SHARD, f"{type(error).__name__}: {error}")
                 return
-            if digests is not None and digests.get(key) != sample_digest(fields):
-                yield Rejection(f"{path}#{key}", stage, Reason.SAMPLE_DIGEST_MISMATCH,
-                                f"sample_sha256 {sample_digest(fields)}, recorded {digests.get(key)}", key)
+            mismatch = digest_mismatch(digests, key, fields)
+            if mismatch:
+                yield Rejection(f"{path}#{key}", stage, Reason.SAMPLE_DIGEST_MISMATCH, mismatch, key)
                 continue
             yield key, fields
 

@@ -38,7 +38,7 @@ from pipeline.publish import REPOSITORY_MANIFEST
 from pipeline.remote import Source, SourceError, UntrustedServer, open_source, read_exactly
 from pipeline.versions import INDEX
 from schemas.sample import sample_digest
-from transforms.io.files import PARTIAL_SUFFIX, hash_stream
+from transforms.io.files import PARTIAL_SUFFIX, hash_stream, publish
 from transforms.where import compile_where
 
 LOG = logging.getLogger(__name__)
@@ -145,13 +145,6 @@ def _sha256_of(path: str) -> tuple[int, "hashlib._Hash"]:
     with open(path, "rb") as stream:
         size = hash_stream(stream, sha)
     return size, sha
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + PARTIAL_SUFFIX, "wb") as out:
-        out.write(data)
-    os.replace(path + PARTIAL_SUFFIX, path)
 
 
 def _is_safe(path: str) -> bool:
@@ -280,7 +273,7 @@ class _Puller:
         table = table.set_column(table.schema.get_field_index("tar_offset"), "tar_offset", pa.array(offsets, pa.int64()))
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        _write_atomically(parquet, buffer.getvalue())
+        publish(parquet, buffer)
         self.progress.file_done()
 
     def _fetch_run(self, shard: str, run: Sequence[Mapping[str, Any]]) -> bytes:
@@ -356,15 +349,16 @@ def _holds_sample(data: bytes, row: Mapping[str, Any], start: int) -> bool:
 
 
 def _tar_holds(path: str, rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a tar a previous pull wrote holds exactly ``rows``' samples, each matching its digest."""
+    """Whether a tar a previous pull wrote holds exactly ``rows``' samples, each matching its digest.
+
+    Read a sample at a time: a shard may not fit in memory, and a resumed pull checks several at once.
+    """
+    if os.path.getsize(path) != sum(row["tar_length"] for row in rows) + len(_TAR_END):
+        return False
     with open(path, "rb") as stream:
-        data = stream.read()
-    offset = 0
-    for row in rows:
-        if not _holds_sample(data, {**row, "tar_offset": offset}, 0):
+        if not all(_holds_sample(stream.read(row["tar_length"]), {**row, "tar_offset": 0}, 0) for row in rows):
             return False
-        offset += row["tar_length"]
-    return data[offset:] == _TAR_END
+        return stream.read() == _TAR_END
 
 
 def _resolve(config: PullConfig, source: Source) -> tuple[str, bytes]:
@@ -421,7 +415,7 @@ def _pull_whole(puller: _Puller) -> Pulled:
     puller.progress = _Progress(sum(e["size"] for e in entries), len(entries), config.progress_interval_s)
     puller.run_all([lambda path=e["path"]: puller.fetch_file(path, os.path.join(config.target, path)) for e in entries])
     puller.progress.finish()
-    _write_atomically(os.path.join(config.target, REPOSITORY_MANIFEST), puller.manifest_bytes)
+    publish(os.path.join(config.target, REPOSITORY_MANIFEST), puller.manifest_bytes)
     LOG.info("pulled %s@%s into %s: %d files verified", config.name, puller.version, config.target, len(entries))
     return Pulled(config.name, puller.version, config.target, len(entries), puller.fetched, puller.kept_files, None)
 
@@ -443,7 +437,7 @@ def _pull_partial(puller: _Puller) -> Pulled:
     puller.progress.finish()
     written = list(others)
     if MANIFEST in paths:
-        _write_atomically(os.path.join(config.target, MANIFEST),
+        publish(os.path.join(config.target, MANIFEST),
                           _shard_index(config.target, config.name, pulled))
         written.append(MANIFEST)
     written += [p for shard in pulled for p in (shard, f"{shard[:-4]}.parquet")]
@@ -455,7 +449,7 @@ def _pull_partial(puller: _Puller) -> Pulled:
                    "repository_manifest_sha256": hashlib.sha256(puller.manifest_bytes).hexdigest()},
         "files": sorted((_local_entry(config.target, p) for p in written), key=lambda e: e["path"]),
     }
-    _write_atomically(os.path.join(config.target, REPOSITORY_MANIFEST),
+    publish(os.path.join(config.target, REPOSITORY_MANIFEST),
                       json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     shutil.rmtree(os.path.join(config.target, WORK_DIR), ignore_errors=True)
     LOG.info("pulled %d samples of %s@%s (%d shards) into %s", samples, config.name, puller.version, len(pulled),

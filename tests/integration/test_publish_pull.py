@@ -234,6 +234,13 @@ def test_a_where_pull_holds_exactly_the_selected_samples_and_reads_fewer_bytes(v
     total = sum(e["size"] for e in json.loads((served / REPOSITORY_MANIFEST).read_text())["files"])
     assert nginx.bytes_served() < total
 
+    before = _files(target)
+    nginx.stop()
+    nginx.start()  # counts afresh: the same pull again checks the tars it wrote, a sample at a time, and keeps them
+    again = pull(PullConfig("demo@v1", nginx.url, str(target), where=where))
+    assert not [row for row in nginx.served() if row.path.endswith(".tar")] and _files(target) == before
+    assert again.samples == len(expected) and again.kept_files >= len(list(target.glob("shard-*.tar")))
+
 
 def _piece(version: pathlib.Path, row: dict) -> bytes:
     return (version / row["shard"]).read_bytes()[row["tar_offset"]: row["tar_offset"] + row["tar_length"]]

@@ -24,12 +24,12 @@ from pipeline.options import ConfigError, RunOptions, device_option, mapping_opt
 from pipeline.preflight import preflight, refuse_finished_run
 from pipeline.provenance import code_version
 from pipeline.runners import new_pipeline, remove_temp_root
-from pipeline.sources import AnnotationSource, SourcesConfig
+from pipeline.sources import AnnotationSource, SourcesConfig, shard_inputs
 from transforms.annotated import BoxSource
 from transforms.io.decode import DecodeConfig
 from transforms.io.files import list_files, storage_failure
 from transforms.io.readers import expand_pattern
-from transforms.io.shards import ShardWriterConfig
+from transforms.io.shards import ShardMismatch, ShardWriterConfig
 from transforms.models.catalog import ModelError, resolve_model
 from transforms.models.detection import DetectorConfig
 
@@ -51,7 +51,9 @@ class InputOptions(PipelineOptions):
             "--input", action="append", default=None,
             help="Image folder (read recursively), file or glob; repeatable. Default: the bundled samples.",
         )
-        parser.add_argument("--shards", action="append", default=None, help="WebDataset tar glob to read; repeatable.")
+        parser.add_argument("--shards", action="append", default=None,
+                            help="WebDataset tars to read: a glob, or a folder (a run's: the shards its manifest "
+                                 "lists, checked against it); repeatable.")
         parser.add_argument("--annotations", action="append", default=None, help="COCO JSON or OpenImages box CSV; repeatable.")
         parser.add_argument("--images_root", help="Folder the annotation files' image paths are relative to.")
         parser.add_argument("--annotation_format", default="auto", choices=["auto", "coco", "openimages"])
@@ -120,7 +122,13 @@ def sources_config(options: PipelineOptions, default_images: Sequence[str]) -> S
     check_patterns(inputs.shards or (), "--shards")
     check_patterns([a.path for a in annotations], "--annotations")
     try:
-        return SourcesConfig(images=images, shards=tuple(inputs.shards or ()), annotations=annotations,
+        shards = shard_inputs(inputs.shards or ())  # ours checked against their manifest, as build checks its own
+    except ShardMismatch as error:
+        raise ConfigError(f"--shards: {error}") from error
+    if inputs.shards and not shards:
+        raise ConfigError(f"--shards {' '.join(inputs.shards)}: no tar in it")
+    try:
+        return SourcesConfig(images=images, shards=shards, annotations=annotations,
                              decode=DecodeConfig(max_pixels=inputs.max_pixels, jpeg_quality=inputs.jpeg_quality),
                              spool_dir=output_dir(options))
     except ValueError as error:

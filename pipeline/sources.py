@@ -9,14 +9,19 @@ readers found), ``read``, ``decoded`` and ``unique``, and counts the notes decod
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import posixpath
+from typing import Mapping, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
+from pipeline.finalize import MANIFEST
 from schemas import SourceImage
 from transforms.dedup import DeduplicateByContent
 from transforms.io.decode import DecodeConfig
-from transforms.io.readers import ReadAnnotated, ReadImageFiles, ReadShards
+from transforms.io.files import list_files, list_inputs, read_json
+from transforms.io.readers import ReadAnnotated, ReadImageFiles, ReadShards, expand_pattern
+from transforms.io.shards import ShardMismatch, verify_shards
 from transforms.ledger import MAIN_LEDGER, RunAccounts, count_funnel
 from transforms.normalize import NormalizeImages
 
@@ -53,6 +58,50 @@ class SourcesConfig:
     def inputs(self) -> tuple[str, ...]:
         """Every input pattern, for lineage."""
         return self.images + self.shards + tuple(source.path for source in self.annotations)
+
+
+def _manifest_entries(folder: str) -> Optional[dict[str, Mapping]]:
+    """The shards a run's folder lists (url -> entry of its ``shardindex.json``); None for a folder of no run of ours."""
+    manifest = FileSystems.join(folder, MANIFEST)
+    if not FileSystems.exists(manifest):
+        return None
+    return {entry["url"]: entry for entry in read_json(manifest)["shardlist"]}
+
+
+def _shard_paths(pattern: str) -> list[str]:
+    """A folder's shards (those its manifest lists, for a run's folder; else every ``*.tar`` below it), or the matches."""
+    if expand_pattern(pattern) == pattern:
+        return list_inputs(pattern)  # every name, so that the reader rejects a FIFO or a broken link by name
+    folder = pattern.rstrip("/")
+    entries = _manifest_entries(folder)
+    if entries is None:
+        return [path for path in list_files(expand_pattern(pattern)) if path.endswith(".tar")]
+    return [FileSystems.join(folder, url) for url in entries]
+
+
+def shard_inputs(patterns: Sequence[str]) -> tuple[str, ...]:
+    """The tars ``--shards`` names, each of ours checked against its run's manifest first, as build checks its own.
+
+    A tar beside a ``shardindex.json`` must be listed there and match its size and md5
+    (:func:`~transforms.io.shards.verify_shards`): a changed shard, or a killed re-run's
+    beside the manifest of the run before, raises :class:`~transforms.io.shards.ShardMismatch`
+    before anything runs. Tars with no manifest beside them are anyone's and read as they are.
+    """
+    paths = list(dict.fromkeys(path for pattern in patterns for path in _shard_paths(pattern)))
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        if path.endswith(".tar"):
+            by_folder.setdefault(posixpath.dirname(path) or ".", []).append(posixpath.basename(path))
+    for folder, names in sorted(by_folder.items()):
+        entries = _manifest_entries(folder)
+        if entries is None:
+            continue
+        unlisted = [name for name in names if name not in entries]
+        if unlisted:
+            raise ShardMismatch(f"{FileSystems.join(folder, unlisted[0])} is not listed in {MANIFEST} beside it "
+                                f"(left by another run): name the run's folder to read the shards it lists")
+        verify_shards(folder, [entries[name] for name in names])
+    return tuple(paths)
 
 
 def _readers(p: beam.Pipeline, config: SourcesConfig) -> list[beam.PCollection]:

@@ -251,13 +251,15 @@ def run_job(argv: list[str], output: Path, device: torch.device, batch: int) -> 
             metric_sums(result, "inference_batch_latency_micro_secs").items()}
     busy.update({namespace: total / 1e3 for namespace, (total, _) in
                  metric_sums(result, "process_time_msec").items()})
-    # Row-weighted: the mean size of the model batch an object's candidate ran in.
+    # Row-weighted: the mean size of the model batch an object's candidate ran in. None through Beam's proxy: the
+    # remover updates the metric in the proxy server's thread, which has no Beam metrics context.
     fill_total, fill_count = metric_sums(result, "model_batch_rows_count").get("counterfactory.removal", (0.0, 0))
     removed = funnel["objects_removed"]
     return {"wall_s": wall, "load_s": load_s, "objects_removed": removed,
             "bootstrap_objects_per_s": removed / max(wall - load_s, 1e-9),
             "gpu_busy_fraction": None if sampler is None else sampler.busy_fraction, "busy_s": busy,
-            "model_batch_fill": fill_total / max(fill_count, 1) / batch, "funnel": funnel, "stages": stats["stages"],
+            "model_batch_fill": fill_total / fill_count / batch if fill_count else None, "funnel": funnel,
+            "stages": stats["stages"],
             "ledger_error": ledger_error, **{name: value for name, value in stats.items() if name.endswith("ledger")}}
 
 
@@ -268,7 +270,9 @@ def report(label: str, run: dict, removal_rate: float, gpu_only_rate: float) -> 
           f"{run['load_s']:.1f} s of model loading -> {run['fraction_of_gpu_only']:.0%} of GPU only "
           f"({gpu_only_rate:.2f}), {run['bootstrap_objects_per_s'] / removal_rate:.0%} of removal only; "
           f"GPU busy {busy if busy is None else f'{busy:.0%}'} of the wall time (NVML)")
-    print(f"model batches {run['model_batch_fill']:.0%} full on average (rows from every waiting call)")
+    fill = run["model_batch_fill"]
+    print(f"model batches {'(not recorded through the proxy)' if fill is None else f'{fill:.0%}'} full on average "
+          "(rows from every waiting call)")
     print("funnel: " + ", ".join(f"{step} {count}" for step, count in run["funnel"].items()))
     print("stages (in -> out + rejected + dead letters):")
     for row in run["stages"]:
@@ -332,6 +336,7 @@ def main() -> None:
           f"removal only: {removal_rate:.2f} objects/s; segmentation only: {sam_s_per_image * 1e3:.1f} ms/image")
     runs = []
     for index, ((kind, workers), argv) in enumerate(zip(args.runs, argvs)):
+        LOG.info("job %s:%d starting", kind, workers)
         run = {"kind": kind, "workers": workers, "running_mode": RUN_KINDS[kind][0],
                "models_shared_across_processes": RUN_KINDS[kind][1],
                **run_job(argv, work / f"candidates-{index}", device, args.batch)}

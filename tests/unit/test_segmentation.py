@@ -262,6 +262,24 @@ def test_batched_encoder_matches_the_per_image_predictor_on_cuda(bf16: bool) -> 
     check_batched_against_predictor("cuda", bf16)
 
 
+@pytest.mark.gpu
+def test_sam_on_cuda_does_not_wait_for_work_queued_on_the_default_stream() -> None:
+    # The remover queues its model batches on the default stream; SAM's encoder syncs the host with its
+    # stream once per attention block, and must not wait for the remover's queue each time (issue 15).
+    import torch
+
+    config = SegmenterConfig(model=None, format="sam-checkpoint", architecture="tiny", device="cuda:0")
+    segmenter = segmentation_handler(config).load_model()
+    rgb, boxes = np.zeros((480, 640, 3), np.uint8), np.array([[10, 10, 200, 200]], np.float32)
+    segmenter.segment_batch([rgb], [boxes])  # warm-up: kernels loaded, handles made
+    torch.cuda.synchronize()
+    torch.cuda._sleep(4_000_000_000)  # one spinning block on the default stream: about 2 s on an H100/H200
+    (masks, _), = segmenter.segment_batch([rgb], [boxes])
+    still_queued = not torch.cuda.default_stream().query()
+    torch.cuda.synchronize()
+    assert masks.shape == (1, 480, 640) and still_queued
+
+
 def test_sam_checkpoint_by_path_needs_an_architecture(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"not used")

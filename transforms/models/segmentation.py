@@ -40,6 +40,7 @@ from transforms.models.cpu import cpu_map, cpu_pool
 from transforms.models.gpus import on_claimed_device
 
 if TYPE_CHECKING:
+    import torch
     from segment_anything.modeling import Sam
 
 LOG = logging.getLogger(__name__)
@@ -269,15 +270,23 @@ class _TorchSamSegmenter:
     ResizeLongestSide, ``sam.preprocess``, prompt encoder, mask decoder, ``postprocess_masks``),
     so masks match the per-image predictor; only the encoder sees a stack of up to
     ``encoder_batch_size`` images. Stateless per call so that threads may share one model.
+
+    ``stream``: the CUDA stream its work is queued on (``None``: the thread's current one).
+    The encoder blocks the host until the current stream has run everything queued on it,
+    once per attention block (it copies CPU index tensors to the GPU). On the default stream
+    beside the remover, whose model batches are queued there too, each of those waits was
+    a wait for the remover's queued work; on a stream of its own it waits for its own.
     """
 
-    def __init__(self, sam: "Sam", name: str, bf16: bool, encoder_batch_size: int = 8) -> None:
+    def __init__(self, sam: "Sam", name: str, bf16: bool, encoder_batch_size: int = 8,
+                 stream: Optional["torch.cuda.Stream"] = None) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self._sam = sam
         self._name = name
         self._bf16 = bf16
         self._encoder_batch_size = encoder_batch_size
+        self._stream = stream
         self._transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     def name(self) -> str:
@@ -298,12 +307,13 @@ class _TorchSamSegmenter:
         device = sam.device
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                     if self._bf16 and device.type == "cuda" else nullcontext())
+        stream = nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
         # Every resize starts now on the CPU pool, so later chunks are ready when the encoder
         # is free (the encoder itself blocks the host: segment_anything indexes its
         # relative positions with CPU tensors, a device sync per attention block).
         pending = [cpu_pool().submit(self._transform.apply_image, rgb) for rgb in images]
         outputs = []
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, stream:
             prompts = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in boxes]
             dense_pe = sam.prompt_encoder.get_dense_pe()
             for start in range(0, len(images), self._encoder_batch_size):
@@ -325,7 +335,8 @@ class _TorchSamSegmenter:
                                                      multimask_output=False)
                     masks = sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
                     outputs.append((masks[:, 0], ious[:, 0]))
-        return [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
+            # Copied on the same stream, so each copy waits for the kernels that wrote it.
+            return [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
 
 
 class SegmentAnythingHandler(_BoxSegmentationHandler):
@@ -348,7 +359,18 @@ class SegmentAnythingHandler(_BoxSegmentationHandler):
         started = time.perf_counter()
         sam = SAM_ARCHITECTURES[architecture](checkpoint).to(config.device).eval()
         LOG.info("loaded %s (%s) on %s in %.1f s", name, architecture, config.device, time.perf_counter() - started)
-        return _TorchSamSegmenter(sam, name, config.bf16, config.encoder_batch_size)
+        return _TorchSamSegmenter(sam, name, config.bf16, config.encoder_batch_size, _own_stream(config.device))
+
+
+def _own_stream(device: str) -> Optional["torch.cuda.Stream"]:
+    """A new CUDA stream on ``device`` that starts after the work queued so far (the weights' copies); else None."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
 
 
 def _catalog_param(resolved: ResolvedModel, param: str) -> Any:

@@ -43,7 +43,7 @@ SAMPLE_BROKEN = str(SAMPLES / "broken")
 class InputOptions(PipelineOptions):
     """Where a job's images come from and how they are decoded."""
 
-    INPUTS = ("input", "shards", "annotations")  # checked by pipeline.preflight
+    INPUTS = ("input", "shards", "annotations", "class_descriptions")  # checked by pipeline.preflight
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -7,9 +7,12 @@ A job's options classes name the options that hold its inputs in a class attribu
 * ``--output`` is an existing file (or below one): the writers would fail after the whole run;
 * ``--output`` is an input folder or inside one: the job would read what it writes;
 * an input folder holds no files: the job would read nothing (or the folder itself) and exit 0;
+* an input named as a file (no glob) does not exist, is no regular file (a FIFO would block
+  its reader forever, a broken link fail late) or cannot be opened: checked as the readers
+  check, by opening it;
 * ``--output`` already holds a finished run and ``--overwrite`` is not given.
 
-Only local paths are checked for the first three (a bucket has no folders to nest).
+Only local paths are checked for all but the last (a bucket has no folders to nest).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.finalize import STATS, holds_finished_run
 from pipeline.options import ConfigError, RunOptions
+from transforms.io.files import NotARegularFile, open_input
 
 _GLOB = frozenset("*?[")
 
@@ -65,10 +69,26 @@ def check_output(output: str) -> None:
         raise ConfigError(f"--output {output} {where} a file, not a folder")
 
 
+def check_readable(flag: str, path: str) -> None:
+    """An input named as a local file (no glob, no folder) must exist and be a regular file this process can open."""
+    if _GLOB & set(path) or os.path.isdir(path):
+        return  # a glob's or a folder's names are the readers' to reject
+    if not os.path.lexists(path):
+        raise ConfigError(f"{flag} {path!r} matches no file")
+    try:
+        open_input(path).close()  # non-blocking: a FIFO is refused, not waited on
+    except NotARegularFile as error:
+        raise ConfigError(f"{flag} {path} is {error.detail} ({error.reason.value}): only a regular file is read") \
+            from error
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} cannot be read: {error.strerror or error}") from error
+
+
 def check_input(flag: str, path: str, output: str) -> None:
-    """An input folder must hold a file, and must not hold ``output`` (nor be it)."""
+    """An input folder must hold a file, and must not hold ``output`` (nor be it); a file must be one to read."""
     if not _is_local(path):
         return
+    check_readable(flag, path)
     if os.path.isdir(path) and _holds_no_files(path):
         raise ConfigError(f"{flag} {path} holds no files")
     if not _is_local(output):

@@ -139,6 +139,38 @@ def test_an_input_folder_without_files_is_refused(tmp_path, caplog, no_models):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.timeout(60)  # before: the reader blocked in open() on the FIFO, forever
+def test_an_option_file_that_is_no_regular_file_is_refused_in_one_line(images, candidates, tmp_path, caplog,
+                                                                       no_models):
+    fifo = tmp_path / "boxes.json"
+    os.mkfifo(fifo)
+    output = tmp_path / "o"
+    assert refused(["ingest", "--annotations", str(fifo), "--images_root", str(images), "--output", str(output)],
+                   caplog) == f"--annotations {fifo} is a FIFO (not_a_regular_file): only a regular file is read"
+    assert refused(["bootstrap", "--annotations", str(fifo), "--output", str(output)], caplog).startswith(
+        f"--annotations {fifo} is a FIFO")
+    assert refused(["build", f"--candidates={candidates}", f"--decisions={fifo}", f"--output={output}",
+                    "--name=demo", "--version=v1"], caplog).startswith(f"--decisions {fifo} is a FIFO")
+    coco = tmp_path / "coco.json"
+    coco.write_text("{}")
+    assert refused(["ingest", "--annotations", str(coco), "--class_descriptions", str(fifo), "--output",
+                    str(output)], caplog).startswith(f"--class_descriptions {fifo} is a FIFO")
+    dangling = tmp_path / "gone.json"
+    os.symlink(tmp_path / "nowhere.json", dangling)
+    assert refused(["ingest", "--annotations", str(dangling), "--output", str(output)], caplog) == (
+        f"--annotations {dangling} is a link to '{tmp_path / 'nowhere.json'}', which does not exist "
+        "(dangling_symlink): only a regular file is read")
+    assert not output.exists()
+
+
+def test_a_missing_annotation_file_is_refused_in_one_line(tmp_path, caplog, no_models):
+    missing = tmp_path / "missing.json"
+    for command in ("ingest", "bootstrap"):
+        assert refused([command, "--annotations", str(missing), "--output", str(tmp_path / "o")], caplog) == \
+            f"--annotations {str(missing)!r} matches no file"
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_finished_run_in_output_is_refused_before_any_model(images, tmp_path, caplog, no_models):
     output = tmp_path / "o"
     output.mkdir()

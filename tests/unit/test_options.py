@@ -136,3 +136,39 @@ def test_every_command_refuses_an_unknown_option(command, caplog, tmp_path):
     messages = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(messages) == 1 and "unknown option --outptu" in messages[0], messages
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the top-level command (issue 19)
+
+@pytest.mark.parametrize("argv, line", [
+    (["buidl"], "counterfactory: unknown command 'buidl' (did you mean build?)"),
+    (["--log-level", "WARNING", "revew", "x"], "counterfactory: unknown command 'revew' (did you mean review?)"),
+    (["zzz"], "counterfactory: unknown command 'zzz' (counterfactory --help lists them)"),
+    (["--log-levl", "DEBUG", "build"], "counterfactory: unknown option --log-levl (did you mean --log-level?)"),
+])
+def test_an_unknown_command_is_refused_in_one_line_with_the_closest(argv, line, caplog, capsys):
+    """Before: argparse's two lines (usage, then 'invalid choice' and all sixteen commands)."""
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and [record.getMessage() for record in caplog.records] == [line]
+    assert capsys.readouterr().err == ""  # nothing but the logged line (no usage)
+
+
+def test_the_help_lists_every_command_and_models_says_bundle_and_install(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    listed = {line.split()[0] for line in out.split("commands:\n", 1)[1].splitlines() if line.startswith("  ") and
+              not line.startswith("   ")}
+    assert listed == set(cli.COMMANDS)
+    models = out.split("  models", 1)[1].split("\n\n")[0]
+    assert "bundle" in models and "install" in models
+
+
+def test_a_command_gets_every_argument_after_its_name(monkeypatch):
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "echo", cli.Command("test", "builtins:print"))
+    monkeypatch.setattr(cli.Command, "load", lambda self: seen.append)
+    assert cli.main(["--log-level", "WARNING", "echo", "export", "--help", "--log-level", "DEBUG"]) == 0
+    assert seen == [["export", "--help", "--log-level", "DEBUG"]]

@@ -165,12 +165,12 @@ class StageFn(beam.DoFn):
     ``process_time_msec`` distribution.
     """
 
-    def __init__(self, progress: ProgressKey, function: RecordFunction) -> None:
+    def __init__(self, stage: str, function: RecordFunction, progress: Optional[ProgressKey] = None) -> None:
         super().__init__()
-        if not progress.stage:
+        if not stage:
             raise TypeError("a stage needs a name")
-        self.stage = progress.stage
-        self._progress = progress
+        self.stage = stage
+        self._progress = progress  # None: the stage's progress is told elsewhere (see track_progress)
         self._function = function
 
     # No annotations here: Beam would read them as type hints.
@@ -191,7 +191,8 @@ class StageFn(beam.DoFn):
                     yield output
         finally:  # a record that raised (a dead letter) is done too
             Metrics.distribution(namespace, "process_time_msec").update(int((time.perf_counter() - started) * 1000))
-            PROGRESS.tick(self._progress, kept)
+            if self._progress is not None:
+                PROGRESS.tick(self._progress, kept)
 
 
 class StageOutputs(NamedTuple):
@@ -267,18 +268,51 @@ def _progress_key(records: beam.PCollection, label: str, stage: str) -> Progress
     return key
 
 
+class _Tick(beam.DoFn):
+    """Passes a stage's kept records on (``kept``), or drops its other ends, ticking its progress once for each."""
+
+    def __init__(self, progress: ProgressKey, kept: bool) -> None:
+        super().__init__()
+        self._progress, self._kept = progress, kept
+
+    def process(self, element):
+        PROGRESS.tick(self._progress, int(self._kept))
+        if self._kept:
+            yield element
+
+
+def track_progress(records: beam.PCollection, kept: beam.PCollection, ended: beam.PCollection, label: str,
+                   stage: str) -> beam.PCollection:
+    """Progress lines for a stage whose records no :class:`StageFn` runs (a model's ``RunInference``).
+
+    ``records`` is the stage's input (its total comes from there, as a :class:`Stage`'s does),
+    ``kept`` its main output, one record per input, and ``ended`` its inputs that ended
+    otherwise (dead letters). Returns ``kept`` passed on: the stage's main output, whose
+    consumers' totals this stage then bounds.
+    """
+    progress = _progress_key(records, label, stage)
+    _ = ended | f"{label}ProgressEnded" >> beam.ParDo(_Tick(progress, kept=False))
+    passed = kept | f"{label}Progress" >> beam.ParDo(_Tick(progress, kept=True))
+    _GraphProgress.of(records.pipeline).stage_of[passed] = stage
+    return passed
+
+
 def apply_record_function(records: beam.PCollection, label: str, stage: str, function: RecordFunction,
-                          extra_tags: Sequence[str] = ()) -> StageOutputs:
+                          extra_tags: Sequence[str] = (), progress: bool = True) -> StageOutputs:
     """Run ``function`` on every record so that one failing record becomes one dead letter, never a failed job.
 
     Registers nothing: :class:`Stage` and the model stage build on it and do their own accounting.
+    ``progress=False``: no progress lines of its own (a part of a stage whose progress
+    :func:`track_progress` tells).
     """
     tags = {REJECTED: Rejection, **{tag: Any for tag in extra_tags}}
-    pardo = beam.ParDo(StageFn(_progress_key(records, label, stage), function)).with_output_types(Any, **tags)
+    key = _progress_key(records, label, stage) if progress else None
+    pardo = beam.ParDo(StageFn(stage, function, key)).with_output_types(Any, **tags)
     results = records | label >> pardo.with_exception_handling(
         main_tag=MAIN, dead_letter_tag=DEAD_LETTERS
     ).with_outputs(REJECTED, *extra_tags, main=MAIN)
-    _GraphProgress.of(records.pipeline).stage_of[results[MAIN]] = stage
+    if progress:
+        _GraphProgress.of(records.pipeline).stage_of[results[MAIN]] = stage
     dead = results[DEAD_LETTERS] | f"{label}DeadLetters" >> beam.Map(to_dead_letter, stage=stage)
     return StageOutputs(results[MAIN], results[REJECTED], dead, {tag: results[tag] for tag in extra_tags})
 

@@ -5,9 +5,11 @@ import threading
 
 import apache_beam as beam
 import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas import Reason, Rejection
 from transforms import stage as stage_module
+from transforms.models.run_model import RunModel
 from transforms.stage import PROGRESS, ProgressKey, Stage
 
 
@@ -100,3 +102,31 @@ def test_a_stage_done_within_one_interval_logs_nothing(every_record_logged, monk
     for _ in range(3):
         PROGRESS.tick(key, 1)
     assert _lines(every_record_logged, "encode") == []
+
+
+class _Model:
+    """What the toy handler loads (Beam keeps a weak reference to a loaded model)."""
+
+
+class _TimesTen(ModelHandler[int, PredictionResult, _Model]):
+    """Fails every batch holding a 3 (so 3 ends as a dead letter, the rest of its batch retried one by one)."""
+
+    def load_model(self) -> _Model:
+        return _Model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        if 3 in batch:
+            raise RuntimeError("three")
+        return [PredictionResult(value, value * 10) for value in batch]
+
+
+def test_a_model_stage_tells_its_progress_like_any_stage(every_record_logged):
+    """Before: RunInference stages (detect, segment, remove) logged no progress line at all."""
+    with beam.Pipeline() as p:
+        (p | beam.Create(list(range(7))) | "Spread" >> beam.Reshuffle() | RunModel(_TimesTen(), "toy")
+         | beam.Map(lambda prediction: prediction.inference) | PassOn())
+    lines = [line for line in _lines(every_record_logged, "toy") if " records (" in line]  # not the retry's warnings
+    assert len(lines) == 7, lines  # the dead letter is a record done too
+    assert all(re.fullmatch(r"toy: \d/7 records \(\d+\.\d/s, ETA \d+\.\d s\)", line) for line in lines[:-1]), lines
+    assert re.fullmatch(r"toy: 7/7 records \(\d+\.\d/s, done\)", lines[-1]), lines
+    assert _lines(every_record_logged, "pass_on"), "the next stage has progress lines too"

@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.utils.shared import Shared
 
 from transforms.ledger import MAIN_LEDGER, RunAccounts
-from transforms.stage import apply_record_function
+from transforms.stage import apply_record_function, track_progress
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class RunModel(beam.PTransform):
     """``RunInference(handler)`` whose failures end as per-record dead letters of ``stage``.
 
     One prediction per record: the stage's flow (records in = predictions + dead letters)
-    is registered with ``unit`` 's ledger, like any other stage's.
+    is registered with ``unit`` 's ledger, and its progress told, like any other stage's.
     """
 
     def __init__(self, handler: ModelHandler, stage: str, unit: str = MAIN_LEDGER) -> None:
@@ -69,8 +69,9 @@ class RunModel(beam.PTransform):
         predictions, failures = records | "Infer" >> RunInference(self._handler).with_exception_handling()
         retried = apply_record_function(
             failures.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_records_of_failed_batch),
-            "RetryOneByOne", self._stage, _OneByOne(self._handler, self._stage, Shared()))
-        main = (predictions, retried.main) | "Predictions" >> beam.Flatten()
+            "RetryOneByOne", self._stage, _OneByOne(self._handler, self._stage, Shared()), progress=False)
+        main = track_progress(records, (predictions, retried.main) | "Predictions" >> beam.Flatten(),
+                              retried.dead_letters, "Infer", self._stage)
         RunAccounts.of(records.pipeline).add_stage(self._stage, self._unit, records, main=main,
                                                    dead_letters=retried.dead_letters)
         return main

@@ -131,6 +131,8 @@ def _digests(candidates):
         ({"fuse_qkv": "no"}, "fuse_qkv must be true or false"),
         ({"compile_cache_dir": 3}, "compile_cache_dir must be a folder path"),
         ({"attention": "fast"}, "attention must be one of"),
+        ({"conv_search": "all"}, "conv_search must be one of"),
+        ({"conv_search": 0}, "conv_search must be one of"),
         ({"share_across_processes": "no"}, "share_across_processes must be true or false"),
     ],
 )
@@ -158,6 +160,18 @@ def test_speed_settings_are_recorded_where_they_apply():
     compiled = DiffusionRemovalConfig(compile="cudagraphs", channels_last=False)
     assert compiled.compiled and compiled.execution == "fused_qkv+compile-cudagraphs"
     assert DiffusionRemovalConfig(device="cpu", compile="inductor").execution == "compile-inductor"
+
+
+def test_conv_search_is_recorded_on_gpus_only(tiny_pipeline, cup):
+    """cuDNN's exhaustive search may pick other engines (pixels within rounding): recorded on GPUs, a no-op on the CPU."""
+    tuned = DiffusionRemovalConfig(compile="cudagraphs", attention="cudnn", conv_search="exhaustive")
+    assert tuned.execution == "channels_last+fused_qkv+attention-cudnn+conv-exhaustive+compile-cudagraphs"
+    assert DiffusionRemovalConfig().conv_search == "heuristic"  # PyTorch's own default: cuDNN's top 10 timed
+    heuristic, exhaustive = (DiffusionRemovalConfig(**FAST, conv_search=s) for s in ("heuristic", "exhaustive"))
+    assert exhaustive.remover_id("m@0") == heuristic.remover_id("m@0")
+    candidates = [DiffusionRemover(tiny_pipeline, config, "tiny")([config.request(*cup)])[0]
+                  for config in (heuristic, exhaustive)]
+    assert _digests(candidates[0]) == _digests(candidates[1])
     assert not DiffusionRemovalConfig(device="cpu").compiled
     assert DiffusionRemovalConfig(attention="cudnn").execution == "fused_qkv+attention-cudnn+eager"
 
@@ -404,6 +418,17 @@ def test_compiled_remover_on_cuda(tiny_pipeline_dir, cup, cat, mode, tmp_path):
     first = _digests(compiled(requests)[0])
     with ThreadPoolExecutor(4) as threads:  # Beam calls a shared model from many threads
         assert all(_digests(r[0]) == first for r in threads.map(lambda _: compiled(requests), range(4)))
+
+
+@pytest.mark.gpu
+def test_exhaustive_conv_search_sets_cudnn_limit(tiny_pipeline_dir, cup):
+    """``exhaustive`` times every cuDNN engine (limit 0); ``heuristic`` restores PyTorch's default of 10."""
+    for search, limit in (("exhaustive", 0), ("heuristic", 10)):
+        config = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **{**FAST, "device": "cuda"}, conv_search=search)
+        remover = DiffusionRemovalHandler(config).load_model()
+        assert torch.backends.cudnn.benchmark_limit == limit
+        [candidates] = remover([config.request(*cup)])
+        assert len(candidates) == config.num_candidates
 
 
 @pytest.mark.gpu

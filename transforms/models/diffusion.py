@@ -96,18 +96,14 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 #: and freezing (weights become constants: inductor folds what depends only on them and
 #: lays convolution weights out once).
 #: Coordinate-descent kernel tuning, the study's other setting, compiled for over 4 minutes
-#: on an H100 and is left out.
+#: on an H100 and is left out. Inductor's matrix-product autotuning alone (``max_autotune_gemm``,
+#: convolutions left on cuDNN) is left out too: on an H200 it had tuned only 8 product shapes after
+#: 3 minutes, and cuBLAS won every large one (the small ones Triton won take ~10 us).
 COMPILE_MODES: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({
     "off": None,
     "inductor": MappingProxyType({}),
     "cudagraphs": MappingProxyType({"triton.cudagraphs": True}),
     "tuned": MappingProxyType({"triton.cudagraphs": True, "conv_1x1_as_mm": True, "freezing": True}),
-    # Inductor's matrix-product autotuning only (cuBLAS against its Triton templates, per shape),
-    # not full max-autotune: convolutions stay on cuDNN and coordinate descent stays off, so the
-    # compile pays for the UNet's few dozen product shapes, once per inductor cache.
-    "autotuned": MappingProxyType({"triton.cudagraphs": True, "max_autotune_gemm": True,
-                                   "max_autotune_gemm_backends": "ATEN,TRITON", "max_autotune_conv_backends": "ATEN",
-                                   "coordinate_descent_tuning": False}),
 })
 #: ``conv_search`` name -> ``torch.backends.cudnn.benchmark_limit``: how many of cuDNN's
 #: convolution engines its autotuner times per shape (``heuristic``: PyTorch's default, cuDNN's

@@ -4,7 +4,9 @@ The fixed work (issue 7): an SD-1.5-inpainting-shaped pipeline with random weigh
 real model's compute; no weights needed), 512x512, 20 DDIM steps, classifier-free
 guidance 7.5, one candidate per object. In one process, on the same inputs:
 
-* ``stock``: ``StableDiffusionInpaintPipeline.__call__``, one image per call;
+* ``stock``: ``StableDiffusionInpaintPipeline.__call__``, one image per call, and batched
+  (``--stock-batches``: ``--batch`` images a call as list inputs), the fair baseline, since
+  diffusers batches natively;
 * our :class:`DiffusionRemover` in each ``--variants`` setting: ``plain`` (batched bf16,
   nothing else), ``fast`` (+ channels-last, fused QKV, cuDNN autotuning), and each
   ``compile`` mode (``inductor``, ``tuned``, ``cudagraphs``). Its figures are end to end as a
@@ -19,6 +21,9 @@ plain bf16 run is (bf16's own rounding, measured on the same inputs); the tolera
 ``--profile`` splits one call's GPU kernel time by kernel kind (the remover's GPU work runs
 on its own thread, so the split is by kernel, not by model; the VAE is ~10 % of the FLOPs).
 ``--callers N`` calls the remover from N threads at once, as Beam's worker threads do.
+cuDNN caches its convolution choice per shape for the whole process: run ``exhaustive_conv``
+in a process of its own (``--tolerance`` from a run with ``plain``). The JSON carries date,
+machine, git commit (``GIT_COMMIT`` first), versions and the command, rewritten after each variant.
 ``--gpus 1,2`` runs ``--scaling-variant`` in one process per GPU, each claiming its own GPU
 as the handler does, and reports the scaling.
 

@@ -344,15 +344,20 @@ def main() -> None:
     for index, ((kind, workers), argv) in enumerate(zip(args.runs, argvs)):
         LOG.info("job %s:%d starting", kind, workers)
         run = {"kind": kind, "workers": workers, "running_mode": RUN_KINDS[kind][0],
-               "models_shared_across_processes": RUN_KINDS[kind][1],
-               **run_job(argv, work / f"candidates-{index}", device, args.batch)}
-        funnel = run["funnel"]
-        run["objects_per_image"] = funnel["objects"] / max(funnel["with_objects"], 1)
-        # The GPU's time per object when it does nothing else: removal, plus SAM per image shared by its objects.
-        run["gpu_only_objects_per_s"] = 1 / (1 / removal_rate + sam_s_per_image / run["objects_per_image"])
-        run["fraction_of_gpu_only"] = run["bootstrap_objects_per_s"] / run["gpu_only_objects_per_s"]
-        run["fraction_of_removal_only"] = run["bootstrap_objects_per_s"] / removal_rate
-        report(f"{kind}, {workers} workers", run, removal_rate, run["gpu_only_objects_per_s"])
+               "models_shared_across_processes": RUN_KINDS[kind][1]}
+        try:
+            run.update(run_job(argv, work / f"candidates-{index}", device, args.batch))
+        except Exception as error:  # noqa: BLE001 - the other runs still run and report; the exit says it failed
+            LOG.exception("job %s:%d failed", kind, workers)
+            run["error"] = repr(error)
+        if "error" not in run:
+            funnel = run["funnel"]
+            run["objects_per_image"] = funnel["objects"] / max(funnel["with_objects"], 1)
+            # The GPU's time per object when it does nothing else: removal, plus SAM per image shared by its objects.
+            run["gpu_only_objects_per_s"] = 1 / (1 / removal_rate + sam_s_per_image / run["objects_per_image"])
+            run["fraction_of_gpu_only"] = run["bootstrap_objects_per_s"] / run["gpu_only_objects_per_s"]
+            run["fraction_of_removal_only"] = run["bootstrap_objects_per_s"] / removal_rate
+            report(f"{kind}, {workers} workers", run, removal_rate, run["gpu_only_objects_per_s"])
         runs.append(run)
         if args.json:  # after every run: a later one that dies keeps the earlier ones' figures
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -362,9 +367,10 @@ def main() -> None:
                 "segmenter": args.segmenter, "images": args.images, "removal_only_objects_per_s": removal_rate,
                 "segmentation_only_s_per_image": sam_s_per_image, "runs": runs,
                 "args": {**vars(args), "runs": [f"{kind}:{workers}" for kind, workers in args.runs]}}, indent=2))
-    failed = [f"{run['kind']}:{run['workers']}: {run['ledger_error']}" for run in runs if run["ledger_error"]]
+    failed = [f"{run['kind']}:{run['workers']}: {run.get('error') or run['ledger_error']}" for run in runs
+              if run.get("error") or run["ledger_error"]]
     if failed:
-        raise SystemExit("a run lost records: " + "; ".join(failed))
+        raise SystemExit("a run failed or lost records: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class SourcesConfig:
 
 
 def _manifest_entries(folder: str) -> Optional[dict[str, Mapping]]:
-    """The shards a run's folder lists (url -> entry of its ``shardindex.json``); None for a folder of no run of ours."""
+    """The shards a run's folder lists (url -> its ``shardindex.json`` entry); None for a folder of no run of ours."""
     manifest = FileSystems.join(folder, MANIFEST)
     if not FileSystems.exists(manifest):
         return None
@@ -69,7 +69,7 @@ def _manifest_entries(folder: str) -> Optional[dict[str, Mapping]]:
 
 
 def _shard_paths(pattern: str) -> list[str]:
-    """A folder's shards (those its manifest lists, for a run's folder; else every ``*.tar`` below it), or the matches."""
+    """A folder's shards (a run's: those its manifest lists; else every ``*.tar`` below it), or a glob's matches."""
     if expand_pattern(pattern) == pattern:
         return list_inputs(pattern)  # every name, so that the reader rejects a FIFO or a broken link by name
     folder = pattern.rstrip("/")

@@ -102,7 +102,7 @@ def _checked(shards: Sequence[str]) -> Iterator[tuple[dict, Optional[str]]]:
 
 
 def _samples(shards: Sequence[str], keys: Iterable[str], limit: int) -> list[dict]:
-    """Up to ``limit`` intact samples (those in ``keys`` if given), in shard order; damaged ones are logged and counted."""
+    """Up to ``limit`` intact samples (those in ``keys`` if given), in shard order; damaged ones logged, counted."""
     wanted, found, damaged = set(keys), [], 0
     for sample, mismatch in _checked(shards):
         if wanted and sample["__key__"] not in wanted:

@@ -51,11 +51,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("new", help="A version folder, or NAME@VERSION (or NAME@latest) with --from.")
     parser.add_argument("--from", dest="repository",
                         help="A repository or build output root (folder, gs://, s3://, http(s)://) holding NAME/VERSION.")
+    parser.add_argument("--ca_bundle", help="PEM file of the CAs an https:// repository's certificate is checked "
+                                            "against, instead of the system's (or SSL_CERT_FILE's).")
     parser.add_argument("--json", action="store_true", help="Print the diff as one JSON object.")
     args = parser.parse_args(argv)
     try:
-        result = diff_versions(args.old, args.new, args.repository)
-    except DiffError as error:
+        result = diff_versions(args.old, args.new, args.repository, args.ca_bundle)
+    except (DiffError, ValueError) as error:
         LOG.error("diff failed: %s", error)
         return 1
     sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n" if args.json else render(result))

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.finalize import LINEAGE, MANIFEST, STATS
-from pipeline.remote import Source, SourceError, open_source
+from pipeline.remote import Source, SourceError, UntrustedServer, open_source
 from pipeline.versions import INDEX
 from schemas.sample import LOCATION_COLUMNS
 
@@ -88,6 +88,8 @@ def _read_version(source: Source, prefix: str, label: str) -> _Version:
         index = _read_json(source, path(MANIFEST))
         lineage = _read_json(source, path(LINEAGE))
         stats = _read_json(source, path(STATS))
+    except UntrustedServer as error:
+        raise DiffError(str(error)) from None
     except (SourceError, OSError) as error:
         raise DiffError(f"{label} is not a finished version ({error})") from None
     try:
@@ -155,19 +157,25 @@ def _resolve(source: Source, spec: str) -> tuple[str, str]:
     if version == "latest":
         try:
             version = _read_json(source, f"{name}/{INDEX}")["latest"]
+        except UntrustedServer as error:
+            raise DiffError(str(error)) from None
         except (SourceError, OSError) as error:
             raise DiffError(f"no dataset {name!r} in {source.url} ({error})") from None
     return f"{name}/{version}", f"{name}@{version}"
 
 
-def diff_versions(old: str, new: str, repository: Optional[str] = None) -> VersionDiff:
-    """Compare two versions: folders (``OUTPUT/NAME/VERSION``), or ``NAME@VERSION`` specs in ``repository``."""
+def diff_versions(old: str, new: str, repository: Optional[str] = None,
+                  ca_bundle: Optional[str] = None) -> VersionDiff:
+    """Compare two versions: folders (``OUTPUT/NAME/VERSION``), or ``NAME@VERSION`` specs in ``repository``.
+
+    ``ca_bundle`` is as for :func:`pipeline.remote.open_source` (the CAs an ``https://`` one is checked against).
+    """
     versions = []
     for spec in (old, new):
         if repository is None:
-            versions.append(_read_version(open_source(spec), "", spec))
+            versions.append(_read_version(open_source(spec, ca_bundle), "", spec))
         else:
-            source = open_source(repository)
+            source = open_source(repository, ca_bundle)
             prefix, label = _resolve(source, spec)
             versions.append(_read_version(source, prefix, label))
     return compare(*versions)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import pytest
@@ -12,7 +13,7 @@ from pipeline.publish import publish_version
 from pipeline.testing import write_candidate_set
 from schemas.sample import Field
 from tests.integration.test_build import candidate_samples, expected_kept, pair_samples, run_build
-from tests.nginx import nginx  # noqa: F401  (the fixture)
+from tests.nginx import nginx, nginx_tls  # noqa: F401  (the fixtures)
 from transforms.thresholds import DEFAULT_THRESHOLDS
 
 V2_THRESHOLDS = {"seam": 0.35, "ssim_outside": 0.9}  # stricter on one score, looser on another
@@ -75,3 +76,21 @@ def test_diff_of_published_versions_over_http_reads_no_shard(builds, nginx, tmp_
     same = diff_versions("demo@v2", "demo@v2", str(tmp_path / "www"))
     assert (same.added, same.removed, same.changed, same.restamped, same.lineage) == ((), (), (), (), ())
     assert same.identical == len(pair_samples(v2))
+
+
+def test_diff_over_https_trusts_the_ca_a_user_gives_and_names_an_untrusted_server(builds, nginx_tls, tmp_path,
+                                                                                   monkeypatch, caplog):
+    _, v1, v2 = builds
+    for version in (v1, v2):
+        publish_version(str(version), str(tmp_path / "www"))
+    nginx_tls.start()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    assert cli.main(["diff", "demo@v1", "demo@latest", "--from", nginx_tls.url]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "the server's certificate is not trusted" in errors[0]
+    assert "no dataset" not in errors[0]
+    remote = diff_versions("demo@v1", "demo@latest", nginx_tls.url, ca_bundle=str(nginx_tls.tls.ca))
+    assert (remote.old, remote.new) == ("demo@v1", "demo@v2") and remote.added == diff_versions(str(v1), str(v2)).added
+    caplog.clear()
+    assert cli.main(["diff", str(v1), str(v2), "--ca_bundle", str(nginx_tls.tls.ca)]) == 1
+    assert "--ca_bundle is for https:// repositories" in caplog.text

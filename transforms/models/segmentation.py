@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
@@ -269,7 +270,10 @@ class _TorchSamSegmenter:
     The same steps and operations as ``SamPredictor.set_image`` + ``predict_torch`` (its
     ResizeLongestSide, ``sam.preprocess``, prompt encoder, mask decoder, ``postprocess_masks``),
     so masks match the per-image predictor; only the encoder sees a stack of up to
-    ``encoder_batch_size`` images. Stateless per call so that threads may share one model.
+    ``encoder_batch_size`` images. Threads may share one model: calls run on the device one
+    at a time, so its memory holds one encoder stack's activations. Concurrent stacks had no
+    bound: 12 processes calling one ViT-H through Beam's proxy (a server thread each) took
+    81 GB of an H200, and the remover loading beside it ran out of memory (issue 15).
 
     ``stream``: the CUDA stream its work is queued on (``None``: the thread's current one).
     The encoder blocks the host until the current stream has run everything queued on it,
@@ -287,6 +291,7 @@ class _TorchSamSegmenter:
         self._bf16 = bf16
         self._encoder_batch_size = encoder_batch_size
         self._stream = stream
+        self._device_lock = threading.Lock()
         self._transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     def name(self) -> str:
@@ -313,7 +318,7 @@ class _TorchSamSegmenter:
         # relative positions with CPU tensors, a device sync per attention block).
         pending = [cpu_pool().submit(self._transform.apply_image, rgb) for rgb in images]
         outputs = []
-        with torch.inference_mode(), autocast, stream:
+        with self._device_lock, torch.inference_mode(), autocast, stream:
             prompts = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in boxes]
             dense_pe = sam.prompt_encoder.get_dense_pe()
             for start in range(0, len(images), self._encoder_batch_size):

@@ -48,6 +48,7 @@ class SelectionOptions(PipelineOptions):
     """How the candidate of each object is chosen: what ``build`` and ``thresholds`` share."""
 
     INPUTS = ("candidates", "decisions")  # checked by pipeline.preflight
+    FILE_INPUTS = ("decisions",)
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:

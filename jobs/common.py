@@ -44,6 +44,7 @@ class InputOptions(PipelineOptions):
     """Where a job's images come from and how they are decoded."""
 
     INPUTS = ("input", "shards", "annotations", "class_descriptions")  # checked by pipeline.preflight
+    FILE_INPUTS = ("annotations", "class_descriptions")
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:

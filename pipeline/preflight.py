@@ -2,11 +2,13 @@
 
 A job's options classes name the options that hold its inputs in a class attribute
 ``INPUTS`` (option names, e.g. ``("input", "shards", "annotations")``); with those and
-``--output`` the checks here need nothing job-specific:
+``--output`` the checks here need nothing job-specific; ``FILE_INPUTS`` names those of them
+that are files, never folders (an annotation file, a decisions file):
 
 * ``--output`` is an existing file (or below one): the writers would fail after the whole run;
 * ``--output`` is an input folder or inside one: the job would read what it writes;
 * an input folder holds no files: the job would read nothing (or the folder itself) and exit 0;
+* a file input names a folder: its reader would fail late, on a folder it cannot parse;
 * an input named as a file (no glob) does not exist, is no regular file (a FIFO would block
   its reader forever, a broken link fail late) or cannot be opened: checked as the readers
   check, by opening it;
@@ -32,14 +34,16 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def _inputs(options: PipelineOptions, option_classes: Sequence[type[PipelineOptions]]) -> Iterator[tuple[str, str]]:
-    """``(flag, path)`` of every input location the job's options name."""
+def _inputs(options: PipelineOptions,
+            option_classes: Sequence[type[PipelineOptions]]) -> Iterator[tuple[str, str, bool]]:
+    """``(flag, path, must be a file)`` of every input location the job's options name."""
     for options_class in option_classes:
         view = options.view_as(options_class)
+        files = frozenset(getattr(options_class, "FILE_INPUTS", ()))
         for name in getattr(options_class, "INPUTS", ()):
             value = getattr(view, name)
             for path in [value] if isinstance(value, str) else value or ():
-                yield f"--{name}", path
+                yield f"--{name}", path, name in files
 
 
 def _folder_of(pattern: str) -> str:
@@ -84,10 +88,12 @@ def check_readable(flag: str, path: str) -> None:
         raise ConfigError(f"{flag} {path} cannot be read: {error.strerror or error}") from error
 
 
-def check_input(flag: str, path: str, output: str) -> None:
+def check_input(flag: str, path: str, output: str, file_only: bool = False) -> None:
     """An input folder must hold a file, and must not hold ``output`` (nor be it); a file must be one to read."""
     if not _is_local(path):
         return
+    if file_only and os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder: name the file (or a glob of files)")
     check_readable(flag, path)
     if os.path.isdir(path) and _holds_no_files(path):
         raise ConfigError(f"{flag} {path} holds no files")
@@ -112,6 +118,6 @@ def preflight(options: PipelineOptions, option_classes: Sequence[type[PipelineOp
     run = options.view_as(RunOptions)
     output = run.output.rstrip("/") or run.output
     check_output(output)
-    for flag, path in _inputs(options, option_classes):
-        check_input(flag, path, output)
+    for flag, path, file_only in _inputs(options, option_classes):
+        check_input(flag, path, output, file_only)
     refuse_finished_run(output, run.overwrite)

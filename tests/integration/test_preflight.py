@@ -197,3 +197,17 @@ def test_an_empty_build_is_recorded_but_does_not_become_latest(candidates, tmp_p
     assert cli.main(["build", *argv, "--version=v3", nothing, "--allow_empty"]) == 0
     index = json.loads((tmp_path / "demo" / "versions.json").read_text())
     assert index["latest"] == "v3" and index["versions"][2]["allow_empty"] is True
+
+
+def test_a_folder_given_where_a_file_is_read_is_refused_in_one_line(candidates, tmp_path, caplog, no_models):
+    folder = tmp_path / "boxes"
+    folder.mkdir()
+    (folder / "coco.json").write_text("{}")  # before: a traceback from the annotation reader, after the pipeline began
+    output = tmp_path / "o"
+    for command in ("ingest", "bootstrap"):
+        assert refused([command, "--annotations", str(folder), "--output", str(output)], caplog) == \
+            f"--annotations {folder} is a folder: name the file (or a glob of files)"
+    assert refused(["build", f"--candidates={candidates}", f"--decisions={folder}", f"--output={output}",
+                    "--name=demo", "--version=v1"], caplog) == \
+        f"--decisions {folder} is a folder: name the file (or a glob of files)"
+    assert not output.exists()

@@ -94,7 +94,7 @@ class HttpSource:
                 self._drop_connection()
                 raise UntrustedServer(
                     f"{self.url}: the server's certificate is not trusted ({error.verify_message}): "
-                    "pass the CA that signed it in SSL_CERT_FILE (or pull --ca_bundle FILE)") from None
+                    "pass the CA that signed it in SSL_CERT_FILE (or --ca_bundle FILE)") from None
             except (http.client.HTTPException, OSError) as error:
                 self._drop_connection()  # a kept-alive connection the server closed: once more on a new one
                 if attempt:

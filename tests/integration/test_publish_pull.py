@@ -322,7 +322,7 @@ def test_an_https_pull_trusts_the_ca_a_user_gives_and_an_untrusted_server_fails_
     assert cli.main(["pull", "demo@v1", "--from", nginx_tls.url, "--to", str(tmp_path / "untrusted")]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"pull failed: {nginx_tls.url}: the server's certificate is not trusted (unable to get local "
-                      "issuer certificate): pass the CA that signed it in SSL_CERT_FILE (or pull --ca_bundle FILE)"]
+                      "issuer certificate): pass the CA that signed it in SSL_CERT_FILE (or --ca_bundle FILE)"]
     assert not list(tmp_path.glob("untrusted/*")) and not nginx_tls.served()
 
     whole = tmp_path / "whole"

@@ -21,6 +21,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
+import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 import pytest  # noqa: E402
@@ -28,10 +29,11 @@ import torch  # noqa: E402
 import webdataset  # noqa: E402
 import wids  # noqa: E402
 
-from jobs import build, ingest, pbe, video  # noqa: E402
+from jobs import build, cli, ingest, pbe, video  # noqa: E402
 from pipeline.card import CARD  # noqa: E402
 from pipeline.publish import REPOSITORY_MANIFEST, publish_version  # noqa: E402
 from pipeline.testing import write_candidate_set  # noqa: E402
+from review.contact_sheet import CAPTION_PX, mimic_sheet  # noqa: E402
 from schemas import sample as sample_format  # noqa: E402
 from schemas.decisions import Decision, Verdict, decisions_jsonl  # noqa: E402
 from schemas.sample import Field  # noqa: E402
@@ -236,3 +238,21 @@ def test_a_published_version_carries_its_card(outputs, tmp_path):
     manifest = json.loads((pathlib.Path(published.url) / REPOSITORY_MANIFEST).read_text())
     assert CARD in {entry["path"] for entry in manifest["files"]}
     assert (pathlib.Path(published.url) / CARD).read_bytes() == (outputs["pairs"] / CARD).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ("candidates", "pairs", "pbe", "frames"))
+def test_the_contact_sheet_draws_every_kind(outputs, kind, tmp_path):
+    picture = tmp_path / f"{kind}.png"
+    assert cli.main(["sheet", "--shards", str(outputs[kind]), "--output", str(picture), "--side", "64"]) == 0
+    with PIL.Image.open(picture) as sheet:
+        assert sheet.height >= 64 and np.asarray(sheet.convert("L"), np.float32).std() > 10, "the tiles are drawn"
+
+
+def test_the_frame_pair_sheet_draws_both_branches(outputs):
+    """Format 3 frame pairs carry both branches' fields; the sheet captions each by the branch it is from."""
+    by_branch = {}
+    for key, sample in raw_samples(outputs["frames"]).items():
+        by_branch.setdefault(json.loads(sample[Field.JSON])["branch"], key)
+    assert set(by_branch) == {"video", "image"}
+    sheet = mimic_sheet(tars(outputs["frames"]), list(by_branch.values()), side=64, per_row=2)
+    assert sheet.size == (2 * 2 * 64 + 8, 64 + CAPTION_PX)

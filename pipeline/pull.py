@@ -38,7 +38,9 @@ from pipeline.publish import REPOSITORY_MANIFEST
 from pipeline.remote import Source, SourceError, UntrustedServer, open_source, read_exactly
 from pipeline.versions import INDEX
 from schemas.sample import sample_digest
-from transforms.io.files import PARTIAL_SUFFIX, hash_stream, publish
+from transforms.io.files import PARTIAL_SUFFIX, hash_stream, md5_of, publish
+from transforms.io.shards import ShardInfo
+from transforms.io.shards import manifest as shard_manifest
 from transforms.where import compile_where
 
 LOG = logging.getLogger(__name__)
@@ -387,16 +389,12 @@ def _local_entry(root: str, path: str) -> dict[str, Any]:
 
 def _shard_index(root: str, name: str, shards: Sequence[str]) -> bytes:
     """A wids shard index of the pulled shards (md5, sample count and size measured here)."""
-    entries = []
+    infos = []
     for shard in shards:
         path = os.path.join(root, shard)
-        md5 = hashlib.md5()
-        with open(path, "rb") as stream:
-            hash_stream(stream, md5)
         samples = pq.ParquetFile(f"{path[:-4]}.parquet").metadata.num_rows
-        entries.append({"url": shard, "md5sum": md5.hexdigest(), "nsamples": samples, "filesize": os.path.getsize(path)})
-    return json.dumps({"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": entries},
-                      indent=2).encode("utf-8")
+        infos.append(ShardInfo(shard, md5_of(path), samples, os.path.getsize(path), written=True))
+    return json.dumps(shard_manifest(infos, name), indent=2).encode("utf-8")
 
 
 def pull(config: PullConfig) -> Pulled:
@@ -437,8 +435,7 @@ def _pull_partial(puller: _Puller) -> Pulled:
     puller.progress.finish()
     written = list(others)
     if MANIFEST in paths:
-        publish(os.path.join(config.target, MANIFEST),
-                          _shard_index(config.target, config.name, pulled))
+        publish(os.path.join(config.target, MANIFEST), _shard_index(config.target, config.name, pulled))
         written.append(MANIFEST)
     written += [p for shard in pulled for p in (shard, f"{shard[:-4]}.parquet")]
     samples = sum(pq.ParquetFile(os.path.join(config.target, f"{shard[:-4]}.parquet")).metadata.num_rows
@@ -450,7 +447,7 @@ def _pull_partial(puller: _Puller) -> Pulled:
         "files": sorted((_local_entry(config.target, p) for p in written), key=lambda e: e["path"]),
     }
     publish(os.path.join(config.target, REPOSITORY_MANIFEST),
-                      json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+            json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     shutil.rmtree(os.path.join(config.target, WORK_DIR), ignore_errors=True)
     LOG.info("pulled %d samples of %s@%s (%d shards) into %s", samples, config.name, puller.version, len(pulled),
              config.target)

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import io
 import tempfile
-from typing import Any, BinaryIO, Iterator, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -168,14 +168,15 @@ def _judge(source: np.ndarray, reference: np.ndarray, rules: PairRules, check_ba
 
 
 def _encode(key: str, source: np.ndarray, reference: np.ndarray, matches: Matches, rules: PairRules, seed: int,
-            quality: int, meta: dict[str, Any], frames: Mapping[str, Any]) -> EncodedSample:
-    """The sample of a kept pair; ``frames`` the decoded frames it came from (empty for an image: Parquet's nulls)."""
+            quality: int, meta: dict[str, Any]) -> EncodedSample:
+    """The sample of a kept pair; an image pair's frame columns are Parquet nulls (its JSON's frames are a still's)."""
     mask, grid = grid_mask(source.shape[0], source.shape[1], matches.source_points, rules.grid,
                            np.random.default_rng([seed, 7]))
     meta = {**meta, "matches": {"inliers": matches.inliers, "candidates": matches.candidates},
             "grid": grid, "seed": seed}
     fields = mimic_fields(key, encode_jpeg(source, quality), encode_jpeg(reference, quality), encode_mask_png(mask),
                           meta)
+    frames = meta["frames"] if meta["branch"] == "video" else {}
     row = {
         "key": key, "source_key": meta["source_key"], "uri": meta["uri"], "branch": meta["branch"],
         "source_frame": frames.get("source", {}).get("index"), "reference_frame": frames.get("reference", {}).get("index"),
@@ -283,15 +284,15 @@ def _pair_video(decode: VideoDecodeConfig, cuts: CutConfig, sampling: PairSampli
             outcomes.append(Rejection(path, stage, failure[0], failure[1], pair_key))
             continue
         pair_seed = int(np.random.default_rng([seed, number]).integers(2**62))
-        pair_frames = {"source": _frame_json(source), "reference": _frame_json(reference),
-                       "gap_s": round(reference.time_s - source.time_s, 6)}
         height, width = source.rgb.shape[:2]
         meta = {"branch": "video", "source_key": key, "uri": path, "ssim": ssim,
                 "video": {"key": key, "uri": path, "frames_decoded": len(frames), "shots": len(shots), **notes},
-                "frames": pair_frames, "image": {"key": key, "uri": path, "width": width, "height": height},
+                "frames": {"source": _frame_json(source), "reference": _frame_json(reference),
+                           "gap_s": round(reference.time_s - source.time_s, 6)},
+                "image": {"key": key, "uri": path, "width": width, "height": height},
                 "augmentation": _no_augmentation(pair_seed)}
         outcomes.append(_encode(pair_key, source.rgb, reference.rgb, matches, rules, pair_seed,
-                                settings.jpeg_quality, meta, pair_frames))
+                                settings.jpeg_quality, meta))
     yield from _outcome(stage, InputPairs(path, key, tuple(outcomes), video_signature(frames, size_bytes)),
                         (Reason.NO_FRAME_PAIR, f"all {len(pairs)} sampled pairs rejected"))
 
@@ -450,7 +451,7 @@ def _pair_image(short_side: int, augment: StaticAugmentConfig, rules: PairRules,
             "video": _still_video(source), "frames": _STILL_FRAMES,
             "image": {"key": source.key, "uri": source.uri, "width": source.width, "height": source.height},
             "augmentation": augmentation}
-    sample = _encode(pair_key, rgb, reference, matches, rules, seed, settings.jpeg_quality, meta, {})
+    sample = _encode(pair_key, rgb, reference, matches, rules, seed, settings.jpeg_quality, meta)
     yield InputPairs(source.uri, source.key, (sample,))
 
 

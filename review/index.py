@@ -26,14 +26,13 @@ import math
 import os
 import posixpath
 import sqlite3
-import tarfile
 import threading
 import urllib.parse
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from schemas import Reason
 from schemas.sample import SCORE_NAMES, Field
-from transforms.io.readers import digest_mismatch
+from transforms.io.readers import digest_mismatch, tar_members
 from transforms.io.shards import recorded_digests
 from transforms.thresholds import SCORES, Better, CandidateView, SelectionRules, Thresholds
 
@@ -143,28 +142,10 @@ CREATE INDEX samples_audit ON samples(passed, audit, key);
 
 def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, tuple[int, int]], dict[str, bytes]]]:
     """(key, {member: (offset, size)}, {member: bytes}) per sample of a tar, from one pass over it."""
-    key: Optional[str] = None
-    members: dict[str, tuple[int, int]] = {}
-    fields: dict[str, bytes] = {}
-    with open(path, "rb") as file, tarfile.open(fileobj=file, mode="r:") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            dirname, basename = posixpath.split(member.name)
-            if basename.startswith("."):
-                continue
-            sample_key, _, field = basename.partition(".")
-            sample_key = posixpath.join(dirname, sample_key) if dirname else sample_key
-            if sample_key != key:
-                if key is not None:
-                    yield key, members, fields
-                key, members, fields = sample_key, {}, {}
-            field = field.lower()
-            members[field] = (member.offset_data, member.size)
-            extracted = archive.extractfile(member)
-            fields[field] = extracted.read() if extracted else b""
-    if key is not None:
-        yield key, members, fields
+    with open(path, "rb") as tar:
+        for key, located in tar_members(tar):
+            yield (key, {field: (member.offset, member.size) for field, member in located.items()},
+                   {field: member.data for field, member in located.items()})
 
 
 def _scales(values: Mapping[str, list[float]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import tarfile
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -102,9 +102,17 @@ class ReadImageFiles(beam.PTransform):
         return pbegin | "MatchPaths" >> MatchPaths(self._patterns) | "ReadFiles" >> ReadFiles(self._extensions)
 
 
-def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group consecutive tar members by WebDataset key (basename up to its first dot)."""
-    key, fields = None, {}
+class TarMember(NamedTuple):
+    """One member of a sample: its bytes, and where they lie in the tar (``offset`` of the data, ``size``)."""
+
+    data: bytes
+    offset: int
+    size: int
+
+
+def tar_members(stream) -> Iterator[tuple[str, dict[str, TarMember]]]:
+    """Group consecutive tar members by WebDataset key (basename up to its first dot), from one pass over the tar."""
+    key, members = None, {}
     with tarfile.open(fileobj=stream, mode="r|*") as archive:
         for member in archive:
             if not member.isfile():
@@ -116,12 +124,18 @@ def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
             sample_key = posixpath.join(dirname, sample_key) if dirname else sample_key
             if sample_key != key:
                 if key is not None:
-                    yield key, fields
-                key, fields = sample_key, {}
+                    yield key, members
+                key, members = sample_key, {}
             extracted = archive.extractfile(member)
-            fields[field.lower()] = extracted.read() if extracted else b""
+            members[field.lower()] = TarMember(extracted.read() if extracted else b"", member.offset_data, member.size)
     if key is not None:
-        yield key, fields
+        yield key, members
+
+
+def tar_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {field: bytes})`` per sample of a tar (:func:`tar_members` without the locations)."""
+    for key, members in tar_members(stream):
+        yield key, {field: member.data for field, member in members.items()}
 
 
 def digest_mismatch(recorded: Optional[Mapping[str, str]], key: str, fields: Mapping[str, bytes]) -> Optional[str]:

@@ -1,10 +1,14 @@
-"""What the benchmark scripts share: quiet library logging, timers that log or synchronise the device, Beam metric sums."""
+"""What the benchmark scripts share: quiet library logging, timers that log or synchronise the device, Beam metric
+sums and maxima, the code's git commit."""
 from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
@@ -66,13 +70,39 @@ def synthetic_source(rgb: np.ndarray) -> SourceImage:
     return SourceImage(key=key, sha256=digest, uri=f"synthetic:{key}", width=width, height=height, jpeg=jpeg)
 
 
-def metric_sums(result, name: str) -> dict[str, tuple[float, int]]:
-    """Namespace -> (sum, count) of the ``name`` distributions (committed, else attempted) over the run."""
-    query = result.metrics().query(MetricsFilter().with_name(name))
-    sums: dict[str, tuple[float, int]] = {}
-    for entry in query["distributions"]:
+def _distributions(result, name: str):
+    """(namespace, value) of each ``name`` distribution of a run (committed, else attempted) that has one."""
+    for entry in result.metrics().query(MetricsFilter().with_name(name))["distributions"]:
         value = entry.committed or entry.attempted
         if value is not None:
-            total, count = sums.get(entry.key.metric.namespace, (0.0, 0))
-            sums[entry.key.metric.namespace] = (total + value.sum, count + value.count)
+            yield entry.key.metric.namespace, value
+
+
+def metric_sums(result, name: str) -> dict[str, tuple[float, int]]:
+    """Namespace -> (sum, count) of the ``name`` distributions (committed, else attempted) over the run."""
+    sums: dict[str, tuple[float, int]] = {}
+    for namespace, value in _distributions(result, name):
+        total, count = sums.get(namespace, (0.0, 0))
+        sums[namespace] = (total + value.sum, count + value.count)
     return sums
+
+
+def metric_maxima(result, name: str) -> dict[str, float]:
+    """Namespace -> the largest value of the ``name`` distributions (committed, else attempted)."""
+    maxima: dict[str, float] = {}
+    for namespace, value in _distributions(result, name):
+        if value.count:
+            maxima[namespace] = max(maxima.get(namespace, 0.0), value.max)
+    return maxima
+
+
+def git_commit() -> Optional[str]:
+    """The code's commit: ``GIT_COMMIT`` first (a copied working tree, a GPU machine's, may carry a stale .git)."""
+    commit = os.environ.get("GIT_COMMIT")
+    if commit:
+        return commit
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -45,7 +45,6 @@ import datetime
 import gc
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,8 +55,7 @@ from typing import Optional
 import cv2
 import numpy as np
 import torch
-from _common import metric_sums, quiet_logging, timed_calls
-from apache_beam.metrics.metric import MetricsFilter
+from _common import git_commit, metric_maxima, metric_sums, quiet_logging, timed_calls
 from removal_gpu import make_requests
 from transforms.models.segmentation import SAM_ARCHITECTURES, SegmenterConfig, segmentation_handler
 
@@ -164,14 +162,6 @@ def segmentation_only_s_per_image(settings: dict, device: torch.device, images: 
     return seconds / images
 
 
-def git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def removal_only_rate(config, shape: str, batch: int, device: torch.device) -> float:
     """Objects/s of the remover alone on synthetic 512x512 objects, four calls of ``batch`` after a warm-up."""
     started = time.perf_counter()
@@ -203,18 +193,6 @@ def parse_runs(text: str) -> list[tuple[str, int]]:
     if not runs:
         raise argparse.ArgumentTypeError("no run given")
     return runs
-
-
-def metric_maxima(result, name: str) -> dict[str, float]:
-    """Namespace -> the largest value of the ``name`` distributions (committed, else attempted)."""
-    query = result.metrics().query(MetricsFilter().with_name(name))
-    maxima: dict[str, float] = {}
-    for entry in query["distributions"]:
-        value = entry.committed or entry.attempted
-        if value is not None and value.count:
-            namespace = entry.key.metric.namespace
-            maxima[namespace] = max(maxima.get(namespace, 0.0), value.max)
-    return maxima
 
 
 def job_argv(work: Path, output: Path, kind: str, workers: int, remover: dict, segmenter: dict,

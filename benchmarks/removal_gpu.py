@@ -51,7 +51,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from _common import quiet_logging, synchronize, synthetic_source, timed_calls
+from _common import git_commit, quiet_logging, synchronize, synthetic_source, timed_calls
 from PIL import Image
 
 from pipeline.testing import INPAINTING_PIPELINE_SHAPES, build_random_inpainting_pipeline
@@ -188,24 +188,15 @@ def stock_call(pipe, config: DiffusionRemovalConfig, requests: Sequence[RemovalR
 def run_facts(device: torch.device) -> dict:
     """Date, machine, commit and versions: what a result JSON must carry to be compared with another."""
     import platform
-    import subprocess
     import sys
 
     import diffusers
 
-    # GIT_COMMIT first: a copied working tree (a GPU machine's) may carry a stale .git.
-    commit = os.environ.get("GIT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                    cwd=Path(__file__).parent).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
     cuda = device.type == "cuda"
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
             "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
             "gpu_count": torch.cuda.device_count() if cuda else 0, "cpu_count": os.cpu_count(),
-            "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "git_commit": git_commit() or "unknown", "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
             "diffusers": diffusers.__version__, "command": " ".join(["python", *sys.argv])}
 

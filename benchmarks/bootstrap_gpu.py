@@ -40,7 +40,6 @@ run's figures, and the script exits non-zero when a ledger or a stage of any run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
@@ -92,25 +91,34 @@ def sample_variants(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-class GpuBusySampler:
-    """Samples NVML's utilization (the share of the last period a kernel ran) every ``period_s`` in a thread."""
+class UtilizationSampler:
+    """Samples, every ``period_s`` in a thread, NVML's GPU utilization (the share of the last period a kernel ran)
+    and the machine's CPU utilization over all cores (psutil): together they say which side waited, and when."""
 
-    def __init__(self, index: int, period_s: float = 0.1) -> None:
-        import pynvml
+    def __init__(self, index: Optional[int], period_s: float = 0.1) -> None:
+        import psutil
 
-        pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._psutil = psutil
+        self._handle = None
+        if index is not None:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self._period_s = period_s
-        self._samples: list[int] = []
+        self._samples: list[tuple[float, Optional[int], float]] = []  # (seconds since start, GPU %, CPU %)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        started = time.perf_counter()
+        self._psutil.cpu_percent()  # the first call only starts psutil's interval
         while not self._stop.wait(self._period_s):
-            self._samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            gpu = None if self._handle is None else self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            self._samples.append((time.perf_counter() - started, gpu, self._psutil.cpu_percent()))
 
-    def __enter__(self) -> "GpuBusySampler":
+    def __enter__(self) -> "UtilizationSampler":
         self._thread.start()
         return self
 
@@ -119,8 +127,24 @@ class GpuBusySampler:
         self._thread.join()
 
     @property
-    def busy_fraction(self) -> float:
-        return sum(self._samples) / 100 / max(len(self._samples), 1)
+    def gpu_busy_fraction(self) -> Optional[float]:
+        if self._handle is None:
+            return None
+        return sum(gpu for _, gpu, _ in self._samples) / 100 / max(len(self._samples), 1)
+
+    @property
+    def cpu_busy_fraction(self) -> float:
+        return sum(cpu for _, _, cpu in self._samples) / 100 / max(len(self._samples), 1)
+
+    def timeline(self, window_s: float = 5.0) -> list[dict]:
+        """Mean GPU and CPU busy fractions per ``window_s`` of the run: where in the job either side waited."""
+        windows: dict[int, list[tuple[Optional[int], float]]] = {}
+        for seconds, gpu, cpu in self._samples:
+            windows.setdefault(int(seconds // window_s), []).append((gpu, cpu))
+        return [{"t_s": index * window_s,
+                 "gpu": None if self._handle is None else round(sum(g for g, _ in rows) / 100 / len(rows), 3),
+                 "cpu": round(sum(c for _, c in rows) / 100 / len(rows), 3)}
+                for index, rows in sorted(windows.items())]
 
 
 def random_sam_checkpoint(architecture: str, path: Path) -> Path:
@@ -213,7 +237,8 @@ def run_job(argv: list[str], output: Path, device: torch.device, batch: int) -> 
     pipeline = new_pipeline(options)
     build_bootstrap(pipeline, bootstrap_config(options))
     started = time.perf_counter()
-    with GpuBusySampler(device.index or 0) if device.type == "cuda" else contextlib.nullcontext() as sampler:
+    gpu_index = (device.index or 0) if device.type == "cuda" else None
+    with UtilizationSampler(gpu_index) as sampler:
         result = pipeline.run()
         result.wait_until_finish()
     wall = time.perf_counter() - started
@@ -237,19 +262,26 @@ def run_job(argv: list[str], output: Path, device: torch.device, batch: int) -> 
     removed = funnel["objects_removed"]
     return {"wall_s": wall, "load_s": load_s, "objects_removed": removed,
             "bootstrap_objects_per_s": removed / max(wall - load_s, 1e-9),
-            "gpu_busy_fraction": None if sampler is None else sampler.busy_fraction, "busy_s": busy,
+            "gpu_busy_fraction": sampler.gpu_busy_fraction, "cpu_busy_fraction": sampler.cpu_busy_fraction,
+            "utilization_timeline_5s": sampler.timeline(), "busy_s": busy,
             "model_batch_fill": fill_total / fill_count / batch if fill_count else None, "funnel": funnel,
             "stages": stats["stages"],
             "ledger_error": ledger_error, **{name: value for name, value in stats.items() if name.endswith("ledger")}}
 
 
+def _percent(fraction: Optional[float]) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
+
+
 def report(label: str, run: dict, removal_rate: float, gpu_only_rate: float) -> None:
-    busy = run["gpu_busy_fraction"]
     print(f"\n{label}: {run['objects_removed']} objects removed, {run['objects_removed'] / run['wall_s']:.2f} "
           f"objects/s over {run['wall_s']:.1f} s wall; {run['bootstrap_objects_per_s']:.2f} objects/s without the "
           f"{run['load_s']:.1f} s of model loading -> {run['fraction_of_gpu_only']:.0%} of GPU only "
           f"({gpu_only_rate:.2f}), {run['bootstrap_objects_per_s'] / removal_rate:.0%} of removal only; "
-          f"GPU busy {busy if busy is None else f'{busy:.0%}'} of the wall time (NVML)")
+          f"GPU busy {_percent(run['gpu_busy_fraction'])} of the wall time (NVML), CPU "
+          f"{run['cpu_busy_fraction']:.0%} of all cores")
+    print("GPU / CPU busy per 5 s: " + " ".join(
+        f"{_percent(row['gpu'])}/{_percent(row['cpu'])}" for row in run["utilization_timeline_5s"]))
     fill = run["model_batch_fill"]
     print(f"model batches {'(not recorded through the proxy)' if fill is None else f'{fill:.0%}'} full on average "
           "(rows from every waiting call)")

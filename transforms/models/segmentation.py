@@ -20,11 +20,13 @@ and onnxruntime are imported only where a model is built.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
 
@@ -264,15 +266,28 @@ SAM_ARCHITECTURES: Mapping[str, Callable[[Optional[str]], "Sam"]] = {
 }
 
 
+@dataclasses.dataclass
+class _SamItem:
+    """One image waiting for the encoder: its boxes, its resize (on the CPU pool) and its result."""
+
+    rgb: np.ndarray
+    boxes: np.ndarray
+    resized: Future
+    done: Future = dataclasses.field(default_factory=Future)
+
+
 class _TorchSamSegmenter:
-    """SamPredictor's box path with the image encoder batched across images.
+    """SamPredictor's box path with the image encoder batched across images and callers.
 
     The same steps and operations as ``SamPredictor.set_image`` + ``predict_torch`` (its
     ResizeLongestSide, ``sam.preprocess``, prompt encoder, mask decoder, ``postprocess_masks``),
     so masks match the per-image predictor; only the encoder sees a stack of up to
-    ``encoder_batch_size`` images. Threads may share one model: calls run on the device one
-    at a time, so its memory holds one encoder stack's activations. Concurrent stacks had no
-    bound: 12 processes calling one ViT-H through Beam's proxy (a server thread each) took
+    ``encoder_batch_size`` images. Threads may share one model, and their images share
+    encoder stacks: each call queues its images, and whichever call holds the device runs
+    the next stack from every waiting call. A worker's calls hold one or two images each
+    (Beam batches within a bundle), so one stack per call left the encoder at batch 1-2.
+    Stacks run one at a time, so memory holds one stack's activations; concurrent stacks had
+    no bound: 12 processes calling one ViT-H through Beam's proxy (a server thread each) took
     81 GB of an H200, and the remover loading beside it ran out of memory (issue 15).
 
     ``stream``: the CUDA stream its work is queued on (``None``: the thread's current one).
@@ -292,6 +307,7 @@ class _TorchSamSegmenter:
         self._encoder_batch_size = encoder_batch_size
         self._stream = stream
         self._device_lock = threading.Lock()
+        self._waiting: collections.deque[_SamItem] = collections.deque()
         self._transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     def name(self) -> str:
@@ -304,44 +320,62 @@ class _TorchSamSegmenter:
     def segment_batch(self, images: Sequence[np.ndarray],
                       boxes: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`segment` of each ``HxWx3`` uint8 RGB image with its ``[B, 4]`` boxes."""
-        import torch
-
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
+        # Every resize starts now on the CPU pool, so queued images are ready when the encoder is
+        # free (the encoder itself blocks the host: segment_anything indexes its relative
+        # positions with CPU tensors, a device sync per attention block).
+        items = [_SamItem(rgb, b, cpu_pool().submit(self._transform.apply_image, rgb)) for rgb, b in zip(images, boxes)]
+        self._waiting.extend(items)  # deque appends and pops are atomic
+        # Images only run while the device is held: once this call holds it, an image of
+        # this call that another call took has finished.
+        while not all(item.done.done() for item in items):
+            with self._device_lock:
+                stack = []
+                while self._waiting and len(stack) < self._encoder_batch_size:
+                    stack.append(self._waiting.popleft())
+                if stack:
+                    self._run_stack(stack)
+        return [item.done.result() for item in items]
+
+    def _run_stack(self, stack: Sequence[_SamItem]) -> None:
+        """One encoder stack and each image's decoder call; each image's result (or the error) in its future."""
+        import torch
+
         sam = self._sam
         device = sam.device
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                     if self._bf16 and device.type == "cuda" else nullcontext())
         stream = nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
-        # Every resize starts now on the CPU pool, so later chunks are ready when the encoder
-        # is free (the encoder itself blocks the host: segment_anything indexes its
-        # relative positions with CPU tensors, a device sync per attention block).
-        pending = [cpu_pool().submit(self._transform.apply_image, rgb) for rgb in images]
-        outputs = []
-        with self._device_lock, torch.inference_mode(), autocast, stream:
-            prompts = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in boxes]
-            dense_pe = sam.prompt_encoder.get_dense_pe()
-            for start in range(0, len(images), self._encoder_batch_size):
-                chunk = images[start:start + self._encoder_batch_size]
-                resized = [future.result() for future in pending[start:start + self._encoder_batch_size]]
+        try:
+            with torch.inference_mode(), autocast, stream:
+                resized = [item.resized.result() for item in stack]
                 # Each image is normalised and padded on its own (sam.preprocess pads after
                 # normalising, as set_image does), then the stack goes through the encoder once.
                 pixels = torch.cat([
                     sam.preprocess(torch.as_tensor(image, device=device).permute(2, 0, 1).contiguous()[None])
                     for image in resized])
                 features = sam.image_encoder(pixels)
-                for index, (rgb, image) in enumerate(zip(chunk, resized)):
-                    original_size, input_size = rgb.shape[:2], image.shape[:2]
+                dense_pe = sam.prompt_encoder.get_dense_pe()
+                outputs = []
+                for index, (item, image) in enumerate(zip(stack, resized)):
+                    original_size, input_size = item.rgb.shape[:2], image.shape[:2]
+                    prompt = torch.as_tensor(item.boxes, dtype=torch.float32, device=device)
                     sparse, dense = sam.prompt_encoder(
-                        points=None, boxes=self._transform.apply_boxes_torch(prompts[start + index], original_size),
-                        masks=None)
+                        points=None, boxes=self._transform.apply_boxes_torch(prompt, original_size), masks=None)
                     low_res, ious = sam.mask_decoder(image_embeddings=features[index:index + 1], image_pe=dense_pe,
                                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                      multimask_output=False)
                     masks = sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
                     outputs.append((masks[:, 0], ious[:, 0]))
-            # Copied on the same stream, so each copy waits for the kernels that wrote it.
-            return [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
+                # Copied on the same stream, so each copy waits for the kernels that wrote it.
+                results = [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
+        except Exception as error:  # every caller with an image in the stack gets it (its batch is retried)
+            for item in stack:
+                item.done.set_exception(error)
+            return
+        for item, result in zip(stack, results):
+            item.done.set_result(result)
 
 
 class SegmentAnythingHandler(_BoxSegmentationHandler):

@@ -62,9 +62,10 @@ class RetryOneByOne(ModelHandler):
         try:
             return list(self._handler.run_inference(batch, model, inference_args))
         except Exception as error:  # noqa: BLE001 - any failure: find the record that causes it
-            if len(batch) > 1:
-                LOG.warning("%s: a batch of %d records failed (%r); retrying them one by one",
-                            self._stage, len(batch), error)
+            if len(batch) == 1:
+                return [PredictionResult(batch[0], ModelFailure.of(error))]
+            LOG.warning("%s: a batch of %d records failed (%r); retrying them one by one",
+                        self._stage, len(batch), error)
             results = []
             for record in batch:
                 Metrics.counter(f"counterfactory.{self._stage}", "records_retried_count").inc()

@@ -339,7 +339,18 @@ class _TorchSamSegmenter:
         return [item.done.result() for item in items]
 
     def _run_stack(self, stack: Sequence[_SamItem]) -> None:
-        """One encoder stack and each image's decoder call; each image's result (or the error) in its future."""
+        """Each image's result in its future, or the stack's error: a future left unset would hang its caller."""
+        try:
+            results = self._segment_stack(stack)
+        except Exception as error:  # every caller with an image in the stack gets it (its batch is retried)
+            for item in stack:
+                item.done.set_exception(error)
+            return
+        for item, result in zip(stack, results):
+            item.done.set_result(result)
+
+    def _segment_stack(self, stack: Sequence[_SamItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One encoder pass over the stack's images, then each image's prompt encoder and mask decoder."""
         import torch
 
         sam = self._sam
@@ -347,35 +358,28 @@ class _TorchSamSegmenter:
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                     if self._bf16 and device.type == "cuda" else nullcontext())
         stream = nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
-        try:
-            with torch.inference_mode(), autocast, stream:
-                resized = [item.resized.result() for item in stack]
-                # Each image is normalised and padded on its own (sam.preprocess pads after
-                # normalising, as set_image does), then the stack goes through the encoder once.
-                pixels = torch.cat([
-                    sam.preprocess(torch.as_tensor(image, device=device).permute(2, 0, 1).contiguous()[None])
-                    for image in resized])
-                features = sam.image_encoder(pixels)
-                dense_pe = sam.prompt_encoder.get_dense_pe()
-                outputs = []
-                for index, (item, image) in enumerate(zip(stack, resized)):
-                    original_size, input_size = item.rgb.shape[:2], image.shape[:2]
-                    prompt = torch.as_tensor(item.boxes, dtype=torch.float32, device=device)
-                    sparse, dense = sam.prompt_encoder(
-                        points=None, boxes=self._transform.apply_boxes_torch(prompt, original_size), masks=None)
-                    low_res, ious = sam.mask_decoder(image_embeddings=features[index:index + 1], image_pe=dense_pe,
-                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                     multimask_output=False)
-                    masks = sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
-                    outputs.append((masks[:, 0], ious[:, 0]))
-                # Copied on the same stream, so each copy waits for the kernels that wrote it.
-                results = [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
-        except Exception as error:  # every caller with an image in the stack gets it (its batch is retried)
-            for item in stack:
-                item.done.set_exception(error)
-            return
-        for item, result in zip(stack, results):
-            item.done.set_result(result)
+        with torch.inference_mode(), autocast, stream:
+            resized = [item.resized.result() for item in stack]
+            # Each image is normalised and padded on its own (sam.preprocess pads after
+            # normalising, as set_image does), then the stack goes through the encoder once.
+            pixels = torch.cat([
+                sam.preprocess(torch.as_tensor(image, device=device).permute(2, 0, 1).contiguous()[None])
+                for image in resized])
+            features = sam.image_encoder(pixels)
+            dense_pe = sam.prompt_encoder.get_dense_pe()
+            outputs = []
+            for index, (item, image) in enumerate(zip(stack, resized)):
+                original_size, input_size = item.rgb.shape[:2], image.shape[:2]
+                prompt = torch.as_tensor(item.boxes, dtype=torch.float32, device=device)
+                sparse, dense = sam.prompt_encoder(
+                    points=None, boxes=self._transform.apply_boxes_torch(prompt, original_size), masks=None)
+                low_res, ious = sam.mask_decoder(image_embeddings=features[index:index + 1], image_pe=dense_pe,
+                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                 multimask_output=False)
+                masks = sam.postprocess_masks(low_res, input_size, original_size) > sam.mask_threshold
+                outputs.append((masks[:, 0], ious[:, 0]))
+            # Copied on the same stream, so each copy waits for the kernels that wrote it.
+            return [(masks.cpu().numpy(), ious.float().cpu().numpy()) for masks, ious in outputs]
 
 
 class SegmentAnythingHandler(_BoxSegmentationHandler):

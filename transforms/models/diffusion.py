@@ -43,6 +43,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -182,6 +183,12 @@ class DiffusionRemovalConfig:
     ``conv_search`` (:data:`CONV_SEARCHES`) sets how many cuDNN convolution engines are timed per
     shape when the model first runs (a process-wide cuDNN setting, like its autotuner itself).
 
+    ``fill_wait_s``: how long the GPU thread may wait for more rows before it runs a model
+    batch that is not full, and only while some of the worker's callers are elsewhere in
+    the pipeline (they come back with rows; when all of them are waiting here, none can
+    come). A compiled remover pads a short batch to full size, so its empty rows cost as
+    much GPU time as real ones, time the models upstream on the same GPU could have had.
+
     ``share_across_processes`` (on a GPU): one copy per host that the worker's processes
     share (Beam's ``large_model``), so one GPU is never oversubscribed by several copies.
     Turn it off on a host with several GPUs and one SDK process per GPU: each process then
@@ -212,6 +219,7 @@ class DiffusionRemovalConfig:
     fuse_qkv: bool = True
     attention: str = "auto"
     conv_search: str = "heuristic"
+    fill_wait_s: float = 0.5
     share_across_processes: bool = True
 
     def __post_init__(self) -> None:
@@ -240,6 +248,8 @@ class DiffusionRemovalConfig:
         for name in ("blend_latents", "channels_last", "fuse_qkv", "share_across_processes"):
             _check_type(name, getattr(self, name), bool, "true or false")
         _check_type("compile_cache_dir", self.compile_cache_dir, (str, type(None)), "a folder path")
+        if not is_number(self.fill_wait_s) or not 0 <= self.fill_wait_s < math.inf:
+            raise ValueError(f"fill_wait_s must be a finite number of seconds >= 0, got {self.fill_wait_s!r}")
         for name, minimum in (("num_inference_steps", 1), ("mask_dilation_px", 0), ("feather_px", 0),
                               ("num_candidates", 1), ("seed", 0), ("max_batch_size", 1), ("max_model_batch", 1)):
             _check_int(name, getattr(self, name), minimum)
@@ -346,6 +356,7 @@ class _Row:
     seed: int
     finished: Future[RemovalCandidate] | None = None
     model_batch_rows: int = 0
+    model_batch_share_s: float = 0.0  # the model batch's time / its rows: the rows' shares add up to busy time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +416,10 @@ class DiffusionRemover:
         self._cpu_pool = cpu_pool()
         self._gpu_thread = gpu_thread()
         self._pending: collections.deque[_Row] = collections.deque()
+        # Guards the queue and the callers' count; the GPU thread waits on it for rows to fill a model batch.
+        self._arrivals = threading.Condition()
+        self._callers_inside = 0
+        self._most_callers = 0  # the most calls ever inside at once: how many callers the worker has
         self._models = self._gpu_thread.submit(self._prepare_models).result()
         guided = config.guidance_scale > 1
         with torch.inference_mode():
@@ -474,14 +489,25 @@ class DiffusionRemover:
         fitted = list(self._cpu_pool.map(functools.partial(_fit, config=self._config), requests))
         rows = [_Row(request, fit, k, candidate_seed(request.seed, request.mask.key, k))
                 for request, fit in zip(requests, fitted) for k in range(request.num_candidates)]
-        self._pending.extend(rows)
-        # Once the GPU is free, this call's rows run together with those other calls queued meanwhile.
-        self._gpu_thread.submit(self._drain).result()
-        candidates = iter([row.finished.result() for row in rows])
-        # How full the model batches this call's rows ran in were (real rows; a compiled remover pads the rest).
+        with self._arrivals:
+            self._callers_inside += 1
+            self._most_callers = max(self._most_callers, self._callers_inside)
+            self._pending.extend(rows)
+            self._arrivals.notify_all()
+        try:
+            # Once the GPU is free, this call's rows run together with those other calls queued meanwhile.
+            self._gpu_thread.submit(self._drain).result()
+            candidates = iter([row.finished.result() for row in rows])
+        finally:
+            with self._arrivals:
+                self._callers_inside -= 1
+        # How full the model batches this call's rows ran in were (real rows; a compiled remover pads the rest),
+        # and their time: the GPU thread has no Beam metrics context, so each caller reports its rows.
         batch_rows = Metrics.distribution(METRICS_NAMESPACE, "model_batch_rows_count")
+        busy = Metrics.distribution(METRICS_NAMESPACE, "model_batch_busy_micro_secs")
         for row in rows:
             batch_rows.update(row.model_batch_rows)
+            busy.update(round(row.model_batch_share_s * 1e6))
         LOG.debug("removed %d objects, %d candidates in %.2f s", len(requests), len(rows), time.perf_counter() - started)
         return [tuple(next(candidates) for _ in range(request.num_candidates)) for request in requests]
 
@@ -491,12 +517,11 @@ class DiffusionRemover:
         Beam batches within a bundle, and a worker's bundles are small: on an H100 the
         bootstrap job's remover calls held a few objects each and ran at 31 % of the
         remover's rate on full batches. Taking rows from every waiting call fills the model
-        batch whenever the GPU is the bottleneck, and adds no wait when it is not.
+        batch whenever the GPU is the bottleneck; when it is not, a short batch waits a
+        little for rows (``fill_wait_s``).
         """
-        while self._pending:
-            chunk = []
-            while self._pending and len(chunk) < self._config.max_model_batch:
-                chunk.append(self._pending.popleft())
+        while chunk := self._next_chunk():
+            started = time.perf_counter()
             try:
                 pixels = self._generate(chunk)
             except Exception as error:  # the chunk's callers get it; later chunks still run
@@ -504,10 +529,21 @@ class DiffusionRemover:
                     row.finished = Future()
                     row.finished.set_exception(error)
                 continue
+            share = (time.perf_counter() - started) / len(chunk)
             # Composite and PNG-encode on CPU threads while the GPU denoises the next chunk.
             for row, image in zip(chunk, pixels):
-                row.model_batch_rows = len(chunk)
+                row.model_batch_rows, row.model_batch_share_s = len(chunk), share
                 row.finished = self._cpu_pool.submit(self._candidate, row, image)
+
+    def _next_chunk(self) -> list[_Row]:
+        """Up to ``max_model_batch`` queued rows, after waiting up to ``fill_wait_s`` for a full batch (see the config)."""
+        batch = self._config.max_model_batch
+        deadline = time.monotonic() + self._config.fill_wait_s
+        with self._arrivals:
+            while (0 < len(self._pending) < batch and self._callers_inside < self._most_callers
+                   and (left := deadline - time.monotonic()) > 0):
+                self._arrivals.wait(left)
+            return [self._pending.popleft() for _ in range(min(batch, len(self._pending)))]
 
     def _generate(self, chunk: Sequence[_Row]) -> np.ndarray:
         """Model-size pixels of one model batch; each object is encoded once for its candidates in it."""

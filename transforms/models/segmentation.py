@@ -26,11 +26,13 @@ import functools
 import logging
 import threading
 import time
+import types
 from concurrent.futures import Future
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
 LOG = logging.getLogger(__name__)
+
+#: Metrics namespace of every segmentation handler.
+METRICS_NAMESPACE = "counterfactory.segment"
 
 
 # --------------------------------------------------------------------------- records
@@ -205,7 +210,7 @@ class _BoxSegmentationHandler(ModelHandler[SegmentationRequest, PredictionResult
         return sum(len(request.source.jpeg) for request in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "counterfactory.segment"
+        return METRICS_NAMESPACE
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return {"min_batch_size": self._config.min_batch_size, "max_batch_size": self._config.max_batch_size}
@@ -291,10 +296,9 @@ class _TorchSamSegmenter:
     81 GB of an H200, and the remover loading beside it ran out of memory (issue 15).
 
     ``stream``: the CUDA stream its work is queued on (``None``: the thread's current one).
-    The encoder blocks the host until the current stream has run everything queued on it,
-    once per attention block (it copies CPU index tensors to the GPU). On the default stream
-    beside the remover, whose model batches are queued there too, each of those waits was
-    a wait for the remover's queued work; on a stream of its own it waits for its own.
+    The host waits for the stream when it copies masks back; on the default stream beside
+    the remover, whose model batches are queued there too, that was a wait for the remover's
+    queued work. On a stream of its own (:func:`_own_stream`) it waits for its own.
     """
 
     def __init__(self, sam: "Sam", name: str, bf16: bool, encoder_batch_size: int = 8,
@@ -322,9 +326,7 @@ class _TorchSamSegmenter:
         """:meth:`segment` of each ``HxWx3`` uint8 RGB image with its ``[B, 4]`` boxes."""
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
-        # Every resize starts now on the CPU pool, so queued images are ready when the encoder is
-        # free (the encoder itself blocks the host: segment_anything indexes its relative
-        # positions with CPU tensors, a device sync per attention block).
+        # Every resize starts now on the CPU pool, so queued images are ready when the encoder is free.
         items = [_SamItem(rgb, b, cpu_pool().submit(self._transform.apply_image, rgb)) for rgb, b in zip(images, boxes)]
         self._waiting.extend(items)  # deque appends and pops are atomic
         # Images only run while the device is held: once this call holds it, an image of
@@ -340,12 +342,17 @@ class _TorchSamSegmenter:
 
     def _run_stack(self, stack: Sequence[_SamItem]) -> None:
         """Each image's result in its future, or the stack's error: a future left unset would hang its caller."""
+        started = time.perf_counter()
         try:
             results = self._segment_stack(stack)
         except Exception as error:  # every caller with an image in the stack gets it (its batch is retried)
             for item in stack:
                 item.done.set_exception(error)
             return
+        # In the thread that ran it (a Beam thread; through Beam's proxy, a server thread without metrics).
+        Metrics.distribution(METRICS_NAMESPACE, "encoder_stack_images_count").update(len(stack))
+        Metrics.distribution(METRICS_NAMESPACE, "encoder_stack_busy_micro_secs").update(
+            round((time.perf_counter() - started) * 1e6))
         for item, result in zip(stack, results):
             item.done.set_result(result)
 
@@ -400,20 +407,81 @@ class SegmentAnythingHandler(_BoxSegmentationHandler):
             raise ValueError(f"{config.model!r}: unknown SAM architecture {architecture!r}; "
                              f"known: {sorted(SAM_ARCHITECTURES)}")
         started = time.perf_counter()
-        sam = SAM_ARCHITECTURES[architecture](checkpoint).to(config.device).eval()
+        sam = without_host_syncs(SAM_ARCHITECTURES[architecture](checkpoint).to(config.device).eval())
         LOG.info("loaded %s (%s) on %s in %.1f s", name, architecture, config.device, time.perf_counter() - started)
         return _TorchSamSegmenter(sam, name, config.bf16, config.encoder_batch_size, _own_stream(config.device))
 
 
 def _own_stream(device: str) -> Optional["torch.cuda.Stream"]:
-    """A new CUDA stream on ``device`` that starts after the work queued so far (the weights' copies); else None."""
+    """A new high-priority CUDA stream on ``device`` that starts after the work queued so far; else None.
+
+    High priority: the GPU schedules SAM's kernels ahead of the remover's queued ones. SAM
+    feeds the remover, and its many small kernels each waited behind a UNet batch's large
+    ones, so a shared GPU starved the stage upstream of the bottleneck.
+    """
     import torch
 
     if not device.startswith("cuda"):
         return None
-    stream = torch.cuda.Stream(device=device)
-    stream.wait_stream(torch.cuda.current_stream(device))
+    _, highest = torch.cuda.Stream.priority_range()
+    stream = torch.cuda.Stream(device=device, priority=highest)
+    stream.wait_stream(torch.cuda.current_stream(device))  # the weights' copies
     return stream
+
+
+def without_host_syncs(sam: "Sam") -> "Sam":
+    """``sam`` with its image encoder's relative positions indexed by device tensors; the same numbers.
+
+    ``segment_anything`` builds those indices on the CPU in every attention block, and
+    copying them to the GPU blocks the host until the stream has run all it was given: 32
+    waits per ViT-H pass, each one with the host thread off the GIL and then queueing for it
+    behind the worker's other threads. Here the indices are made once per size on the device.
+    """
+    from segment_anything.modeling.image_encoder import Attention
+
+    for module in sam.image_encoder.modules():
+        if isinstance(module, Attention) and module.use_rel_pos:
+            module.forward = types.MethodType(_attention_forward, module)
+    return sam
+
+
+def _attention_forward(self: "Attention", x: "torch.Tensor") -> "torch.Tensor":
+    """``segment_anything``'s ``Attention.forward`` with :func:`_relative_positions` for its ``get_rel_pos``."""
+    import torch
+
+    batch, height, width, _ = x.shape
+    qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, batch * self.num_heads, height * width, -1).unbind(0)
+    attn = (q * self.scale) @ k.transpose(-2, -1)
+    # add_decomposed_rel_pos for a self-attention block (query size = key size)
+    r_q = q.reshape(batch * self.num_heads, height, width, -1)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, _relative_positions(self.rel_pos_h, height))
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, _relative_positions(self.rel_pos_w, width))
+    attn = (attn.view(-1, height, width, height, width) + rel_h[:, :, :, :, None]
+            + rel_w[:, :, :, None, :]).view(-1, height * width, height * width)
+    attn = attn.softmax(dim=-1)
+    x = (attn @ v).view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(
+        batch, height, width, -1)
+    return self.proj(x)
+
+
+def _relative_positions(rel_pos: "torch.Tensor", size: int) -> "torch.Tensor":
+    """``get_rel_pos(size, size, rel_pos)``: row ``q - k + size - 1`` for each query and key position."""
+    import torch.nn.functional as F
+
+    distances = 2 * size - 1
+    if rel_pos.shape[0] != distances:  # a checkpoint trained at another input size: interpolate, as SAM does
+        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=distances,
+                                mode="linear").reshape(-1, distances).permute(1, 0)
+    return rel_pos[_relative_index(size, rel_pos.device)]
+
+
+@functools.lru_cache(maxsize=64)
+def _relative_index(size: int, device: "torch.device") -> "torch.Tensor":
+    import torch
+
+    positions = torch.arange(size, device=device)
+    return positions[:, None] - positions[None, :] + (size - 1)
 
 
 def _catalog_param(resolved: ResolvedModel, param: str) -> Any:

@@ -95,7 +95,7 @@ class UtilizationSampler:
     """Samples, every ``period_s`` in a thread, NVML's GPU utilization (the share of the last period a kernel ran)
     and the machine's CPU utilization over all cores (psutil): together they say which side waited, and when."""
 
-    def __init__(self, index: Optional[int], period_s: float = 0.1) -> None:
+    def __init__(self, index: Optional[int], period_s: float = 0.1, report_every_s: float = 20.0) -> None:
         import psutil
 
         self._psutil = psutil
@@ -107,6 +107,7 @@ class UtilizationSampler:
             self._nvml = pynvml
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self._period_s = period_s
+        self._report_every_s = report_every_s  # a line per window while it runs: a run cut short still tells
         self._samples: list[tuple[float, Optional[int], float]] = []  # (seconds since start, GPU %, CPU %)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -117,6 +118,11 @@ class UtilizationSampler:
         while not self._stop.wait(self._period_s):
             gpu = None if self._handle is None else self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
             self._samples.append((time.perf_counter() - started, gpu, self._psutil.cpu_percent()))
+            if self._samples[-1][0] // self._report_every_s > (self._samples[-2][0] if len(self._samples) > 1
+                                                               else 0) // self._report_every_s:
+                row = self.timeline(self._report_every_s)[-2]
+                print(f"  running {row['t_s'] + self._report_every_s:.0f} s: GPU {_percent(row['gpu'])}, "
+                      f"CPU {_percent(row['cpu'])} busy in the last {self._report_every_s:.0f} s", flush=True)
 
     def __enter__(self) -> "UtilizationSampler":
         self._thread.start()
